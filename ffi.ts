@@ -1,0 +1,232 @@
+/**
+ * The kernel ABI postcopy-probe speaks, and nothing else: libc through `bun:ffi`, the userfaultfd
+ * constants under their names in include/uapi/linux/userfaultfd.h, per-arch syscall numbers, the
+ * _IOC encoding, and a `Sys` whose methods return `{ ret, errno }` instead of throwing.
+ *
+ * ```ts
+ * import { loadSys, UFFD_USER_MODE_ONLY } from "./ffi.ts";
+ * const sys = loadSys();
+ * const { ret, errno } = sys.userfaultfd(UFFD_USER_MODE_ONLY); // errno is 0 when ret >= 0
+ * ```
+ */
+import { dlopen, FFIType as T, ptr, read } from "bun:ffi";
+import { constants } from "node:os";
+
+/** A system call's answer: `ret` as the C function returned it, `errno` set only when it failed. */
+export type R = { ret: number; errno: number };
+/** A buffer the kernel reads or writes: structs are arrays of u64 (every uffdio_* field is __u64). */
+export type Buf = BigUint64Array | Uint8Array | Int32Array;
+
+/** Linux architectures the probe knows, keyed by `process.arch`. */
+const ARCH: Record<string, { name: string; nr: number; musl: string; ioc?: "ppc"; noreserve?: number }> = {
+  x64: { name: "x86_64", nr: 323, musl: "x86_64" },
+  ia32: { name: "i386", nr: 374, musl: "i386" },
+  arm64: { name: "aarch64", nr: 282, musl: "aarch64" },
+  arm: { name: "arm", nr: 388, musl: "armhf" },
+  riscv64: { name: "riscv64", nr: 282, musl: "riscv64" },
+  loong64: { name: "loongarch64", nr: 282, musl: "loongarch64" },
+  ppc64: { name: "ppc64", nr: 364, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
+  s390x: { name: "s390x", nr: 355, musl: "s390x" },
+};
+/** The running architecture's entry, or undefined when the probe does not know its numbers. */
+export const arch = ARCH[process.arch];
+const archOrX64 = arch ?? ARCH.x64;
+
+// include/uapi/asm-generic/ioctl.h; powerpc (and mips) use 13 size bits and other direction bits.
+const IOC = archOrX64.ioc === "ppc" ? { NONE: 1n, WRITE: 4n, READ: 2n, SIZEBITS: 13n } : { NONE: 0n, WRITE: 1n, READ: 2n, SIZEBITS: 14n };
+const _IOC = (dir: bigint, type: number, nr: number, size: number) =>
+  (dir << (16n + IOC.SIZEBITS)) | (BigInt(size) << 16n) | (BigInt(type) << 8n) | BigInt(nr);
+const _IOR = (type: number, nr: number, size: number) => _IOC(IOC.READ, type, nr, size);
+const _IOWR = (type: number, nr: number, size: number) => _IOC(IOC.READ | IOC.WRITE, type, nr, size);
+
+// include/uapi/linux/userfaultfd.h
+export const UFFDIO = 0xaa;
+export const UFFD_API = 0xaan;
+export const UFFD_USER_MODE_ONLY = 1;
+export const UFFD_EVENT_PAGEFAULT = 0x12n;
+export const UFFD_PAGEFAULT_FLAG_WRITE = 1n;
+export const UFFD_PAGEFAULT_FLAG_WP = 2n;
+export const UFFDIO_REGISTER_MODE_MISSING = 1n;
+export const UFFDIO_REGISTER_MODE_WP = 2n;
+export const UFFDIO_WRITEPROTECT_MODE_WP = 1n;
+export const _UFFDIO_REGISTER = 0;
+export const _UFFDIO_UNREGISTER = 1;
+export const _UFFDIO_WAKE = 2;
+export const _UFFDIO_COPY = 3;
+export const _UFFDIO_ZEROPAGE = 4;
+export const _UFFDIO_MOVE = 5;
+export const _UFFDIO_WRITEPROTECT = 6;
+export const _UFFDIO_CONTINUE = 7;
+export const _UFFDIO_POISON = 8;
+export const _UFFDIO_API = 0x3f;
+export const UFFDIO_API = _IOWR(UFFDIO, _UFFDIO_API, 24);
+export const UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO_REGISTER, 32);
+export const UFFDIO_UNREGISTER = _IOR(UFFDIO, _UFFDIO_UNREGISTER, 16);
+export const UFFDIO_WAKE = _IOR(UFFDIO, _UFFDIO_WAKE, 16);
+export const UFFDIO_COPY = _IOWR(UFFDIO, _UFFDIO_COPY, 40);
+export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO_ZEROPAGE, 32);
+export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, 24);
+export const UFFDIO_CONTINUE = _IOWR(UFFDIO, _UFFDIO_CONTINUE, 32);
+export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
+/** Feature bits in kernel order; UFFD_FEATURE_ is left off the names for display. */
+export const UFFD_FEATURE: Record<string, bigint> = {
+  PAGEFAULT_FLAG_WP: 1n << 0n,
+  EVENT_FORK: 1n << 1n,
+  EVENT_REMAP: 1n << 2n,
+  EVENT_REMOVE: 1n << 3n,
+  MISSING_HUGETLBFS: 1n << 4n,
+  MISSING_SHMEM: 1n << 5n,
+  EVENT_UNMAP: 1n << 6n,
+  SIGBUS: 1n << 7n,
+  THREAD_ID: 1n << 8n,
+  MINOR_HUGETLBFS: 1n << 9n,
+  MINOR_SHMEM: 1n << 10n,
+  EXACT_ADDRESS: 1n << 11n,
+  WP_HUGETLBFS_SHMEM: 1n << 12n,
+  WP_UNPOPULATED: 1n << 13n,
+  POISON: 1n << 14n,
+  WP_ASYNC: 1n << 15n,
+  MOVE: 1n << 16n,
+};
+/** `_UFFDIO_*` bit numbers of the `ioctls` masks, by ioctl name. */
+export const UFFDIO_BITS: Record<string, number> = {
+  REGISTER: _UFFDIO_REGISTER, UNREGISTER: _UFFDIO_UNREGISTER, WAKE: _UFFDIO_WAKE, COPY: _UFFDIO_COPY,
+  ZEROPAGE: _UFFDIO_ZEROPAGE, MOVE: _UFFDIO_MOVE, WRITEPROTECT: _UFFDIO_WRITEPROTECT,
+  CONTINUE: _UFFDIO_CONTINUE, POISON: _UFFDIO_POISON, API: _UFFDIO_API,
+};
+
+// include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h (x86 values; ppc's MAP_NORESERVE differs)
+export const O_RDWR = 2;
+export const O_NONBLOCK = 0x800;
+export const O_CLOEXEC = 0x80000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = archOrX64.noreserve ?? 0x4000;
+export const MAP_HUGETLB = 0x40000;
+export const MFD_CLOEXEC = 1;
+export const MFD_HUGETLB = 4;
+export const POLLIN = 1;
+// include/uapi/linux/prctl.h, seccomp.h: used by the tests to stand in for a container runtime.
+export const PR_SET_NO_NEW_PRIVS = 38;
+export const PR_SET_SECCOMP = 22;
+export const SECCOMP_MODE_FILTER = 2;
+
+const ERRNO_NAME = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
+/** `EPERM` for 1; `errno 999` for a number the platform does not name. */
+export const errnoName = (errno: number) => ERRNO_NAME.get(errno) ?? `errno ${errno}`;
+/** The errno number for a name such as `EPERM`. */
+export const errnoOf = (name: keyof typeof constants.errno) => constants.errno[name];
+
+/** The system interface the checks use: one method per libc call, each answering `{ ret, errno }`. */
+export interface Sys {
+  userfaultfd(flags: number): R;
+  open(path: string, flags: number): R;
+  /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
+  ioctl(fd: number, request: bigint, arg: Buf | number): R;
+  mmap(addr: number, length: number, prot: number, flags: number, fd: number): R;
+  munmap(addr: number, length: number): R;
+  close(fd: number): R;
+  memfdCreate(name: string, flags: number): R;
+  ftruncate(fd: number, length: number): R;
+  read(fd: number, buf: Buf): R;
+  /** poll() for POLLIN on one fd: ret 1 readable, 0 timed out. */
+  poll(fd: number, timeoutMs: number): R;
+  /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
+  thread(fn: string, arg: number): R;
+  /** Joins a thread; ret is the low 32 bits of its return value, as a signed int (a C int or size_t). */
+  join(thread: number): R;
+  /** Joins a thread that has finished; errno EBUSY while it still runs. */
+  tryJoin(thread: number): R;
+  /** Sets uid, gid and supplementary groups, all of them (real, effective, saved). */
+  become(uid: number, gid: number, groups: number[]): R;
+  pageSize(): number;
+}
+
+/** libc's file name for the running arch: glibc first, then musl. */
+const LIBC_NAMES = ["libc.so.6", `libc.musl-${archOrX64.musl}.so.1`, "libc.so"];
+const SYMBOLS = {
+  syscall: { args: [T.i64, T.i64], returns: T.i64_fast },
+  open: { args: [T.ptr, T.i32], returns: T.i32 },
+  ioctl: { args: [T.i32, T.u64, T.ptr], returns: T.i32 },
+  mmap: { args: [T.u64, T.u64, T.i32, T.i32, T.i32, T.i64], returns: T.i64_fast },
+  munmap: { args: [T.u64, T.u64], returns: T.i32 },
+  close: { args: [T.i32], returns: T.i32 },
+  memfd_create: { args: [T.ptr, T.u32], returns: T.i32 },
+  ftruncate: { args: [T.i32, T.i64], returns: T.i32 },
+  read: { args: [T.i32, T.ptr, T.u64], returns: T.i64_fast },
+  poll: { args: [T.ptr, T.u64, T.i32], returns: T.i32 },
+  dlsym: { args: [T.ptr, T.ptr], returns: T.ptr },
+  pthread_create: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i32 },
+  pthread_join: { args: [T.u64, T.ptr], returns: T.i32 },
+  pthread_tryjoin_np: { args: [T.u64, T.ptr], returns: T.i32 },
+  setgroups: { args: [T.u64, T.ptr], returns: T.i32 },
+  setresgid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
+  setresuid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
+  getpagesize: { args: [], returns: T.i32 },
+  __errno_location: { args: [], returns: T.ptr },
+} as const;
+
+/** Opens libc; throws `Cannot load libc: …` when no name in LIBC_NAMES loads. */
+function openLibc() {
+  for (const name of LIBC_NAMES) {
+    try {
+      return dlopen(name, SYMBOLS).symbols;
+    } catch {
+      // try the next name: musl systems have no libc.so.6
+    }
+  }
+  throw new Error(`Cannot load libc: tried ${LIBC_NAMES.join(", ")}`);
+}
+
+const cstr = (s: string) => Buffer.from(`${s}\0`);
+
+/** The real `Sys`, backed by libc. Throws when libc cannot be loaded or the arch is unknown. */
+export function loadSys(): Sys {
+  if (!arch) throw new Error(`Unknown architecture "${process.arch}": no __NR_userfaultfd known`);
+  const c = openLibc();
+  const errnoAt = c.__errno_location();
+  // errno is read right after a call that returned -1, and only then (STYLE.md rule 5).
+  const r = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
+  const pollfd = new Int32Array(2);
+  const tid = new BigUint64Array(1);
+  const retval = new BigUint64Array(1);
+  const joined = (err: number): R => (err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 });
+  return {
+    userfaultfd: (flags) => r(c.syscall(arch.nr, flags) as number),
+    open: (path, flags) => r(c.open(cstr(path), flags)),
+    ioctl: (fd, request, arg) => r(c.ioctl(fd, request, arg as never)),
+    mmap: (addr, length, prot, flags, fd) => r(c.mmap(addr, length, prot, flags, fd, 0) as number),
+    munmap: (addr, length) => r(c.munmap(addr, length)),
+    close: (fd) => r(c.close(fd)),
+    memfdCreate: (name, flags) => r(c.memfd_create(cstr(name), flags)),
+    ftruncate: (fd, length) => r(c.ftruncate(fd, length)),
+    read: (fd, buf) => r(c.read(fd, buf, buf.byteLength) as number),
+    poll(fd, timeoutMs) {
+      pollfd[0] = fd;
+      pollfd[1] = POLLIN; // events in the low half, revents cleared in the high half
+      return r(c.poll(pollfd, 1, timeoutMs));
+    },
+    thread(fn, arg) {
+      const start = c.dlsym(null, cstr(fn)); // RTLD_DEFAULT is NULL on glibc and musl
+      if (!start) return { ret: -1, errno: errnoOf("ENOENT") };
+      const err = c.pthread_create(tid, null, start, arg); // pthread_* return the error, not -1
+      return err ? { ret: -1, errno: err } : { ret: Number(tid[0]), errno: 0 };
+    },
+    join: (thread) => joined(c.pthread_join(thread, retval)),
+    tryJoin: (thread) => joined(c.pthread_tryjoin_np(thread, retval)),
+    become(uid, gid, groups) {
+      const set = r(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
+      if (set.ret === -1) return set;
+      const g = r(c.setresgid(gid, gid, gid));
+      return g.ret === -1 ? g : r(c.setresuid(uid, uid, uid));
+    },
+    pageSize: () => c.getpagesize(),
+  };
+}
+
+/** The address of a buffer, for struct fields that hold a user pointer (uffdio_copy.src). */
+export const addressOf = (buf: Uint8Array) => ptr(buf);

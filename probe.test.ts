@@ -1,0 +1,253 @@
+/**
+ * Tests for postcopy-probe. The real kernel first (root, another uid through setpriv); a fake Sys
+ * only for what this machine cannot produce (ENOSYS, EINVAL from UFFDIO_API, missing ioctl bits).
+ */
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import {
+  errnoOf, loadSys, MAP_HUGETLB, type R, type Sys, UFFD_API, UFFD_FEATURE, UFFDIO_API, UFFDIO_COPY,
+  UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE, USERFAULTFD_IOC_NEW,
+} from "./ffi.ts";
+import {
+  CAPABILITIES, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
+} from "./probe.ts";
+
+const sys = loadSys();
+const facts = readFacts(sys);
+const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false };
+const isRoot = process.getuid!() === 0;
+const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
+const fail = (name: "ENOSYS" | "EINVAL" | "ENOMEM" | "ENOENT"): R => ({ ret: -1, errno: errnoOf(name) });
+const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
+const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
+
+/** Runs the CLI in a child process, optionally as another uid. */
+function cli(args: string[], asNobody = false) {
+  const prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
+  const run = Bun.spawnSync([...prefix, process.execPath, `${import.meta.dir}/probe.ts`, ...args], { env: { ...process.env, NO_COLOR: "1" } });
+  return { code: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
+}
+
+describe("ffi.ts", () => {
+  test("ioctl codes match include/uapi/linux/userfaultfd.h on x86_64", () => {
+    expect(process.arch).toBe("x64");
+    expect([UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WRITEPROTECT, USERFAULTFD_IOC_NEW])
+      .toEqual([0xc018aa3fn, 0xc020aa00n, 0x8010aa01n, 0x8010aa02n, 0xc028aa03n, 0xc020aa04n, 0xc018aa06n, 0xaa00n]);
+  });
+  test("UFFD_FEATURE has the 17 kernel bits in order", () => {
+    expect(Object.values(UFFD_FEATURE)).toEqual(Array.from({ length: 17 }, (_, i) => 1n << BigInt(i)));
+  });
+});
+
+describe("probe() on the real kernel", () => {
+  test.skipIf(!isRoot)("as root every check passes (hugetlb warns without reserved pages)", () => {
+    const report = probe(sys, facts, opts);
+    expect(statuses(report)).toEqual({
+      "page-size": "pass", "uffd-open": "pass", "uffd-api": "pass", "uffd-features": "pass", "register-anon": "pass",
+      "register-hugetlb": facts.nrHugepages ? "pass" : "warn", "register-shmem": "pass", "write-protect": "pass", "criu-events": "pass",
+    });
+    expect(report.postcopy).toBe(true);
+    expect(Object.values(report.capabilities)).toEqual(CAPABILITIES.map(() => true));
+    expect(check(report, "uffd-open").routes).toEqual({ device: "ok", syscall: "ok", "user-mode-only": "ok" });
+  });
+
+  test.skipIf(!isRoot)("features are decoded from the kernel's own UFFDIO_API answer", () => {
+    const fd = sys.userfaultfd(0);
+    const api = new BigUint64Array([UFFD_API, 0n, 0n]);
+    expect(sys.ioctl(fd.ret, UFFDIO_API, api).ret).toBe(0);
+    sys.close(fd.ret);
+    const expected = Object.fromEntries(Object.entries(UFFD_FEATURE).map(([n, b]) => [n, (api[1] & b) !== 0n]));
+    const report = probe(sys, facts, opts);
+    expect(report.features).toEqual({ ...expected, unknown: "0x0" });
+    // This machine's kernel (6.8+) offers every bit the probe knows.
+    expect(Object.values(expected)).toEqual(Array(17).fill(true));
+  });
+
+  test("decodeFeatures() names every bit and shows the rest in hex under unknown", () => {
+    const decoded = decodeFeatures(UFFD_FEATURE.THREAD_ID | UFFD_FEATURE.MOVE | (1n << 40n));
+    expect(Object.entries(decoded).filter(([, v]) => v === true).map(([k]) => k)).toEqual(["THREAD_ID", "MOVE"]);
+    expect(decoded.unknown).toBe("0x10000000000");
+    expect(decodeFeatures(null)).toEqual({});
+  });
+
+  test("a target page size above the host's fails page-size, as QEMU does", () => {
+    const report = probe(sys, facts, { ...opts, targetPageSize: facts.pageSize * 16 });
+    expect(check(report, "page-size")).toMatchObject({ status: "fail", detail: `host ${facts.pageSize}, target ${facts.pageSize * 16}` });
+    expect(report.postcopy).toBe(false);
+  });
+
+  test.skipIf(!isRoot || unprivileged !== "0")("as uid 65534 every route is refused and the exit status is 1", () => {
+    const run = cli(["--json"], true);
+    expect(run.code).toBe(1);
+    const report = JSON.parse(run.stdout) as Report;
+    expect(report.postcopy).toBe(false);
+    expect(report.host.uid).toBe(65534);
+    expect(check(report, "uffd-open")).toMatchObject({
+      status: "fail", errno: "EPERM",
+      routes: { device: "EACCES", syscall: "EPERM", "user-mode-only": "ok" },
+      detail: "/dev/userfaultfd: EACCES, userfaultfd(2): EPERM, user-mode-only: ok",
+    });
+    expect(check(report, "register-anon")).toMatchObject({ status: "skip", detail: "no userfaultfd could be opened" });
+  });
+
+  test("running the whole probe 200 times leaves no fd and no mapping behind", () => {
+    const count = () => [readdirSync("/proc/self/fd").length, readFileSync("/proc/self/maps", "utf8").split("\n").length];
+    for (let i = 0; i < 20; i++) probe(sys, facts, opts);
+    Bun.gc(true);
+    const before = count();
+    for (let i = 0; i < 200; i++) probe(sys, facts, opts);
+    Bun.gc(true);
+    expect(count()).toEqual(before);
+  });
+});
+
+describe("probe() with a fake Sys for what this machine cannot produce", () => {
+  test("ENOSYS everywhere fails uffd-open and skips the rest", () => {
+    const fake: Sys = { ...sys, userfaultfd: () => fail("ENOSYS"), open: () => fail("ENOENT") };
+    const report = probe(fake, facts, opts);
+    expect(check(report, "uffd-open")).toMatchObject({
+      status: "fail", errno: "ENOSYS", detail: "/dev/userfaultfd: ENOENT, userfaultfd(2): ENOSYS, user-mode-only: ENOSYS",
+    });
+    expect(report.checks.slice(2).map((c) => c.status)).toEqual(Array(7).fill("skip"));
+    expect(report.postcopy).toBe(false);
+    expect(report.features).toEqual({});
+  });
+
+  test("UFFDIO_API EINVAL fails uffd-api and skips what needs the features", () => {
+    const fake: Sys = { ...sys, ioctl: (fd, req, arg) => (req === UFFDIO_API ? fail("EINVAL") : sys.ioctl(fd, req, arg)) };
+    const report = probe(fake, facts, opts);
+    expect(check(report, "uffd-api")).toMatchObject({ status: "fail", detail: "UFFDIO_API: EINVAL", errno: "EINVAL" });
+    expect(check(report, "register-anon")).toMatchObject({ status: "skip", detail: "UFFDIO_API did not answer" });
+    expect(report.postcopy).toBe(false);
+  });
+
+  test.skipIf(!isRoot)("a register reply without ZEROPAGE fails register-anon naming the bit", () => {
+    const zeropage = 1n << 4n;
+    const fake: Sys = {
+      ...sys,
+      ioctl(fd, req, arg) {
+        const r = sys.ioctl(fd, req, arg);
+        if (req === UFFDIO_REGISTER) (arg as BigUint64Array)[3] &= ~zeropage;
+        return r;
+      },
+    };
+    const report = probe(fake, facts, opts);
+    expect(check(report, "register-anon")).toMatchObject({
+      status: "fail", detail: "4096 B page, ioctls 0x12c; Missing userfault map features: UFFDIO_ZEROPAGE",
+    });
+    expect(report.postcopy).toBe(false);
+    expect(report.capabilities["postcopy-ram"]).toBe(false);
+  });
+
+  test.skipIf(!isRoot)("hugetlb mmap ENOMEM fails register-hugetlb only", () => {
+    const fake: Sys = { ...sys, mmap: (a, l, p, flags, fd) => (flags & MAP_HUGETLB ? fail("ENOMEM") : sys.mmap(a, l, p, flags, fd)) };
+    const report = probe(fake, facts, opts);
+    expect(check(report, "register-hugetlb")).toMatchObject({ status: "fail", detail: "mmap: ENOMEM", errno: "ENOMEM" });
+    expect(report.capabilities["postcopy-hugetlbfs"]).toBe(false);
+    expect(report.postcopy).toBe(true);
+  });
+});
+
+describe("renderers", () => {
+  const report: Report = {
+    schema: "postcopy-probe/1", version: "0.1.0", postcopy: false,
+    host: { kernel: "6.1.0", arch: "x86_64", uid: 107, user: "qemu" },
+    checks: [
+      { id: "page-size", title: "host page size >= target page size", status: "pass", detail: "host 4096, target 4096" },
+      { id: "uffd-open", title: "a userfaultfd", status: "fail", detail: "userfaultfd(2): EPERM" },
+      { id: "uffd-api", title: "UFFDIO_API handshake", status: "skip", detail: "no userfaultfd could be opened" },
+    ],
+    features: {},
+    capabilities: Object.fromEntries(CAPABILITIES.map((c) => [c, c === "criu-lazy-pages"])) as Report["capabilities"],
+    diagnosis: [],
+  };
+  const pad = (s: string) => s.padEnd(72);
+
+  test("renderHuman() aligns each check and ends with the counts and the verdict", () => {
+    expect(renderHuman(report, { quiet: false, color: false })).toBe(
+      [
+        "postcopy-probe 0.1.0: Linux 6.1.0 x86_64, qemu (uid 107)",
+        `${pad("Checking for host page size >= target page size")}: PASS (host 4096, target 4096)`,
+        `${pad("Checking for a userfaultfd")}: FAIL (userfaultfd(2): EPERM)`,
+        `${pad("Checking for UFFDIO_API handshake")}: SKIP (no userfaultfd could be opened)`,
+        "",
+        "Capabilities:",
+        "  postcopy-ram          no",
+        "  postcopy-hugetlbfs    no",
+        "  postcopy-shmem        no",
+        "  background-snapshot   no",
+        "  postcopy-blocktime    no",
+        "  criu-lazy-pages       yes",
+        "  firecracker-uffd      no",
+        "",
+        "pass=1, warn=0, fail=1, skip=1",
+        "Postcopy live migration (QEMU postcopy-ram): NOT SUPPORTED for qemu (uid 107)",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  test("renderHuman() colours statuses only when asked", () => {
+    const out = renderHuman(report, { quiet: true, color: true });
+    expect(out).toBe(
+      [
+        `${pad("Checking for a userfaultfd")}: \x1b[31mFAIL\x1b[0m (userfaultfd(2): EPERM)`,
+        `${pad("Checking for UFFDIO_API handshake")}: \x1b[90mSKIP\x1b[0m (no userfaultfd could be opened)`,
+        "Postcopy live migration (QEMU postcopy-ram): \x1b[31mNOT SUPPORTED\x1b[0m for qemu (uid 107)",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  test("renderHuman() with quiet prints only what did not pass and the verdict", () => {
+    expect(renderHuman(report, { quiet: true, color: false }).split("\n")).toEqual([
+      `${pad("Checking for a userfaultfd")}: FAIL (userfaultfd(2): EPERM)`,
+      `${pad("Checking for UFFDIO_API handshake")}: SKIP (no userfaultfd could be opened)`,
+      "Postcopy live migration (QEMU postcopy-ram): NOT SUPPORTED for qemu (uid 107)",
+      "",
+    ]);
+  });
+
+  test("renderJson() is the report and nothing else", () => {
+    expect(JSON.parse(renderJson(report))).toEqual(report);
+  });
+});
+
+describe("the command line", () => {
+  test("parseArgs() reads every option and NO_COLOR turns colour off on a TTY", () => {
+    expect(parseArgs(["--json", "-q", "--target-page-size=16384"], {}, true)).toEqual({
+      format: "json", quiet: true, targetPageSize: 16384, color: true, help: false, version: false,
+    });
+    expect(parseArgs(["--format", "human"], { NO_COLOR: "1" }, true).color).toBe(false);
+  });
+
+  test.each([
+    [["--bogus"], 'postcopy-probe: Unknown option "--bogus"'],
+    [["--target-page-size", "abc"], 'postcopy-probe: Invalid target page size "abc": a power of two in bytes, such as 4096'],
+    [["--target-page-size", "3000"], 'postcopy-probe: Invalid target page size "3000": a power of two in bytes, such as 4096'],
+    [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human or json'],
+    [["--format"], 'postcopy-probe: Option "--format" needs a value'],
+  ])("%p exits 2 with a message and the usage line", (args, message) => {
+    const run = cli(args);
+    expect(run.code).toBe(2);
+    expect(run.stdout).toBe("");
+    expect(run.stderr.split("\n")[0]).toBe(message);
+    expect(run.stderr.split("\n")[1]).toStartWith("Usage: postcopy-probe ");
+  });
+
+  test("--version prints the package version and --help the usage", () => {
+    const pkg = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8"));
+    expect(VERSION).toBe(pkg.version);
+    expect(cli(["--version"])).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
+    const help = cli(["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toStartWith("Usage: postcopy-probe ");
+  });
+
+  test.skipIf(!isRoot)("--json prints only the JSON document and exits 0 as root", () => {
+    const run = cli(["--json"]);
+    expect(run.code).toBe(0);
+    const report = JSON.parse(run.stdout) as Report;
+    expect([report.schema, report.version, report.postcopy]).toEqual(["postcopy-probe/1", VERSION, true]);
+  });
+});
