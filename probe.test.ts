@@ -2,8 +2,9 @@
  * Tests for postcopy-probe. The real kernel first (root, another uid through setpriv); a fake Sys
  * only for what this machine cannot produce (ENOSYS, EINVAL from UFFDIO_API, missing ioctl bits).
  */
-import { describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { chmodSync, copyFileSync, linkSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import {
   errnoOf, loadSys, MAP_HUGETLB, type R, type Sys, UFFD_API, UFFD_FEATURE, UFFDIO_API, UFFDIO_COPY,
   UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE, USERFAULTFD_IOC_NEW,
@@ -21,10 +22,33 @@ const fail = (name: "ENOSYS" | "EINVAL" | "ENOMEM" | "ENOENT"): R => ({ ret: -1,
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
 
-/** Runs the CLI in a child process, optionally as another uid. */
+/**
+ * A copy of bun and the probe that uid 65534 can reach: the checkout may sit in a 0700 directory.
+ * Made once, on first use, in a fresh world-readable directory under the system's temp dir.
+ */
+let reachable: { bun: string; dir: string } | undefined;
+function forNobody() {
+  if (reachable) return reachable;
+  const dir = mkdtempSync(`${tmpdir()}/postcopy-probe-test-`);
+  chmodSync(dir, 0o755);
+  for (const file of ["probe.ts", "ffi.ts", "package.json"]) copyFileSync(`${import.meta.dir}/${file}`, `${dir}/${file}`);
+  try {
+    linkSync(process.execPath, `${dir}/bun`);
+  } catch {
+    copyFileSync(process.execPath, `${dir}/bun`); // another filesystem: a copy keeps the mode
+  }
+  chmodSync(`${dir}/bun`, 0o755);
+  reachable = { bun: `${dir}/bun`, dir };
+  return reachable;
+}
+
+afterAll(() => reachable && rmSync(reachable.dir, { recursive: true }));
+
+/** Runs the CLI in a child process, optionally as uid 65534. */
 function cli(args: string[], asNobody = false) {
+  const { bun, dir } = asNobody ? forNobody() : { bun: process.execPath, dir: import.meta.dir };
   const prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
-  const run = Bun.spawnSync([...prefix, process.execPath, `${import.meta.dir}/probe.ts`, ...args], { env: { ...process.env, NO_COLOR: "1" } });
+  const run = Bun.spawnSync([...prefix, bun, `${dir}/probe.ts`, ...args], { env: { ...process.env, NO_COLOR: "1" }, cwd: dir });
   return { code: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString() };
 }
 
