@@ -6,21 +6,27 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, copyFileSync, linkSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import {
-  errnoOf, loadSys, MAP_HUGETLB, type R, type Sys, UFFD_API, UFFD_FEATURE, UFFDIO_API, UFFDIO_COPY,
+  errnoOf, loadSys, MAP_HUGETLB, memory, UFFDIO_COPY, type R, type Sys, UFFD_API, UFFD_FEATURE, UFFDIO_API,
   UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE, USERFAULTFD_IOC_NEW,
 } from "./ffi.ts";
 import {
-  CAPABILITIES, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
+  BOUND_MS, CAPABILITIES, PATTERN_NUL, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
 } from "./probe.ts";
 
 const sys = loadSys();
 const facts = readFacts(sys);
-const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false };
+const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0 };
 const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
 const fail = (name: "ENOSYS" | "EINVAL" | "ENOMEM" | "ENOENT"): R => ({ ret: -1, errno: errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
+/** Open fds, mappings and threads of this process: what a leak would raise. */
+const count = () => [
+  readdirSync("/proc/self/fd").length,
+  readFileSync("/proc/self/maps", "utf8").split("\n").length,
+  readdirSync("/proc/self/task").length,
+];
 
 /**
  * A copy of bun and the probe that uid 65534 can reach: the checkout may sit in a 0700 directory.
@@ -69,6 +75,7 @@ describe("probe() on the real kernel", () => {
     expect(statuses(report)).toEqual({
       "page-size": "pass", "uffd-open": "pass", "uffd-api": "pass", "uffd-features": "pass", "register-anon": "pass",
       "register-hugetlb": facts.nrHugepages ? "pass" : "warn", "register-shmem": "pass", "write-protect": "pass", "criu-events": "pass",
+      "round-trip": "pass",
     });
     expect(report.postcopy).toBe(true);
     expect(Object.values(report.capabilities)).toEqual(CAPABILITIES.map(() => true));
@@ -114,8 +121,7 @@ describe("probe() on the real kernel", () => {
     expect(check(report, "register-anon")).toMatchObject({ status: "skip", detail: "no userfaultfd could be opened" });
   });
 
-  test("running the whole probe 200 times leaves no fd and no mapping behind", () => {
-    const count = () => [readdirSync("/proc/self/fd").length, readFileSync("/proc/self/maps", "utf8").split("\n").length];
+  test("running the whole probe 200 times leaves no fd, mapping or thread behind", () => {
     for (let i = 0; i < 20; i++) probe(sys, facts, opts);
     Bun.gc(true);
     const before = count();
@@ -132,7 +138,7 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
     expect(check(report, "uffd-open")).toMatchObject({
       status: "fail", errno: "ENOSYS", detail: "/dev/userfaultfd: ENOENT, userfaultfd(2): ENOSYS, user-mode-only: ENOSYS",
     });
-    expect(report.checks.slice(2).map((c) => c.status)).toEqual(Array(7).fill("skip"));
+    expect(report.checks.slice(2).map((c) => c.status)).toEqual(Array(8).fill("skip"));
     expect(report.postcopy).toBe(false);
     expect(report.features).toEqual({});
   });
@@ -169,6 +175,78 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
     expect(check(report, "register-hugetlb")).toMatchObject({ status: "fail", detail: "mmap: ENOMEM", errno: "ENOMEM" });
     expect(report.capabilities["postcopy-hugetlbfs"]).toBe(false);
     expect(report.postcopy).toBe(true);
+  });
+});
+
+describe("round trips", () => {
+  type Trip = { ok: boolean; ns: number; detail: string };
+  const trips = (r: Report) => check(r, "round-trip").trips as Record<string, Trip>;
+
+  test.skipIf(!isRoot)("as root every fault is served and the bytes prove it", () => {
+    const report = probe(sys, facts, opts);
+    const served = trips(report);
+    expect(Object.keys(served)).toEqual(["user-read", "kernel-write", "zeropage", "write-protect"]);
+    for (const [key, trip] of Object.entries(served)) {
+      expect([key, trip.ok]).toEqual([key, true]);
+      expect(trip.ns).toBeGreaterThan(0);
+    }
+    expect(served["user-read"].detail).toMatch(/^user-mode read \d+ µs$/);
+    expect(report.roundTrip).toEqual({ ok: true, ns: served["kernel-write"].ns });
+  });
+
+  test.skipIf(!isRoot)("a wrong byte in the copied page fails the trip that reads it", () => {
+    // strlen must stop at the pattern's NUL: a COPY whose source has an earlier NUL is caught.
+    const fake: Sys = {
+      ...sys,
+      ioctl(fd, req, arg) {
+        if (req === UFFDIO_COPY) memory(Number((arg as BigUint64Array)[1]), facts.pageSize)[100] = 0;
+        return sys.ioctl(fd, req, arg);
+      },
+    };
+    const report = probe(fake, facts, opts);
+    expect(trips(report)["user-read"]).toMatchObject({ ok: false, detail: `user-mode read: strlen returned 100, not ${PATTERN_NUL}` });
+    expect(trips(report)["kernel-write"].ok).toBe(true);
+    expect(report.postcopy).toBe(false);
+  });
+
+  test.skipIf(!isRoot || unprivileged !== "0")("as uid 65534 only a user-mode-only uffd exists and kernel-mode faults are not delivered", () => {
+    const report = JSON.parse(cli(["--json"], true).stdout) as Report;
+    const rt = check(report, "round-trip");
+    expect(rt.status).toBe("fail");
+    expect(rt.route).toBe("user-mode-only");
+    const served = rt.trips as Record<string, Trip>;
+    expect([served["user-read"].ok, served["kernel-write"].ok, served.zeropage.ok]).toEqual([true, false, true]);
+    expect(served["kernel-write"].detail).toBe("kernel-mode write: no fault event; uname returned -1 (EFAULT: the fault was not delivered)");
+    expect(rt.detail).toEndWith("; QEMU cannot serve KVM's and vhost's kernel-mode faults with it");
+    expect(report.roundTrip).toEqual({ ok: false, ns: served["kernel-write"].ns });
+  });
+
+  test.skipIf(!isRoot)("a fault never served fails within the bound and leaves nothing behind", () => {
+    const deaf: Sys = { ...sys, poll: () => ({ ret: 0, errno: 0 }) };
+    probe(sys, facts, opts);
+    Bun.gc(true);
+    const before = count();
+    const report = probe(deaf, facts, { ...opts, boundMs: 50 });
+    Bun.gc(true);
+    expect(count()).toEqual(before);
+    const served = trips(report);
+    expect(served["user-read"]).toMatchObject({ ok: false, detail: "user-mode read: no fault event within 50 ms" });
+    expect(served["kernel-write"]).toMatchObject({ ok: false, detail: "kernel-mode write: no fault event within 50 ms" });
+    expect(check(report, "round-trip").status).toBe("fail");
+    expect(report.postcopy).toBe(false);
+  });
+
+  test.skipIf(!isRoot)("--bench 1000 --json reports the served faults' latency and rate", () => {
+    const run = cli(["--bench", "1000", "--json"]);
+    expect(run.code).toBe(0);
+    const { bench } = JSON.parse(run.stdout) as { bench: Record<string, number> };
+    const huge = facts.freeHugepages && facts.freeHugepages >= 2;
+    const base = (huge ? (bench as unknown as Array<Record<string, number>>)[0] : bench) as Record<string, number>;
+    expect(Object.keys(base)).toEqual(["faults", "pageSize", "p50Ns", "p99Ns", "pagesPerSec", "bytesPerSec"]);
+    expect([base.faults, base.pageSize]).toEqual([1000, facts.pageSize]);
+    expect(base.p50Ns).toBeGreaterThan(0);
+    expect(base.p99Ns).toBeGreaterThanOrEqual(base.p50Ns);
+    expect(base.bytesPerSec).toBe(base.pagesPerSec * facts.pageSize);
   });
 });
 
@@ -239,9 +317,11 @@ describe("renderers", () => {
 
 describe("the command line", () => {
   test("parseArgs() reads every option and NO_COLOR turns colour off on a TTY", () => {
-    expect(parseArgs(["--json", "-q", "--target-page-size=16384"], {}, true)).toEqual({
-      format: "json", quiet: true, targetPageSize: 16384, color: true, help: false, version: false,
+    expect(parseArgs(["--json", "-q", "--target-page-size=16384", "--bench"], {}, true)).toEqual({
+      format: "json", quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, help: false, version: false,
     });
+    expect(parseArgs(["--bench", "500", "--json"]).bench).toBe(500);
+    expect(parseArgs(["--bench=2"]).bench).toBe(2);
     expect(parseArgs(["--format", "human"], { NO_COLOR: "1" }, true).color).toBe(false);
   });
 
@@ -251,6 +331,9 @@ describe("the command line", () => {
     [["--target-page-size", "3000"], 'postcopy-probe: Invalid target page size "3000": a power of two in bytes, such as 4096'],
     [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human or json'],
     [["--format"], 'postcopy-probe: Option "--format" needs a value'],
+    [["--bench=1"], 'postcopy-probe: Invalid fault count "1": a whole number from 2 to 500000'],
+    [["--bench=ten"], 'postcopy-probe: Invalid fault count "ten": a whole number from 2 to 500000'],
+    [["--bench", "ten"], 'postcopy-probe: Unknown option "ten"'],
   ])("%p exits 2 with a message and the usage line", (args, message) => {
     const run = cli(args);
     expect(run.code).toBe(2);

@@ -11,18 +11,17 @@
  *
  * Data flow: facts → checks → capabilities → diagnosis → one renderer → process.exitCode.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
-import { release } from "node:os";
 import {
-  arch, errnoName, loadSys, type R, type Sys, MAP_ANONYMOUS, MAP_HUGETLB, MAP_NORESERVE, MAP_PRIVATE,
+  addressOf, arch, errnoName, errnoOf, loadSys, memory, type R, type Sys, MAP_ANONYMOUS, MAP_HUGETLB, MAP_NORESERVE, MAP_PRIVATE,
   MAP_SHARED, MFD_CLOEXEC, O_CLOEXEC, O_NONBLOCK, O_RDWR, PROT_READ, PROT_WRITE, UFFD_API, UFFD_FEATURE,
   UFFD_USER_MODE_ONLY, UFFDIO_API, UFFDIO_BITS, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING,
-  UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, USERFAULTFD_IOC_NEW,
+  UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, USERFAULTFD_IOC_NEW, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
+  UFFD_PAGEFAULT_FLAG_WRITE, UFFDIO_COPY, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP, UFFDIO_ZEROPAGE,
 } from "./ffi.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
-const USAGE = "Usage: postcopy-probe [--json | --format human|json] [-q] [--target-page-size N] [--help] [--version]";
+const USAGE = "Usage: postcopy-probe [--json | --format human|json] [-q] [--target-page-size N] [--bench [N]] [--help] [--version]";
 const HELP = `${USAGE}
 
 Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.
@@ -31,6 +30,7 @@ Tells whether QEMU can do userfaultfd postcopy live migration on this host, in t
   --format FORMAT         human (default) or json
   -q, --quiet             print only what did not pass, and the verdict
   --target-page-size N    the guest's target page size in bytes (default 4096)
+  --bench [N]             also serve N faults (default 10000) as fast as possible: p50, p99, pages/s
   -h, --help              this text
   -V, --version           the version
 
@@ -39,7 +39,15 @@ Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not run.`;
 export type Status = "pass" | "warn" | "fail" | "skip";
 /** One line of the report. A check never prints and never throws for a kernel answer. */
 export type Check = { id: string; title: string; status: Status; detail: string; errno?: string; hint?: string; [more: string]: unknown };
-export type Options = { format: "human" | "json"; quiet: boolean; targetPageSize: number; color: boolean };
+export type Options = {
+  format: "human" | "json";
+  quiet: boolean;
+  targetPageSize: number;
+  color: boolean;
+  boundMs: number;
+  /** Faults to serve in --bench; 0 when not benchmarking. */
+  bench: number;
+};
 
 /** Read-only host context. Every field is read from the host; nothing is inferred from versions. */
 export type Facts = {
@@ -48,50 +56,48 @@ export type Facts = {
   pageSize: number;
   hugePageSize: number | null;
   nrHugepages: number | null;
+  freeHugepages: number | null;
   uid: number;
   user: string;
 };
 
 const DEVICE = "/dev/userfaultfd";
-const readText = (path: string) => {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return null;
-  }
-};
-const readNumber = (path: string) => {
-  const text = readText(path);
+/** A number from a one-value file such as /proc/sys/vm/nr_hugepages, or null when unreadable. */
+const readNumber = (sys: Sys, path: string) => {
+  const text = sys.readText(path);
   return text === null ? null : Number(text.trim());
 };
 /** The value after `key:` in a /proc file such as /proc/meminfo. */
 const field = (text: string | null, key: string) => text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
 
 /** The user name for a uid from /etc/passwd, or the number as text. */
-function userName(uid: number) {
-  const line = readText("/etc/passwd")?.split("\n").find((l) => l.split(":")[2] === String(uid));
+function userName(sys: Sys, uid: number) {
+  const line = sys.readText("/etc/passwd")?.split("\n").find((l) => l.split(":")[2] === String(uid));
   return line?.split(":")[0] ?? String(uid);
 }
 
 /** Reads the facts the checks and the diagnosis need. */
 export function readFacts(sys: Sys): Facts {
-  const hugeKb = field(readText("/proc/meminfo"), "Hugepagesize");
+  const meminfo = sys.readText("/proc/meminfo");
+  const hugeKb = field(meminfo, "Hugepagesize");
+  const freeHuge = field(meminfo, "HugePages_Free");
   const uid = process.getuid!();
   return {
-    kernel: release(),
+    kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
     arch: arch!.name,
     pageSize: sys.pageSize(),
     hugePageSize: hugeKb === null ? null : Number.parseInt(hugeKb) * 1024,
-    nrHugepages: readNumber("/proc/sys/vm/nr_hugepages"),
+    nrHugepages: readNumber(sys, "/proc/sys/vm/nr_hugepages"),
+    freeHugepages: freeHuge === null ? null : Number(freeHuge),
     uid,
-    user: userName(uid),
+    user: userName(sys, uid),
   };
 }
 
 /** How this context gets a uffd, as QEMU 8.0+ does: the device first, then the syscall. */
 type Route = "device" | "syscall" | "user-mode-only";
 /** What the checks share: the Sys, the facts, and what earlier checks learnt. */
-export type Probe = { sys: Sys; facts: Facts; opts: Options; route: Route | null; features: bigint | null };
+export type Probe = { sys: Sys; facts: Facts; opts: Options; route: Route | null; userModeOnly: boolean; features: bigint | null };
 
 const UFFD_FLAGS = O_CLOEXEC | O_NONBLOCK;
 /** A new uffd through one route; the device's own fd is closed before returning. */
@@ -142,6 +148,7 @@ function checkOpen(p: Probe, head: Head): Check {
   }
   const said = `${DEVICE}: ${routes.device}, userfaultfd(2): ${routes.syscall}, user-mode-only: ${routes["user-mode-only"]}`;
   p.route = routes.device === "ok" ? "device" : routes.syscall === "ok" ? "syscall" : null;
+  p.userModeOnly = routes["user-mode-only"] === "ok";
   if (p.route === "device" && routes.syscall !== "ok")
     return result(head, "warn", `${said}; QEMU older than 8.0 only uses the syscall and will fail`, { routes, route: p.route });
   if (p.route) return result(head, "pass", said, { routes, route: p.route });
@@ -277,6 +284,204 @@ function checkCriu(p: Probe, head: Head): Check {
   }
 }
 
+/** How long any wait for a fault may take, and the slice between looks at the faulting thread. */
+export const BOUND_MS = 1000;
+const SLICE_MS = 5;
+const NS_PER_US = 1000;
+
+/** A fault round trip: a libc function on a native thread faults on a fresh page, the probe serves it. */
+type Trip = {
+  key: string;
+  name: string;
+  fn: "strlen" | "uname" | "time";
+  mode: bigint;
+  resolve: bigint;
+  flags: bigint;
+  /** null when the thread's return value and the page's bytes prove the fault was served. */
+  verify: (ret: number, page: Uint8Array) => string | null;
+};
+/** Where the copied pattern's NUL sits: strlen's answer proves the bytes arrived. */
+export const PATTERN_NUL = 1234;
+const TRIPS: Trip[] = [
+  {
+    key: "user-read", name: "user-mode read", fn: "strlen", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_COPY, flags: 0n,
+    verify: (ret) => (ret === PATTERN_NUL ? null : `strlen returned ${ret}, not ${PATTERN_NUL}`),
+  },
+  {
+    // The kernel's copy_to_user, as KVM and vhost touch guest RAM; a user-mode-only uffd gets no event.
+    key: "kernel-write", name: "kernel-mode write", fn: "uname", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_COPY,
+    flags: UFFD_PAGEFAULT_FLAG_WRITE,
+    verify: (ret, page) => (ret === 0 && String.fromCharCode(...page.subarray(0, 5)) === "Linux" ? null : `uname returned ${ret}`),
+  },
+  {
+    key: "zeropage", name: "zeropage", fn: "strlen", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_ZEROPAGE, flags: 0n,
+    verify: (ret) => (ret === 0 ? null : `strlen returned ${ret} on a zero page`),
+  },
+  {
+    key: "write-protect", name: "write-protect", fn: "time", mode: UFFDIO_REGISTER_MODE_WP, resolve: UFFDIO_WRITEPROTECT,
+    flags: UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_WRITE,
+    verify: (ret, page) => {
+      const stored = Number(BigInt.asIntN(32, new BigInt64Array(page.buffer, page.byteOffset, 1)[0]));
+      return ret !== -1 && stored === ret ? null : `time returned ${ret}, the page holds ${stored}`;
+    },
+  },
+];
+export type TripResult = { ok: boolean; ns: number; detail: string };
+
+type Wait = { fault: true } | { exited: number } | { timeout: true };
+/** Waits, at most boundMs, for a fault message in `msg` or for the thread to finish without one. */
+function awaitFault(sys: Sys, fd: number, thread: number, boundMs: number, msg: BigUint64Array): Wait {
+  const deadline = Bun.nanoseconds() + boundMs * 1e6;
+  while (Bun.nanoseconds() < deadline) {
+    if (sys.poll(fd, SLICE_MS).ret > 0 && sys.read(fd, msg).ret === msg.byteLength) return { fault: true };
+    const done = sys.tryJoin(thread);
+    if (done.errno === 0) return { exited: done.ret };
+  }
+  return { timeout: true };
+}
+
+/** The resolving ioctl's struct for a fault at `page`: uffdio_copy, uffdio_zeropage or uffdio_writeprotect. */
+function resolution(t: Trip, page: number, len: number, src: Uint8Array) {
+  if (t.resolve === UFFDIO_COPY) return new BigUint64Array([BigInt(page), BigInt(addressOf(src)), BigInt(len), 0n, 0n]);
+  if (t.resolve === UFFDIO_ZEROPAGE) return new BigUint64Array([BigInt(page), BigInt(len), 0n, 0n]);
+  return new BigUint64Array([BigInt(page), BigInt(len), 0n]); // mode 0: clear WP and wake
+}
+
+/** One round trip, owning its uffd, page and thread; closing the uffd first frees a stuck faulter. */
+function roundTrip(p: Probe, route: Route, t: Trip): TripResult {
+  const { sys } = p;
+  const len = p.facts.pageSize;
+  const start = Bun.nanoseconds();
+  const bad = (detail: string): TripResult => ({ ok: false, ns: Bun.nanoseconds() - start, detail: `${t.name}: ${detail}` });
+  const fd = openRoute(sys, route);
+  if (fd.ret < 0) return bad(`userfaultfd: ${errnoName(fd.errno)}`);
+  let area = -1;
+  let thread = -1;
+  try {
+    const calls: Array<[string, () => R]> = [
+      ["UFFDIO_API", () => sys.ioctl(fd.ret, UFFDIO_API, apiStruct(t.mode === UFFDIO_REGISTER_MODE_WP ? UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n))],
+      ["mmap", () => sys.mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1)],
+    ];
+    for (const [name, call] of calls) {
+      const r = call();
+      if (r.ret === -1) return bad(`${name}: ${errnoName(r.errno)}`);
+      area = name === "mmap" ? r.ret : area;
+    }
+    const page = memory(area, len);
+    if (t.mode === UFFDIO_REGISTER_MODE_WP) page[0] = 1; // write-protect guards present pages only
+    const reg = new BigUint64Array([BigInt(area), BigInt(len), t.mode, 0n]);
+    let r = sys.ioctl(fd.ret, UFFDIO_REGISTER, reg);
+    if (r.ret < 0) return bad(`UFFDIO_REGISTER: ${errnoName(r.errno)}`);
+    if (t.mode === UFFDIO_REGISTER_MODE_WP) {
+      r = sys.ioctl(fd.ret, UFFDIO_WRITEPROTECT, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_WRITEPROTECT_MODE_WP]));
+      if (r.ret < 0) return bad(`UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}`);
+    }
+    r = sys.thread(t.fn, area);
+    if (r.ret === -1) return bad(`pthread_create(${t.fn}): ${errnoName(r.errno)}`);
+    thread = r.ret;
+    const msg = new BigUint64Array(4);
+    const seen = awaitFault(sys, fd.ret, thread, p.opts.boundMs, msg);
+    if ("timeout" in seen) return bad(`no fault event within ${p.opts.boundMs} ms`);
+    if ("exited" in seen) {
+      thread = -1;
+      return bad(`no fault event; ${t.fn} returned ${seen.exited}${seen.exited === -1 ? " (EFAULT: the fault was not delivered)" : ""}`);
+    }
+    const [event, flags, address] = [msg[0] & 0xffn, msg[1], msg[2]];
+    if (event !== UFFD_EVENT_PAGEFAULT || flags !== t.flags || address !== BigInt(area))
+      return bad(`unexpected event 0x${event.toString(16)} flags ${flags} at 0x${address.toString(16)}`);
+    const src = new Uint8Array(len).fill(0x50);
+    src[PATTERN_NUL] = 0;
+    r = sys.ioctl(fd.ret, t.resolve, resolution(t, area, len, src));
+    if (r.ret < 0) return bad(`resolve: ${errnoName(r.errno)}`);
+    const joined = sys.join(thread);
+    thread = -1;
+    const wrong = t.verify(joined.ret, page);
+    return wrong ? bad(wrong) : { ok: true, ns: Bun.nanoseconds() - start, detail: `${t.name} ${Math.round((Bun.nanoseconds() - start) / NS_PER_US)} µs` };
+  } finally {
+    sys.close(fd.ret);
+    if (thread !== -1) sys.join(thread);
+    if (area !== -1) sys.munmap(area, len);
+  }
+}
+
+function checkRoundTrip(p: Probe, head: Head): Check {
+  const route: Route | null = p.route ?? (p.userModeOnly ? "user-mode-only" : null);
+  if (!route) return result(head, "skip", "no userfaultfd could be opened");
+  const wp = p.features !== null && (p.features & UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
+  const trips = Object.fromEntries(TRIPS.filter((t) => wp || t.mode !== UFFDIO_REGISTER_MODE_WP).map((t) => [t.key, roundTrip(p, route, t)]));
+  const all = Object.values(trips);
+  const detail = all.map((t) => t.detail).join(", ");
+  if (route === "user-mode-only")
+    return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; QEMU cannot serve KVM's and vhost's kernel-mode faults with it`, { trips, route });
+  return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips, route });
+}
+
+export type Bench = { faults: number; pageSize: number; p50Ns: number; p99Ns: number; pagesPerSec: number; bytesPerSec: number };
+
+/**
+ * --bench: one native thread runs strlen across `faults` registered pages, each missing, and the
+ * main thread serves every fault with UFFDIO_COPY as fast as it can. The hot loop allocates nothing
+ * but the Sys's answers: the message, copy struct and time table are made once.
+ */
+export function bench(p: Probe, route: Route, faults: number, pageSize: number, flags: number, progress?: (done: number) => void): Bench | string {
+  const { sys } = p;
+  const len = faults * pageSize;
+  const fd = openRoute(sys, route);
+  if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
+  let area = -1;
+  let thread = -1;
+  try {
+    let r = sys.ioctl(fd.ret, UFFDIO_API, apiStruct(0n));
+    if (r.ret < 0) return `UFFDIO_API: ${errnoName(r.errno)}`;
+    r = sys.mmap(0, len, PROT_READ | PROT_WRITE, flags, -1);
+    if (r.ret === -1) return `mmap ${len} B: ${errnoName(r.errno)}`;
+    area = r.ret;
+    r = sys.ioctl(fd.ret, UFFDIO_REGISTER, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_REGISTER_MODE_MISSING, 0n]));
+    if (r.ret < 0) return `UFFDIO_REGISTER: ${errnoName(r.errno)}`;
+    const fill = new Uint8Array(pageSize).fill(0x50);
+    const last = new Uint8Array(pageSize).fill(0x50);
+    last[pageSize - 1] = 0; // strlen stops at the very end of the last page
+    const [fillAt, lastAt, lastPage] = [BigInt(addressOf(fill)), BigInt(addressOf(last)), BigInt(area + len - pageSize)];
+    const copy = new BigUint64Array([0n, 0n, BigInt(pageSize), 0n, 0n]);
+    const msg = new BigUint64Array(4);
+    const served = new Float64Array(faults);
+    const mask = ~BigInt(pageSize - 1);
+    const EAGAIN = errnoOf("EAGAIN");
+    r = sys.thread("strlen", area);
+    if (r.ret === -1) return `pthread_create(strlen): ${errnoName(r.errno)}`;
+    thread = r.ret;
+    const start = Bun.nanoseconds();
+    for (let n = 0; n < faults; ) {
+      r = sys.read(fd.ret, msg);
+      if (r.ret === -1 && r.errno === EAGAIN) {
+        if (sys.poll(fd.ret, p.opts.boundMs).ret <= 0) return `no fault event within ${p.opts.boundMs} ms after ${n} faults`;
+        continue;
+      }
+      if (r.ret === -1) return `read: ${errnoName(r.errno)}`;
+      if ((msg[0] & 0xffn) !== UFFD_EVENT_PAGEFAULT) continue;
+      copy[0] = msg[2] & mask;
+      copy[1] = copy[0] === lastPage ? lastAt : fillAt;
+      r = sys.ioctl(fd.ret, UFFDIO_COPY, copy);
+      if (r.ret < 0) return `UFFDIO_COPY: ${errnoName(r.errno)}`;
+      served[n++] = Bun.nanoseconds();
+      if (progress && (n & 1023) === 0) progress(n);
+    }
+    const ret = sys.join(thread);
+    thread = -1;
+    if (ret.ret !== len - 1) return `strlen returned ${ret.ret}, not ${len - 1}`;
+    const seconds = (served[faults - 1] - start) / 1e9;
+    // Each fault's time is the gap between two served faults; the first also holds the thread's start.
+    const gaps = served.subarray(1).map((t, i) => t - served[i]).sort();
+    const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
+    const pagesPerSec = Math.round(faults / seconds);
+    return { faults, pageSize, p50Ns: at(0.5), p99Ns: at(0.99), pagesPerSec, bytesPerSec: pagesPerSec * pageSize };
+  } finally {
+    sys.close(fd.ret);
+    if (thread !== -1) sys.join(thread);
+    if (area !== -1) sys.munmap(area, len);
+  }
+}
+
 /** The checks in report order; those after uffd-open need a uffd, most also the feature mask. */
 type Step = Head & { needs: "route" | "features" | null; run: (p: Probe, head: Head) => Check };
 const CHECKS: Step[] = [
@@ -286,11 +491,12 @@ const CHECKS: Step[] = [
   { id: "uffd-features", title: "userfault features as QEMU applies them (THREAD_ID)", needs: "features", run: checkFeatures },
   ...REGISTRATIONS.map((spec): Step => ({ ...spec, needs: "features", run: (p) => register(p, spec) })),
   { id: "criu-events", title: "non-cooperative events (CRIU lazy pages)", needs: "features", run: checkCriu },
+  { id: "round-trip", title: "real faults served with UFFDIO_COPY, bytes verified", needs: null, run: checkRoundTrip },
 ];
 
 /** Runs every check in order; a check whose prerequisite failed is skipped, saying which. */
 export function runChecks(sys: Sys, facts: Facts, opts: Options): { checks: Check[]; probe: Probe } {
-  const probe: Probe = { sys, facts, opts, route: null, features: null };
+  const probe: Probe = { sys, facts, opts, route: null, userModeOnly: false, features: null };
   const checks = CHECKS.map(({ id, title, needs, run }) => {
     const head = { id, title };
     if (needs && !probe.route) return result(head, "skip", "no userfaultfd could be opened");
@@ -318,12 +524,15 @@ export type Capability = (typeof CAPABILITIES)[number];
 export function capabilities(checks: Check[], features: bigint | null): Record<Capability, boolean> {
   const ok = (id: string) => ["pass", "warn"].includes(checks.find((c) => c.id === id)?.status ?? "skip");
   const has = (name: string) => features !== null && (features & UFFD_FEATURE[name]) !== 0n;
-  const ram = ["page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon"].every(ok);
+  const trips = (checks.find((c) => c.id === "round-trip")?.trips ?? {}) as Record<string, TripResult>;
+  const served = (key: string) => trips[key]?.ok === true;
+  // QEMU needs user-mode and kernel-mode (KVM, vhost) missing faults served.
+  const ram = ["page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon"].every(ok) && served("user-read") && served("kernel-write");
   return {
     "postcopy-ram": ram,
     "postcopy-hugetlbfs": ram && ok("register-hugetlb"),
     "postcopy-shmem": ram && ok("register-shmem"),
-    "background-snapshot": ok("uffd-open") && ok("uffd-api") && ok("write-protect"),
+    "background-snapshot": ok("uffd-open") && ok("uffd-api") && ok("write-protect") && served("write-protect"),
     "postcopy-blocktime": ram && has("THREAD_ID"),
     "criu-lazy-pages": ok("criu-events"),
     "firecracker-uffd": ok("uffd-open") && ok("register-anon") && has("EVENT_REMOVE"),
@@ -339,10 +548,32 @@ export type Report = {
   features: Record<string, boolean | string>;
   capabilities: Record<Capability, boolean>;
   diagnosis: Array<{ cause: string; evidence: string[]; fix: string[] }>;
+  roundTrip?: { ok: boolean; ns: number };
+  bench?: Bench | Bench[] | { error: string };
 };
 
+/** The kernel-mode write trip decides for QEMU: its result and time, when the check ran. */
+function roundTripSummary(checks: Check[]): Report["roundTrip"] {
+  const trips = checks.find((c) => c.id === "round-trip")?.trips as Record<string, TripResult> | undefined;
+  const served = trips?.["kernel-write"];
+  return served && { ok: Boolean(trips["user-read"]?.ok && served.ok), ns: served.ns };
+}
+
+/** --bench on base pages, and on huge pages when enough are free; an error names what stopped it. */
+function benchAll(p: Probe, progress?: (done: number) => void): Report["bench"] {
+  const route = p.route ?? (p.userModeOnly ? "user-mode-only" : null);
+  if (!route) return { error: "no userfaultfd could be opened" };
+  const anon = MAP_PRIVATE | MAP_ANONYMOUS;
+  const base = bench(p, route, p.opts.bench, p.facts.pageSize, anon, progress);
+  if (typeof base === "string") return { error: base };
+  const { hugePageSize, freeHugepages } = p.facts;
+  if (!hugePageSize || !freeHugepages || freeHugepages < 2) return base;
+  const huge = bench(p, route, Math.min(p.opts.bench, freeHugepages), hugePageSize, anon | MAP_HUGETLB, progress);
+  return typeof huge === "string" ? [base] : [base, huge];
+}
+
 /** The whole probe, without printing: the report the renderers turn into text. */
-export function probe(sys: Sys, facts: Facts, opts: Options): Report {
+export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: number) => void): Report {
   const { checks, probe: p } = runChecks(sys, facts, opts);
   const caps = capabilities(checks, p.features);
   return {
@@ -354,6 +585,8 @@ export function probe(sys: Sys, facts: Facts, opts: Options): Report {
     features: decodeFeatures(p.features),
     capabilities: caps,
     diagnosis: [],
+    roundTrip: roundTripSummary(checks),
+    ...(opts.bench ? { bench: benchAll(p, progress) } : {}),
   };
 }
 
@@ -376,6 +609,7 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
     lines.push("", "Capabilities:");
     for (const [name, yes] of Object.entries(report.capabilities))
       lines.push(`  ${name.padEnd(22)}${paint(opts.color, yes ? COLORS.pass : COLORS.fail, yes ? "yes" : "no")}`);
+    for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
     const count = (s: Status) => report.checks.filter((c) => c.status === s).length;
     lines.push("", `pass=${count("pass")}, warn=${count("warn")}, fail=${count("fail")}, skip=${count("skip")}`);
   }
@@ -384,7 +618,17 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
   return `${lines.join("\n")}\n`;
 }
 
+const benchLine = (b: Bench | { error: string }) =>
+  "error" in b
+    ? `Benchmark: could not run (${b.error})`
+    : `Benchmark (${b.faults} faults on ${b.pageSize} B pages): p50 ${(b.p50Ns / NS_PER_US).toFixed(1)} µs, ` +
+      `p99 ${(b.p99Ns / NS_PER_US).toFixed(1)} µs, ${b.pagesPerSec} pages/s, ${(b.bytesPerSec / 2 ** 20).toFixed(0)} MiB/s`;
+
 export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)}\n`;
+
+const BENCH_FAULTS = 10000;
+/** strlen's answer must fit the 32 bits the join reads: at most 2^31 bytes of 4 KiB pages. */
+const BENCH_MAX = 500000;
 
 /** A wrong command line: exit 2 with the message and the usage line. */
 export class UsageError extends Error {}
@@ -392,7 +636,7 @@ export class UsageError extends Error {}
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
   const opts: Options & { help: boolean; version: boolean } = {
-    format: "human", quiet: false, targetPageSize: 4096, color: tty && !env.NO_COLOR, help: false, version: false,
+    format: "human", quiet: false, targetPageSize: 4096, color: tty && !env.NO_COLOR, boundMs: BOUND_MS, bench: 0, help: false, version: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
@@ -414,6 +658,11 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
       opts.targetPageSize = Number(v);
       if (!/^[1-9][0-9]*$/.test(v) || opts.targetPageSize & (opts.targetPageSize - 1))
         throw new UsageError(`Invalid target page size "${v}": a power of two in bytes, such as 4096`);
+    } else if (flag === "--bench") {
+      const v = inline ?? (/^[0-9]+$/.test(argv[i + 1] ?? "") ? argv[++i] : String(BENCH_FAULTS));
+      opts.bench = Number(v);
+      if (!/^[0-9]+$/.test(v) || opts.bench < 2 || opts.bench > BENCH_MAX)
+        throw new UsageError(`Invalid fault count "${v}": a whole number from 2 to ${BENCH_MAX}`);
     } else throw new UsageError(`Unknown option "${argv[i]}"`);
   }
   return opts;
@@ -421,27 +670,24 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status. */
 export function main(argv = process.argv.slice(2)) {
+  // console.* and not process.stdout: Bun takes ~20 ms to set up process.stdout.
   let opts: ReturnType<typeof parseArgs>;
-  try {
-    opts = parseArgs(argv, process.env, Boolean(process.stdout.isTTY));
-  } catch (e) {
-    process.stderr.write(`postcopy-probe: ${(e as Error).message}\n${USAGE}\n`);
-    process.exitCode = 2;
-    return;
-  }
-  if (opts.help) return void process.stdout.write(`${HELP}\n`);
-  if (opts.version) return void process.stdout.write(`${VERSION}\n`);
   let sys: Sys;
   try {
+    opts = parseArgs(argv, process.env);
+    if (opts.help || opts.version) return void console.log(opts.help ? HELP : VERSION);
     if (process.platform !== "linux") throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = loadSys();
   } catch (e) {
-    process.stderr.write(`postcopy-probe: ${(e as Error).message}\n`);
+    console.error(`postcopy-probe: ${(e as Error).message}${e instanceof UsageError ? `\n${USAGE}` : ""}`);
     process.exitCode = 2;
     return;
   }
-  const report = probe(sys, readFacts(sys), opts);
-  process.stdout.write(opts.format === "json" ? renderJson(report) : renderHuman(report, opts));
+  opts.color = !process.env.NO_COLOR && sys.isatty(1) === 1;
+  const progress = opts.bench && sys.isatty(2) ? (n: number) => sys.write(2, `\rbench: ${n}/${opts.bench} faults`) : undefined;
+  const report = probe(sys, readFacts(sys), opts, progress);
+  if (progress) sys.write(2, "\r\x1b[K");
+  console.log((opts.format === "json" ? renderJson(report) : renderHuman(report, opts)).trimEnd());
   process.exitCode = report.postcopy ? 0 : 1;
 }
 
