@@ -17,15 +17,16 @@ export type R = { ret: number; errno: number };
 export type Buf = BigUint64Array | Uint8Array | Int32Array;
 
 /** Linux architectures the probe knows, keyed by `process.arch`. */
-const ARCH: Record<string, { name: string; nr: number; musl: string; ioc?: "ppc"; noreserve?: number }> = {
-  x64: { name: "x86_64", nr: 323, musl: "x86_64" },
-  ia32: { name: "i386", nr: 374, musl: "i386" },
-  arm64: { name: "aarch64", nr: 282, musl: "aarch64" },
-  arm: { name: "arm", nr: 388, musl: "armhf" },
-  riscv64: { name: "riscv64", nr: 282, musl: "riscv64" },
-  loong64: { name: "loongarch64", nr: 282, musl: "loongarch64" },
-  ppc64: { name: "ppc64", nr: 364, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
-  s390x: { name: "s390x", nr: 355, musl: "s390x" },
+/** `nr` is __NR_userfaultfd, `statx` __NR_statx (called raw: musl before 1.2.5 has no statx()). */
+const ARCH: Record<string, { name: string; nr: number; statx: number; musl: string; ioc?: "ppc"; noreserve?: number }> = {
+  x64: { name: "x86_64", nr: 323, statx: 332, musl: "x86_64" },
+  ia32: { name: "i386", nr: 374, statx: 383, musl: "i386" },
+  arm64: { name: "aarch64", nr: 282, statx: 291, musl: "aarch64" },
+  arm: { name: "arm", nr: 388, statx: 397, musl: "armhf" },
+  riscv64: { name: "riscv64", nr: 282, statx: 291, musl: "riscv64" },
+  loong64: { name: "loongarch64", nr: 282, statx: 291, musl: "loongarch64" },
+  ppc64: { name: "ppc64", nr: 364, statx: 383, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
+  s390x: { name: "s390x", nr: 355, statx: 379, musl: "s390x" },
 };
 /** The running architecture's entry, or undefined when the probe does not know its numbers. */
 export const arch = ARCH[process.arch];
@@ -110,9 +111,14 @@ export const MAP_HUGETLB = 0x40000;
 export const MFD_CLOEXEC = 1;
 export const MFD_HUGETLB = 4;
 export const POLLIN = 1;
-// include/uapi/linux/prctl.h, seccomp.h: used by the tests to stand in for a container runtime.
+// include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
+export const PR_SET_DUMPABLE = 4;
 export const PR_SET_NO_NEW_PRIVS = 38;
 export const PR_SET_SECCOMP = 22;
+export const AT_FDCWD = -100;
+export const STATX_BASIC_STATS = 0x7ff;
+/** struct statx: stx_uid @20, stx_gid @24, stx_mode (u16) @28, 256 bytes in all. */
+const STATX_SIZE = 256;
 export const SECCOMP_MODE_FILTER = 2;
 
 // include/uapi/asm-generic/errno-base.h and errno.h: the same numbers on every arch above.
@@ -148,8 +154,11 @@ export interface Sys {
   join(thread: number): R;
   /** Joins a thread that has finished; errno EBUSY while it still runs. */
   tryJoin(thread: number): R;
-  /** Sets uid, gid and supplementary groups, all of them (real, effective, saved). */
+  /** Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. */
   become(uid: number, gid: number, groups: number[]): R;
+  /** statx(): the file's mode, owner and group. */
+  stat(path: string): R & { mode: number; uid: number; gid: number };
+  prctl(option: number, arg2: number, arg3?: Buf): R;
   pageSize(): number;
   /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
   isatty(fd: number): number;
@@ -168,7 +177,8 @@ const latin1 = new TextDecoder("latin1");
 /** libc's file name for the running arch: glibc first, then musl. */
 const LIBC_NAMES = ["libc.so.6", `libc.musl-${archOrX64.musl}.so.1`, "libc.so"];
 const SYMBOLS = {
-  syscall: { args: [T.i64, T.i64], returns: T.i64_fast },
+  syscall: { args: [T.i64, T.i64, T.i64, T.i64, T.i64, T.i64], returns: T.i64_fast },
+  prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
   open: { args: [T.ptr, T.i32], returns: T.i32 },
   ioctl: { args: [T.i32, T.u64, T.ptr], returns: T.i32 },
   mmap: { args: [T.u64, T.u64, T.i32, T.i32, T.i32, T.i64], returns: T.i64_fast },
@@ -223,7 +233,14 @@ export function loadSys(): Sys {
   const retval = new BigUint64Array(1);
   const joined = (err: number): R => (err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 });
   return {
-    userfaultfd: (flags) => r(c.syscall(arch.nr, flags) as number),
+    userfaultfd: (flags) => r(c.syscall(arch.nr, flags, 0, 0, 0, 0) as number),
+    stat(path) {
+      const buf = new Uint8Array(STATX_SIZE);
+      const at = r(c.syscall(arch.statx, AT_FDCWD, ptr(cstr(path)), 0, STATX_BASIC_STATS, ptr(buf)) as number);
+      const u32 = new Uint32Array(buf.buffer);
+      return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff };
+    },
+    prctl: (option, arg2, arg3) => r(c.prctl(option, arg2, arg3 ?? null, 0, 0)),
     open: (path, flags) => r(c.open(cstr(path), flags)),
     ioctl: (fd, request, arg) => r(c.ioctl(fd, request, arg as never)),
     mmap: (addr, length, prot, flags, fd) => r(c.mmap(addr, length, prot, flags, fd, 0) as number),
@@ -249,7 +266,8 @@ export function loadSys(): Sys {
       const set = r(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
       if (set.ret === -1) return set;
       const g = r(c.setresgid(gid, gid, gid));
-      return g.ret === -1 ? g : r(c.setresuid(uid, uid, uid));
+      const u = g.ret === -1 ? g : r(c.setresuid(uid, uid, uid));
+      return u.ret === -1 ? u : r(c.prctl(PR_SET_DUMPABLE, 1, null, 0, 0));
     },
     pageSize: () => c.getpagesize(),
     isatty: (fd) => c.isatty(fd),

@@ -10,23 +10,35 @@ import {
   UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE, USERFAULTFD_IOC_NEW,
 } from "./ffi.ts";
 import {
-  BOUND_MS, CAPABILITIES, PATTERN_NUL, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
+  BOUND_MS, CAPABILITIES, type Check, diagnose, type Facts, PATTERN_NUL, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
 } from "./probe.ts";
 
 const sys = loadSys();
 const facts = readFacts(sys);
-const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0 };
+const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0, user: null };
 const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
 const fail = (name: "ENOSYS" | "EINVAL" | "ENOMEM" | "ENOENT"): R => ({ ret: -1, errno: errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
-/** Open fds, mappings and threads of this process: what a leak would raise. */
-const count = () => [
-  readdirSync("/proc/self/fd").length,
-  readFileSync("/proc/self/maps", "utf8").split("\n").length,
-  readdirSync("/proc/self/task").length,
-];
+/**
+ * What a leak by the probe would raise: open fds, mappings of the shapes the probe makes (one
+ * read-write anonymous page, a memfd, a huge page) and threads named like this one (a pthread
+ * inherits the name; Bun's own threads, which come and go, have names of their own).
+ */
+function count() {
+  const isProbeMapping = (line: string) => {
+    const [range, perms, , , inode, path = ""] = line.split(/\s+/);
+    const [start, end] = range.split("-").map((x) => Number.parseInt(x, 16));
+    return perms === "rw-p" && inode === "0" && !path && end - start === facts.pageSize || /memfd:postcopy-probe|anon_hugepage/.test(line);
+  };
+  const name = readFileSync("/proc/self/comm", "utf8");
+  return {
+    fds: readdirSync("/proc/self/fd").length,
+    mappings: readFileSync("/proc/self/maps", "utf8").split("\n").filter(isProbeMapping).length,
+    threads: readdirSync("/proc/self/task").filter((t) => readFileSync(`/proc/self/task/${t}/comm`, "utf8") === name).length,
+  };
+}
 
 /**
  * A copy of bun and the probe that uid 65534 can reach: the checkout may sit in a 0700 directory.
@@ -75,7 +87,7 @@ describe("probe() on the real kernel", () => {
     expect(statuses(report)).toEqual({
       "page-size": "pass", "uffd-open": "pass", "uffd-api": "pass", "uffd-features": "pass", "register-anon": "pass",
       "register-hugetlb": facts.nrHugepages ? "pass" : "warn", "register-shmem": "pass", "write-protect": "pass", "criu-events": "pass",
-      "round-trip": "pass",
+      "round-trip": "pass", "run-as": facts.qemuUser ? "warn" : "pass",
     });
     expect(report.postcopy).toBe(true);
     expect(Object.values(report.capabilities)).toEqual(CAPABILITIES.map(() => true));
@@ -138,7 +150,7 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
     expect(check(report, "uffd-open")).toMatchObject({
       status: "fail", errno: "ENOSYS", detail: "/dev/userfaultfd: ENOENT, userfaultfd(2): ENOSYS, user-mode-only: ENOSYS",
     });
-    expect(report.checks.slice(2).map((c) => c.status)).toEqual(Array(8).fill("skip"));
+    expect(report.checks.slice(2, -1).map((c) => c.status)).toEqual(Array(8).fill("skip"));
     expect(report.postcopy).toBe(false);
     expect(report.features).toEqual({});
   });
@@ -250,6 +262,194 @@ describe("round trips", () => {
   });
 });
 
+/** Runs the probe under a seccomp filter that makes userfaultfd(2) fail with `errno`, like a container runtime. */
+function underSeccomp(errno: "EPERM" | "ENOSYS", asNobody: boolean) {
+  const { bun, dir } = forNobody();
+  const script = `${dir}/seccomp-child.ts`;
+  require("node:fs").writeFileSync(script, `
+    import { errnoOf, loadSys, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER } from "./ffi.ts";
+    import { main } from "./probe.ts";
+    const sys = loadSys();
+    // struct sock_filter {u16 code; u8 jt, jf; u32 k}: on x86_64, userfaultfd(2) -> ERRNO, all else ALLOW.
+    const insns = [[0x20, 0, 0, 4], [0x15, 0, 3, 0xc000003e], [0x20, 0, 0, 0], [0x15, 0, 1, 323],
+      [0x06, 0, 0, 0x00050000 | errnoOf("${errno}")], [0x06, 0, 0, 0x7fff0000]];
+    const filter = new DataView(new ArrayBuffer(8 * insns.length));
+    insns.forEach(([code, jt, jf, k], i) => { filter.setUint16(8 * i, code, true); filter.setUint8(8 * i + 2, jt); filter.setUint8(8 * i + 3, jf); filter.setUint32(8 * i + 4, k, true); });
+    const { ptr } = await import("bun:ffi");
+    const prog = new BigUint64Array([BigInt(insns.length), BigInt(ptr(new Uint8Array(filter.buffer)))]);
+    if (sys.prctl(PR_SET_NO_NEW_PRIVS, 1).ret || sys.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog).ret) throw new Error("seccomp");
+    main(["--json"]);
+  `);
+  const prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
+  const run = Bun.spawnSync([...prefix, bun, script], { cwd: dir });
+  return { code: run.exitCode, report: JSON.parse(run.stdout.toString()) as Report };
+}
+
+describe("diagnosis under real denials", () => {
+  const SYSCTL = ["sysctl -w vm.unprivileged_userfaultfd=1", "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf"];
+  const SECCOMP_FIX = [
+    "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first",
+    "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
+    "podman run --security-opt seccomp=PROFILE.json ...",
+    "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
+  ];
+  const causes = (r: Report) => r.diagnosis.map((d) => d.cause);
+
+  test.skipIf(!isRoot || unprivileged !== "0")("as uid 65534: unprivileged-userfaultfd, fixed by the device or the sysctl", () => {
+    const run = cli(["--json"], true);
+    expect(run.code).toBe(1);
+    const report = JSON.parse(run.stdout) as Report;
+    expect(report.diagnosis).toEqual([
+      {
+        cause: "unprivileged-userfaultfd",
+        summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+        evidence: ["userfaultfd(2): EPERM, with UFFD_USER_MODE_ONLY: ok", "vm.unprivileged_userfaultfd = 0", "CAP_SYS_PTRACE: not held by nobody (uid 65534)"],
+        fix: [
+          "setfacl -m u:nobody:rw /dev/userfaultfd   # QEMU 8.0+ opens /dev/userfaultfd first",
+          ...SYSCTL,
+          'setcap cap_sys_ptrace+ep "$(command -v qemu-system-x86_64)"   # broad: also lets QEMU ptrace',
+        ],
+      },
+      {
+        cause: "devnode-permission",
+        summary: "/dev/userfaultfd does not let this user in, and the syscall is refused",
+        evidence: [`/dev/userfaultfd: ${facts.devnode!.mode} ${facts.devnode!.owner} ${facts.devnode!.group}`, "open as nobody (uid 65534): EACCES"],
+        fix: [
+          "setfacl -m u:nobody:rw /dev/userfaultfd   # QEMU 8.0+ opens /dev/userfaultfd first",
+          `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules && udevadm control --reload && udevadm trigger --subsystem-match=misc`,
+          "usermod -aG kvm nobody",
+        ],
+      },
+    ]);
+  });
+
+  test.skipIf(!isRoot || unprivileged !== "0")("--user nobody answers exactly as a process started as nobody", () => {
+    const strip = (r: Report) =>
+      JSON.stringify({ ...r, roundTrip: undefined, checks: r.checks.map(({ detail, trips, ...c }) => ({ ...c, detail: detail.replace(/\d+ µs/g, "") })) });
+    const viaUser = cli(["--json", "--user", "nobody"]);
+    const viaSetpriv = cli(["--json"], true);
+    expect(viaUser.code).toBe(viaSetpriv.code);
+    expect(strip(JSON.parse(viaUser.stdout))).toBe(strip(JSON.parse(viaSetpriv.stdout)).replace("probing as nobody (uid 65534)", "probing as nobody (uid 65534), as --user asked"));
+  });
+
+  test.skipIf(!isRoot)("--user refuses an unknown user and a caller that is not root", () => {
+    expect(cli(["--user", "no-such-user"]).stderr.split("\n")[0]).toBe('postcopy-probe: Unknown user "no-such-user": not in /etc/passwd');
+    expect(cli(["--user", "no-such-user"]).code).toBe(2);
+    const run = cli(["--user", "root"], true);
+    expect([run.code, run.stderr.split("\n")[0]]).toEqual([2, "postcopy-probe: --user needs root: this is uid 65534"]);
+  });
+
+  test.skipIf(!isRoot)("a seccomp filter returning EPERM is seccomp even as root; /dev/userfaultfd still serves QEMU 8.0+", () => {
+    const { code, report } = underSeccomp("EPERM", false);
+    expect(check(report, "uffd-open")).toMatchObject({ status: "warn", routes: { device: "ok", syscall: "EPERM", "user-mode-only": "EPERM" } });
+    expect(check(report, "uffd-open").detail).toEndWith("; QEMU older than 8.0 only uses the syscall and will fail");
+    expect([code, report.postcopy]).toEqual([0, true]);
+    expect(report.diagnosis.find((d) => d.cause === "seccomp")).toEqual({
+      cause: "seccomp",
+      summary: "a seccomp filter denies userfaultfd(2)",
+      evidence: [`Seccomp: 2 in /proc/self/status (${(report.host as Facts).seccompFilters} filters)`, "userfaultfd(2): EPERM, with UFFD_USER_MODE_ONLY: EPERM"],
+      fix: SECCOMP_FIX,
+    });
+    expect(causes(report)).not.toContain("unprivileged-userfaultfd");
+  });
+
+  test.skipIf(!isRoot)("a seccomp filter returning ENOSYS is seccomp, not no-kernel-support", () => {
+    const { code, report } = underSeccomp("ENOSYS", true);
+    expect([code, report.postcopy]).toEqual([1, false]);
+    expect(causes(report)).toEqual(["seccomp", "devnode-permission"]);
+    expect(report.diagnosis[0].evidence[1]).toBe("userfaultfd(2): ENOSYS, with UFFD_USER_MODE_ONLY: ENOSYS");
+  });
+});
+
+describe("diagnose() for what this machine cannot produce", () => {
+  const base: Facts = {
+    ...facts, kernel: "6.1.0", arch: "x86_64", uid: 107, user: "qemu", unprivilegedUserfaultfd: 0, capSysPtrace: false, seccomp: 0,
+    seccompFilters: 0, uidMap: "0 0 4294967295", userNamespace: false, devnode: { mode: "crw-------", owner: "root", group: "root" },
+    miscMinor: 126, selinux: null, gvisor: false, qemuUser: "qemu", nrHugepages: 0,
+  };
+  const opened = (device: string, syscall: string, umo: string): Check[] => [
+    { id: "uffd-open", title: "", status: "fail", detail: "", routes: { device, syscall, "user-mode-only": umo } },
+  ];
+
+  test("ENOSYS without a filter is no-kernel-support", () => {
+    expect(diagnose({ ...base, devnode: null, miscMinor: null, unprivilegedUserfaultfd: null }, opened("ENOENT", "ENOSYS", "ENOSYS"))).toEqual([
+      {
+        cause: "no-kernel-support",
+        summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
+        evidence: ["userfaultfd(2): ENOSYS without a seccomp filter", "kernel 6.1.0", "vm.unprivileged_userfaultfd: absent"],
+        fix: ["grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y", "boot a kernel built with CONFIG_USERFAULTFD=y"],
+      },
+      {
+        cause: "devnode-missing",
+        summary: "/dev/userfaultfd is not there, and the syscall is refused",
+        evidence: ["/dev/userfaultfd: ENOENT", "no userfaultfd in /proc/misc: the device came in Linux 6.1"],
+        fix: ["sysctl -w vm.unprivileged_userfaultfd=1   # before 6.1 the syscall is the only way", "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf"],
+      },
+    ]);
+  });
+
+  test("gVisor is gvisor, not seccomp or no-kernel-support", () => {
+    const d = diagnose({ ...base, gvisor: true, kernel: "4.4.0", devnode: null }, opened("ENOENT", "ENOSYS", "ENOSYS"));
+    expect(d.map((x) => x.cause)).toEqual(["gvisor", "devnode-missing"]);
+    expect(d[0]).toEqual({
+      cause: "gvisor",
+      summary: "gVisor's kernel does not implement userfaultfd",
+      evidence: ["/proc/version: gVisor (release 4.4.0)", "userfaultfd(2): ENOSYS, with UFFD_USER_MODE_ONLY: ENOSYS"],
+      fix: ["docker run --runtime=runc ...   # not --runtime=runsc", "kubectl edit pod ...   # drop runtimeClassName: gvisor"],
+    });
+    expect(d[1].fix).toEqual(["mknod -m 0660 /dev/userfaultfd c 10 126 && chgrp kvm /dev/userfaultfd", "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first"]);
+  });
+
+  test("CAP_SYS_PTRACE inside a user namespace is user-namespace", () => {
+    const d = diagnose({ ...base, uid: 0, user: "root", capSysPtrace: true, userNamespace: true, uidMap: "0 100000 65536" }, opened("ENOENT", "EPERM", "ok"));
+    expect(d[0]).toEqual({
+      cause: "user-namespace",
+      summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+      evidence: ["/proc/self/uid_map: 0 100000 65536", "userfaultfd(2): EPERM, with UFFD_USER_MODE_ONLY: ok"],
+      fix: [
+        "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first",
+        "sysctl -w vm.unprivileged_userfaultfd=1   # on the host",
+        "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf",
+      ],
+    });
+    expect(d.map((x) => x.cause)).toEqual(["user-namespace", "devnode-missing"]);
+  });
+
+  test("SELinux denying the syscall with EACCES is selinux", () => {
+    const d = diagnose({ ...base, selinux: "enforcing" }, opened("EACCES", "EACCES", "EACCES"));
+    expect(d[0]).toEqual({
+      cause: "selinux",
+      summary: "SELinux is enforcing and denied userfaultfd",
+      evidence: ["/sys/fs/selinux/enforce: 1", "/dev/userfaultfd: EACCES", "userfaultfd(2): EACCES, with UFFD_USER_MODE_ONLY: EACCES"],
+      fix: ["ausearch -m avc -ts recent | grep userfaultfd", "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
+    });
+  });
+
+  test("a missing feature names it and the kernel that added it", () => {
+    const checks: Check[] = [
+      ...opened("ok", "ok", "ok"),
+      { id: "write-protect", title: "", status: "fail", detail: "kernel does not offer UFFD_FEATURE_PAGEFAULT_FLAG_WP", missing: ["UFFD_FEATURE_PAGEFAULT_FLAG_WP"] },
+      { id: "uffd-features", title: "", status: "warn", detail: "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", missing: ["UFFD_FEATURE_THREAD_ID"] },
+    ];
+    expect(diagnose({ ...base, kernel: "4.12.0" }, checks)).toEqual([
+      {
+        cause: "missing-feature",
+        summary: "the kernel lacks a feature or ioctl a capability needs",
+        evidence: ["write-protect: kernel does not offer UFFD_FEATURE_PAGEFAULT_FLAG_WP", "uffd-features: UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime"],
+        fix: ["boot Linux 5.7 or later for UFFD_FEATURE_PAGEFAULT_FLAG_WP (this is 4.12.0)", "boot Linux 4.14 or later for UFFD_FEATURE_THREAD_ID (this is 4.12.0)"],
+      },
+    ]);
+  });
+
+  test.skipIf(!isRoot)("root without --user warns when QEMU has its own user here", () => {
+    const report = probe(sys, { ...facts, uid: 0, qemuUser: "libvirt-qemu" }, opts);
+    expect(check(report, "run-as")).toMatchObject({
+      status: "warn", hint: "postcopy-probe --user libvirt-qemu",
+      detail: "root's answer may not be QEMU's: QEMU runs as libvirt-qemu here; run postcopy-probe --user libvirt-qemu",
+    });
+  });
+});
+
 describe("renderers", () => {
   const report: Report = {
     schema: "postcopy-probe/1", version: "0.1.0", postcopy: false,
@@ -294,17 +494,21 @@ describe("renderers", () => {
     expect(out).toBe(
       [
         `${pad("Checking for a userfaultfd")}: \x1b[31mFAIL\x1b[0m (userfaultfd(2): EPERM)`,
-        `${pad("Checking for UFFDIO_API handshake")}: \x1b[90mSKIP\x1b[0m (no userfaultfd could be opened)`,
         "Postcopy live migration (QEMU postcopy-ram): \x1b[31mNOT SUPPORTED\x1b[0m for qemu (uid 107)",
         "",
       ].join("\n"),
     );
   });
 
-  test("renderHuman() with quiet prints only what did not pass and the verdict", () => {
-    expect(renderHuman(report, { quiet: true, color: false }).split("\n")).toEqual([
+  test("renderHuman() with quiet prints only warnings, failures, why and the verdict", () => {
+    const why = { ...report, diagnosis: [{ cause: "seccomp", summary: "a filter", evidence: ["Seccomp: 2"], fix: ["docker run ..."] }] };
+    expect(renderHuman(why, { quiet: true, color: false }).split("\n")).toEqual([
       `${pad("Checking for a userfaultfd")}: FAIL (userfaultfd(2): EPERM)`,
-      `${pad("Checking for UFFDIO_API handshake")}: SKIP (no userfaultfd could be opened)`,
+      "",
+      "Why / Fix:",
+      "  seccomp: a filter",
+      "    because Seccomp: 2",
+      "    $ docker run ...",
       "Postcopy live migration (QEMU postcopy-ram): NOT SUPPORTED for qemu (uid 107)",
       "",
     ]);
@@ -318,7 +522,7 @@ describe("renderers", () => {
 describe("the command line", () => {
   test("parseArgs() reads every option and NO_COLOR turns colour off on a TTY", () => {
     expect(parseArgs(["--json", "-q", "--target-page-size=16384", "--bench"], {}, true)).toEqual({
-      format: "json", quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, help: false, version: false,
+      format: "json", quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, user: null, help: false, version: false,
     });
     expect(parseArgs(["--bench", "500", "--json"]).bench).toBe(500);
     expect(parseArgs(["--bench=2"]).bench).toBe(2);

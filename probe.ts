@@ -21,14 +21,15 @@ import {
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
-const USAGE = "Usage: postcopy-probe [--json | --format human|json] [-q] [--target-page-size N] [--bench [N]] [--help] [--version]";
+const USAGE = "Usage: postcopy-probe [--json | --format human|json] [-q] [--target-page-size N] [--bench [N]] [--user NAME] [--help] [--version]";
 const HELP = `${USAGE}
 
 Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.
 
   --json                  print the postcopy-probe/1 JSON document, nothing else
   --format FORMAT         human (default) or json
-  -q, --quiet             print only what did not pass, and the verdict
+  -q, --quiet             print only warnings, failures, why and the verdict
+  --user NAME|UID         answer for that user (as root): QEMU's user, not root
   --target-page-size N    the guest's target page size in bytes (default 4096)
   --bench [N]             also serve N faults (default 10000) as fast as possible: p50, p99, pages/s
   -h, --help              this text
@@ -47,6 +48,8 @@ export type Options = {
   boundMs: number;
   /** Faults to serve in --bench; 0 when not benchmarking. */
   bench: number;
+  /** --user: the user the probe answers for, run in a child with that user's ids. */
+  user: string | null;
 };
 
 /** Read-only host context. Every field is read from the host; nothing is inferred from versions. */
@@ -59,9 +62,34 @@ export type Facts = {
   freeHugepages: number | null;
   uid: number;
   user: string;
+  /** vm.unprivileged_userfaultfd; null when the file is absent (no CONFIG_USERFAULTFD, or before 5.2). */
+  unprivilegedUserfaultfd: number | null;
+  capSysPtrace: boolean;
+  /** `Seccomp:` of /proc/self/status: 0 none, 1 strict, 2 filter. */
+  seccomp: number | null;
+  seccompFilters: number | null;
+  /** The first line of /proc/self/uid_map, and whether it is not the initial user namespace. */
+  uidMap: string;
+  userNamespace: boolean;
+  /** /dev/userfaultfd as `ls -l` shows it, or null when there is no such node. */
+  devnode: { mode: string; owner: string; group: string } | null;
+  /** The misc minor of userfaultfd in /proc/misc: the kernel has the device even when /dev lacks it. */
+  miscMinor: number | null;
+  selinux: "enforcing" | "permissive" | null;
+  gvisor: boolean;
+  /** The user QEMU usually runs as here (qemu, libvirt-qemu), when one exists. */
+  qemuUser: string | null;
 };
 
 const DEVICE = "/dev/userfaultfd";
+const CAP_SYS_PTRACE = 19n;
+const S_IFCHR = 0o020000;
+const QEMU_USERS = ["qemu", "libvirt-qemu"];
+/** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
+const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
+/** `crw-------` for a character device with mode 0600. */
+const modeString = (mode: number) =>
+  ((mode & 0o170000) === S_IFCHR ? "c" : "-") + [...Array(9)].map((_, i) => (mode & (0o400 >> i) ? "rwx"[i % 3] : "-")).join("");
 /** A number from a one-value file such as /proc/sys/vm/nr_hugepages, or null when unreadable. */
 const readNumber = (sys: Sys, path: string) => {
   const text = sys.readText(path);
@@ -70,11 +98,8 @@ const readNumber = (sys: Sys, path: string) => {
 /** The value after `key:` in a /proc file such as /proc/meminfo. */
 const field = (text: string | null, key: string) => text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
 
-/** The user name for a uid from /etc/passwd, or the number as text. */
-function userName(sys: Sys, uid: number) {
-  const line = sys.readText("/etc/passwd")?.split("\n").find((l) => l.split(":")[2] === String(uid));
-  return line?.split(":")[0] ?? String(uid);
-}
+/** The name for an id in /etc/passwd or /etc/group, or the number as text. */
+const nameOf = (sys: Sys, path: string, id: number) => rows(sys, path).find((r) => r[2] === String(id))?.[0] ?? String(id);
 
 /** Reads the facts the checks and the diagnosis need. */
 export function readFacts(sys: Sys): Facts {
@@ -82,15 +107,35 @@ export function readFacts(sys: Sys): Facts {
   const hugeKb = field(meminfo, "Hugepagesize");
   const freeHuge = field(meminfo, "HugePages_Free");
   const uid = process.getuid!();
+  const status = sys.readText("/proc/self/status");
+  const number = (text: string | null) => (text === null ? null : Number(text));
+  const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? "";
+  const node = sys.stat(DEVICE);
+  const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m);
+  const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
+  const version = `${sys.readText("/proc/version") ?? ""}`;
+  const users = rows(sys, "/etc/passwd").map((r) => r[0]);
   return {
     kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
     arch: arch!.name,
     pageSize: sys.pageSize(),
     hugePageSize: hugeKb === null ? null : Number.parseInt(hugeKb) * 1024,
     nrHugepages: readNumber(sys, "/proc/sys/vm/nr_hugepages"),
-    freeHugepages: freeHuge === null ? null : Number(freeHuge),
+    freeHugepages: number(freeHuge),
     uid,
-    user: userName(sys, uid),
+    user: nameOf(sys, "/etc/passwd", uid),
+    unprivilegedUserfaultfd: readNumber(sys, "/proc/sys/vm/unprivileged_userfaultfd"),
+    capSysPtrace: (BigInt(`0x${field(status, "CapEff") ?? "0"}`) >> CAP_SYS_PTRACE) % 2n === 1n,
+    seccomp: number(field(status, "Seccomp")),
+    seccompFilters: number(field(status, "Seccomp_filters")),
+    uidMap,
+    userNamespace: uidMap !== "0 0 4294967295",
+    devnode: node.ret < 0 ? null : { mode: modeString(node.mode), owner: nameOf(sys, "/etc/passwd", node.uid), group: nameOf(sys, "/etc/group", node.gid) },
+    miscMinor: misc ? Number(misc[1]) : null,
+    selinux: enforce === "1" ? "enforcing" : enforce === "0" ? "permissive" : null,
+    // gVisor's Sentry: "-gvisor" in the release, or the fixed 2016 build date of its /proc/version.
+    gvisor: /gvisor/i.test(version) || version.includes("Sun Jan 10 15:06:54 PST 2016"),
+    qemuUser: QEMU_USERS.find((u) => users.includes(u)) ?? null,
   };
 }
 
@@ -117,8 +162,8 @@ const openUffd = (p: Probe) => openRoute(p.sys, p.route!);
 /** A uffdio_api struct asking for `features`. */
 const apiStruct = (features: bigint) => new BigUint64Array([UFFD_API, features, 0n]);
 const bit = (n: number) => 1n << BigInt(n);
-/** Names of the ioctls in `names` whose bits are not set in `mask`. */
-const missingIoctls = (mask: bigint, names: string[]) => names.filter((n) => !(mask & bit(UFFDIO_BITS[n])));
+/** UFFDIO_* names of the ioctls in `names` whose bits are not set in `mask`. */
+const missingIoctls = (mask: bigint, names: string[]) => names.filter((n) => !(mask & bit(UFFDIO_BITS[n]))).map((n) => `UFFDIO_${n}`);
 /** Names of the features in `wanted` that `offered` lacks, as UFFD_FEATURE_* names. */
 const missingFeatures = (offered: bigint, wanted: bigint) =>
   Object.entries(UFFD_FEATURE).filter(([, b]) => wanted & b && !(offered & b)).map(([n]) => `UFFD_FEATURE_${n}`);
@@ -167,7 +212,7 @@ function checkApi(p: Probe, head: Head): Check {
     p.features = api[1];
     const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
     const detail = `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}`;
-    if (missing.length) return result(head, "fail", `${detail}; missing UFFDIO_${missing.join(", UFFDIO_")}`);
+    if (missing.length) return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
     return result(head, "pass", detail);
   } finally {
     sys.close(fd.ret);
@@ -185,8 +230,8 @@ function checkFeatures(p: Probe, head: Head): Check {
     const r = sys.ioctl(fd.ret, UFFDIO_API, api);
     if (r.ret < 0) return failed(head, "UFFDIO_API", r);
     const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
-    if (missing.length) return result(head, "fail", `Missing userfault features: UFFDIO_${missing.join(", UFFDIO_")}`);
-    if (!asked) return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered (Linux 4.14+): no postcopy-blocktime");
+    if (missing.length) return result(head, "fail", `Missing userfault features: ${missing.join(", ")}`, { missing });
+    if (!asked) return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing: ["UFFD_FEATURE_THREAD_ID"] });
     return result(head, "pass", "UFFD_FEATURE_THREAD_ID applied");
   } finally {
     sys.close(fd.ret);
@@ -230,7 +275,7 @@ function register(p: Probe, spec: Registration): Check {
   const head = { id: spec.id, title: spec.title };
   const { sys, facts } = p;
   const absent = missingFeatures(p.features!, spec.features);
-  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`);
+  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`, { missing: absent });
   const len = spec.kind === "hugetlb" ? facts.hugePageSize : facts.pageSize;
   if (!len) return result(head, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
   const fd = openUffd(p);
@@ -257,7 +302,7 @@ function register(p: Probe, spec: Registration): Check {
     if (r.ret < 0) return failed(head, "UFFDIO_UNREGISTER", r);
     const missing = missingIoctls(reg[3], spec.ioctls);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
-    if (missing.length) return result(head, "fail", `${detail}; Missing userfault map features: UFFDIO_${missing.join(", UFFDIO_")}`);
+    if (missing.length) return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
     if (spec.kind === "hugetlb" && !facts.nrHugepages)
       return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
     return result(head, "pass", detail);
@@ -271,7 +316,7 @@ function register(p: Probe, spec: Registration): Check {
 const CRIU_EVENTS = featureMask("EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVENT_REMOVE");
 function checkCriu(p: Probe, head: Head): Check {
   const absent = missingFeatures(p.features!, CRIU_EVENTS);
-  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`);
+  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`, { missing: absent });
   const fd = openUffd(p);
   if (fd.ret < 0) return failed(head, "userfaultfd", fd);
   try {
@@ -482,6 +527,14 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
   }
 }
 
+function checkRunAs(p: Probe, head: Head): Check {
+  const { uid, user, qemuUser } = p.facts;
+  if (p.opts.user) return result(head, "pass", `probing as ${user} (uid ${uid}), as --user asked`);
+  if (uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})`);
+  const hint = `postcopy-probe --user ${qemuUser}`;
+  return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
+}
+
 /** The checks in report order; those after uffd-open need a uffd, most also the feature mask. */
 type Step = Head & { needs: "route" | "features" | null; run: (p: Probe, head: Head) => Check };
 const CHECKS: Step[] = [
@@ -492,6 +545,7 @@ const CHECKS: Step[] = [
   ...REGISTRATIONS.map((spec): Step => ({ ...spec, needs: "features", run: (p) => register(p, spec) })),
   { id: "criu-events", title: "non-cooperative events (CRIU lazy pages)", needs: "features", run: checkCriu },
   { id: "round-trip", title: "real faults served with UFFDIO_COPY, bytes verified", needs: null, run: checkRoundTrip },
+  { id: "run-as", title: "the user QEMU runs as", needs: null, run: checkRunAs },
 ];
 
 /** Runs every check in order; a check whose prerequisite failed is skipped, saying which. */
@@ -539,6 +593,123 @@ export function capabilities(checks: Check[], features: bigint | null): Record<C
   };
 }
 
+export type Diagnosis = { cause: string; summary: string; evidence: string[]; fix: string[] };
+type Seen = { f: Facts; r: Record<string, string>; checks: Check[] };
+/** The first kernel with each feature or ioctl the capabilities need. */
+const SINCE: Record<string, string> = {
+  UFFD_FEATURE_PAGEFAULT_FLAG_WP: "5.7", UFFD_FEATURE_EVENT_FORK: "4.11", UFFD_FEATURE_EVENT_REMAP: "4.11",
+  UFFD_FEATURE_EVENT_REMOVE: "4.11", UFFD_FEATURE_MISSING_HUGETLBFS: "4.11", UFFD_FEATURE_MISSING_SHMEM: "4.11",
+  UFFD_FEATURE_EVENT_UNMAP: "4.11", UFFD_FEATURE_THREAD_ID: "4.14", UFFDIO_WRITEPROTECT: "5.7",
+};
+const PERSIST = "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf";
+const CONTAINER_DEVICE = "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first";
+const acl = (f: Facts) => `setfacl -m u:${f.user}:rw ${DEVICE}   # QEMU 8.0+ opens ${DEVICE} first`;
+const denied = (r: Record<string, string>) => `userfaultfd(2): ${r.syscall}, with UFFD_USER_MODE_ONLY: ${r["user-mode-only"]}`;
+
+/** Root causes, in the order a reader should act on them: when() returns evidence, or null. */
+const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[] | null; fix: (s: Seen) => string[] }> = [
+  {
+    cause: "gvisor", summary: "gVisor's kernel does not implement userfaultfd",
+    when: ({ f, r }) => (f.gvisor && r.syscall !== "ok" ? [`/proc/version: gVisor (release ${f.kernel})`, denied(r)] : null),
+    fix: () => ["docker run --runtime=runc ...   # not --runtime=runsc", "kubectl edit pod ...   # drop runtimeClassName: gvisor"],
+  },
+  {
+    cause: "seccomp", summary: "a seccomp filter denies userfaultfd(2)",
+    when: ({ f, r }) =>
+      f.seccomp === 2 && !f.gvisor && r.syscall !== "ok" && r["user-mode-only"] !== "ok"
+        ? [`Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, denied(r)]
+        : null,
+    fix: () => [
+      CONTAINER_DEVICE,
+      "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
+      "podman run --security-opt seccomp=PROFILE.json ...",
+      "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
+    ],
+  },
+  {
+    cause: "no-kernel-support", summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
+    when: ({ f, r }) =>
+      r.syscall === "ENOSYS" && f.seccomp !== 2 && !f.gvisor
+        ? [`userfaultfd(2): ENOSYS without a seccomp filter`, `kernel ${f.kernel}`, `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`]
+        : null,
+    fix: () => ["grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y", "boot a kernel built with CONFIG_USERFAULTFD=y"],
+  },
+  {
+    cause: "user-namespace", summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+    when: ({ f, r }) =>
+      r.syscall === "EPERM" && f.userNamespace && f.capSysPtrace && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
+        ? [`/proc/self/uid_map: ${f.uidMap}`, denied(r)]
+        : null,
+    fix: () => [CONTAINER_DEVICE, "sysctl -w vm.unprivileged_userfaultfd=1   # on the host", PERSIST],
+  },
+  {
+    cause: "unprivileged-userfaultfd", summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+    when: ({ f, r }) =>
+      r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
+        ? [denied(r), `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`, `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`]
+        : null,
+    fix: ({ f }) => [
+      ...(f.devnode ? [acl(f)] : []),
+      "sysctl -w vm.unprivileged_userfaultfd=1",
+      PERSIST,
+      `setcap cap_sys_ptrace+ep "$(command -v qemu-system-${f.arch})"   # broad: also lets QEMU ptrace`,
+    ],
+  },
+  {
+    cause: "selinux", summary: "SELinux is enforcing and denied userfaultfd",
+    when: ({ f, r }) => (f.selinux === "enforcing" && [r.syscall, r.device].includes("EACCES") ? ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${r.device}`, denied(r)] : null),
+    fix: () => ["ausearch -m avc -ts recent | grep userfaultfd", "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
+  },
+  {
+    cause: "devnode-missing", summary: `${DEVICE} is not there, and the syscall is refused`,
+    when: ({ f, r }) =>
+      r.device === "ENOENT" && r.syscall !== "ok"
+        ? [`${DEVICE}: ENOENT`, f.miscMinor === null ? "no userfaultfd in /proc/misc: the device came in Linux 6.1" : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev does not`]
+        : null,
+    fix: ({ f }) =>
+      f.miscMinor === null
+        ? ["sysctl -w vm.unprivileged_userfaultfd=1   # before 6.1 the syscall is the only way", PERSIST]
+        : [`mknod -m 0660 ${DEVICE} c 10 ${f.miscMinor} && chgrp kvm ${DEVICE}`, CONTAINER_DEVICE],
+  },
+  {
+    cause: "devnode-permission", summary: `${DEVICE} does not let this user in, and the syscall is refused`,
+    when: ({ f, r }) =>
+      ["EACCES", "EPERM"].includes(r.device) && r.syscall !== "ok" && f.devnode
+        ? [`${DEVICE}: ${f.devnode.mode} ${f.devnode.owner} ${f.devnode.group}`, `open as ${f.user} (uid ${f.uid}): ${r.device}`]
+        : null,
+    fix: ({ f }) => [
+      acl(f),
+      `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules && udevadm control --reload && udevadm trigger --subsystem-match=misc`,
+      `usermod -aG kvm ${f.user}`,
+    ],
+  },
+  {
+    cause: "missing-feature", summary: "the kernel lacks a feature or ioctl a capability needs",
+    when: ({ checks }) => {
+      const short = checks.filter((c) => (c.missing as string[] | undefined)?.length);
+      return short.length ? short.map((c) => `${c.id}: ${c.detail}`) : null;
+    },
+    fix: ({ f, checks }) =>
+      [...new Set(checks.flatMap((c) => (c.missing as string[] | undefined) ?? []))].map(
+        (name) => `boot Linux ${SINCE[name] ?? "4.3"} or later for ${name} (this is ${f.kernel})`,
+      ),
+  },
+  {
+    cause: "hugepages-not-reserved", summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
+    when: ({ f, checks }) => (checks.some((c) => c.id === "register-hugetlb" && c.status === "warn") ? [`vm.nr_hugepages = ${f.nrHugepages}`] : null),
+    fix: () => ["sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM", "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf"],
+  },
+];
+
+/** Why, and what to run: a pure function of the facts and the checks. */
+export function diagnose(facts: Facts, checks: Check[]): Diagnosis[] {
+  const seen = { f: facts, r: (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>, checks };
+  return CAUSES.flatMap(({ cause, summary, when, fix }) => {
+    const evidence = when(seen);
+    return evidence ? [{ cause, summary, evidence, fix: fix(seen) }] : [];
+  });
+}
+
 export type Report = {
   schema: string;
   version: string;
@@ -547,7 +718,7 @@ export type Report = {
   checks: Check[];
   features: Record<string, boolean | string>;
   capabilities: Record<Capability, boolean>;
-  diagnosis: Array<{ cause: string; evidence: string[]; fix: string[] }>;
+  diagnosis: Diagnosis[];
   roundTrip?: { ok: boolean; ns: number };
   bench?: Bench | Bench[] | { error: string };
 };
@@ -584,7 +755,7 @@ export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: n
     checks,
     features: decodeFeatures(p.features),
     capabilities: caps,
-    diagnosis: [],
+    diagnosis: diagnose(facts, checks),
     roundTrip: roundTripSummary(checks),
     ...(opts.bench ? { bench: benchAll(p, progress) } : {}),
   };
@@ -600,7 +771,7 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
   const { host } = report;
   if (!opts.quiet) lines.push(`postcopy-probe ${report.version}: Linux ${host.kernel} ${host.arch}, ${host.user} (uid ${host.uid})`);
   for (const c of report.checks) {
-    if (opts.quiet && c.status === "pass") continue;
+    if (opts.quiet && (c.status === "pass" || c.status === "skip")) continue;
     const label = `Checking for ${c.title}`.padEnd(WIDTH);
     const status = paint(opts.color, COLORS[c.status], c.status.toUpperCase());
     lines.push(`${label}: ${status}${c.detail ? ` (${c.detail})` : ""}`);
@@ -612,6 +783,12 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
     for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
     const count = (s: Status) => report.checks.filter((c) => c.status === s).length;
     lines.push("", `pass=${count("pass")}, warn=${count("warn")}, fail=${count("fail")}, skip=${count("skip")}`);
+  }
+  if (report.diagnosis.length) lines.push("", "Why / Fix:");
+  for (const d of report.diagnosis) {
+    lines.push(`  ${d.cause}: ${d.summary}`);
+    for (const e of d.evidence) lines.push(`    because ${e}`);
+    for (const f of d.fix) lines.push(`    $ ${f}`);
   }
   const verdict = report.postcopy ? paint(opts.color, COLORS.pass, "SUPPORTED") : paint(opts.color, COLORS.fail, "NOT SUPPORTED");
   lines.push(`Postcopy live migration (QEMU postcopy-ram): ${verdict} for ${host.user} (uid ${host.uid})`);
@@ -636,7 +813,7 @@ export class UsageError extends Error {}
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
   const opts: Options & { help: boolean; version: boolean } = {
-    format: "human", quiet: false, targetPageSize: 4096, color: tty && !env.NO_COLOR, boundMs: BOUND_MS, bench: 0, help: false, version: false,
+    format: "human", quiet: false, targetPageSize: 4096, color: tty && !env.NO_COLOR, boundMs: BOUND_MS, bench: 0, user: null as string | null, help: false, version: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
@@ -663,9 +840,39 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
       opts.bench = Number(v);
       if (!/^[0-9]+$/.test(v) || opts.bench < 2 || opts.bench > BENCH_MAX)
         throw new UsageError(`Invalid fault count "${v}": a whole number from 2 to ${BENCH_MAX}`);
-    } else throw new UsageError(`Unknown option "${argv[i]}"`);
+    } else if (flag === "--user") opts.user = value();
+    else throw new UsageError(`Unknown option "${argv[i]}"`);
   }
   return opts;
+}
+
+/** Carries --user's ids from the parent probe to the child that drops to them: name:uid:gid:groups. */
+const AS_USER = "POSTCOPY_PROBE_AS_USER";
+
+/** name:uid:gid:groups for --user NAME|UID, from /etc/passwd and /etc/group. */
+function userIds(sys: Sys, who: string) {
+  if (process.getuid!() !== 0) throw new UsageError(`--user needs root: this is uid ${process.getuid!()}`);
+  const entry = rows(sys, "/etc/passwd").find((r) => r.length > 3 && (r[0] === who || r[2] === who));
+  if (!entry) throw new UsageError(`Unknown user "${who}": not in /etc/passwd`);
+  const [name, , uid, gid] = entry;
+  const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name)).map((g) => g[2]);
+  return `${name}:${uid}:${gid}:${[gid, ...groups].join(",")}`;
+}
+
+/** The whole probe again in a child that becomes the user first; its output and status are the answer. */
+function runAs(ids: string, argv: string[]) {
+  // A compiled binary is its own script; `bun probe.ts` needs the script named.
+  const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
+  const child = Bun.spawnSync([...self, ...argv], { env: { ...process.env, [AS_USER]: ids }, stdio: ["inherit", "inherit", "inherit"] });
+  return child.exitCode ?? 2;
+}
+
+/** In the --user child: become the user before any fact is read. Throws when the kernel refuses. */
+function becomeUser(sys: Sys, ids: string) {
+  const [name, uid, gid, groups] = ids.split(":");
+  const r = sys.become(Number(uid), Number(gid), groups.split(",").map(Number));
+  if (r.ret < 0) throw new Error(`Cannot become ${name} (uid ${uid}): ${errnoName(r.errno)}`);
+  return name;
 }
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status. */
@@ -678,6 +885,9 @@ export function main(argv = process.argv.slice(2)) {
     if (opts.help || opts.version) return void console.log(opts.help ? HELP : VERSION);
     if (process.platform !== "linux") throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = loadSys();
+    const as = process.env[AS_USER];
+    if (opts.user && !as) return void (process.exitCode = runAs(userIds(sys, opts.user), argv));
+    if (as) opts.user = becomeUser(sys, as);
   } catch (e) {
     console.error(`postcopy-probe: ${(e as Error).message}${e instanceof UsageError ? `\n${USAGE}` : ""}`);
     process.exitCode = 2;
