@@ -68,26 +68,14 @@ export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO_ZEROPAGE, 32);
 export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, 24);
 export const UFFDIO_CONTINUE = _IOWR(UFFDIO, _UFFDIO_CONTINUE, 32);
 export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
-/** Feature bits in kernel order; UFFD_FEATURE_ is left off the names for display. */
-export const UFFD_FEATURE: Record<string, bigint> = {
-  PAGEFAULT_FLAG_WP: 1n << 0n,
-  EVENT_FORK: 1n << 1n,
-  EVENT_REMAP: 1n << 2n,
-  EVENT_REMOVE: 1n << 3n,
-  MISSING_HUGETLBFS: 1n << 4n,
-  MISSING_SHMEM: 1n << 5n,
-  EVENT_UNMAP: 1n << 6n,
-  SIGBUS: 1n << 7n,
-  THREAD_ID: 1n << 8n,
-  MINOR_HUGETLBFS: 1n << 9n,
-  MINOR_SHMEM: 1n << 10n,
-  EXACT_ADDRESS: 1n << 11n,
-  WP_HUGETLBFS_SHMEM: 1n << 12n,
-  WP_UNPOPULATED: 1n << 13n,
-  POISON: 1n << 14n,
-  WP_ASYNC: 1n << 15n,
-  MOVE: 1n << 16n,
-};
+/** UFFD_FEATURE_* bits by name without the prefix: the list is in kernel order, bit i is 1 << i. */
+export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
+  [
+    "PAGEFAULT_FLAG_WP", "EVENT_FORK", "EVENT_REMAP", "EVENT_REMOVE", "MISSING_HUGETLBFS", "MISSING_SHMEM",
+    "EVENT_UNMAP", "SIGBUS", "THREAD_ID", "MINOR_HUGETLBFS", "MINOR_SHMEM", "EXACT_ADDRESS",
+    "WP_HUGETLBFS_SHMEM", "WP_UNPOPULATED", "POISON", "WP_ASYNC", "MOVE",
+  ].map((name, i) => [name, 1n << BigInt(i)]),
+);
 /** `_UFFDIO_*` bit numbers of the `ioctls` masks, by ioctl name. */
 export const UFFDIO_BITS: Record<string, number> = {
   REGISTER: _UFFDIO_REGISTER, UNREGISTER: _UFFDIO_UNREGISTER, WAKE: _UFFDIO_WAKE, COPY: _UFFDIO_COPY,
@@ -104,12 +92,10 @@ export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const MAP_SHARED = 0x01;
 export const MAP_PRIVATE = 0x02;
-export const MAP_FIXED = 0x10;
 export const MAP_ANONYMOUS = 0x20;
 export const MAP_NORESERVE = archOrX64.noreserve ?? 0x4000;
 export const MAP_HUGETLB = 0x40000;
 export const MFD_CLOEXEC = 1;
-export const MFD_HUGETLB = 4;
 export const POLLIN = 1;
 // include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
 export const PR_SET_DUMPABLE = 4;

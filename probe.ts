@@ -40,46 +40,8 @@ Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not run.`;
 export type Status = "pass" | "warn" | "fail" | "skip";
 /** One line of the report. A check never prints and never throws for a kernel answer. */
 export type Check = { id: string; title: string; status: Status; detail: string; errno?: string; hint?: string; [more: string]: unknown };
-export type Options = {
-  format: "human" | "json";
-  quiet: boolean;
-  targetPageSize: number;
-  color: boolean;
-  boundMs: number;
-  /** Faults to serve in --bench; 0 when not benchmarking. */
-  bench: number;
-  /** --user: the user the probe answers for, run in a child with that user's ids. */
-  user: string | null;
-};
-
-/** Read-only host context. Every field is read from the host; nothing is inferred from versions. */
-export type Facts = {
-  kernel: string;
-  arch: string;
-  pageSize: number;
-  hugePageSize: number | null;
-  nrHugepages: number | null;
-  freeHugepages: number | null;
-  uid: number;
-  user: string;
-  /** vm.unprivileged_userfaultfd; null when the file is absent (no CONFIG_USERFAULTFD, or before 5.2). */
-  unprivilegedUserfaultfd: number | null;
-  capSysPtrace: boolean;
-  /** `Seccomp:` of /proc/self/status: 0 none, 1 strict, 2 filter. */
-  seccomp: number | null;
-  seccompFilters: number | null;
-  /** The first line of /proc/self/uid_map, and whether it is not the initial user namespace. */
-  uidMap: string;
-  userNamespace: boolean;
-  /** /dev/userfaultfd as `ls -l` shows it, or null when there is no such node. */
-  devnode: { mode: string; owner: string; group: string } | null;
-  /** The misc minor of userfaultfd in /proc/misc: the kernel has the device even when /dev lacks it. */
-  miscMinor: number | null;
-  selinux: "enforcing" | "permissive" | null;
-  gvisor: boolean;
-  /** The user QEMU usually runs as here (qemu, libvirt-qemu), when one exists. */
-  qemuUser: string | null;
-};
+/** What the command line asks for; the renderers and checks read it. */
+export type Options = Omit<ReturnType<typeof parseArgs>, "help" | "version">;
 
 const DEVICE = "/dev/userfaultfd";
 const CAP_SYS_PTRACE = 19n;
@@ -101,8 +63,11 @@ const field = (text: string | null, key: string) => text?.match(new RegExp(`^${k
 /** The name for an id in /etc/passwd or /etc/group, or the number as text. */
 const nameOf = (sys: Sys, path: string, id: number) => rows(sys, path).find((r) => r[2] === String(id))?.[0] ?? String(id);
 
+/** Read-only host context: every field is read from the host, nothing is inferred from versions. */
+export type Facts = ReturnType<typeof readFacts>;
+
 /** Reads the facts the checks and the diagnosis need. */
-export function readFacts(sys: Sys): Facts {
+export function readFacts(sys: Sys) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = field(meminfo, "Hugepagesize");
   const freeHuge = field(meminfo, "HugePages_Free");
@@ -124,17 +89,21 @@ export function readFacts(sys: Sys): Facts {
     freeHugepages: number(freeHuge),
     uid,
     user: nameOf(sys, "/etc/passwd", uid),
+    // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
     unprivilegedUserfaultfd: readNumber(sys, "/proc/sys/vm/unprivileged_userfaultfd"),
     capSysPtrace: (BigInt(`0x${field(status, "CapEff") ?? "0"}`) >> CAP_SYS_PTRACE) % 2n === 1n,
-    seccomp: number(field(status, "Seccomp")),
+    seccomp: number(field(status, "Seccomp")), // 0 none, 1 strict, 2 filter
     seccompFilters: number(field(status, "Seccomp_filters")),
     uidMap,
     userNamespace: uidMap !== "0 0 4294967295",
+    // As `ls -l` shows it; null when there is no such node.
     devnode: node.ret < 0 ? null : { mode: modeString(node.mode), owner: nameOf(sys, "/etc/passwd", node.uid), group: nameOf(sys, "/etc/group", node.gid) },
+    // The kernel has the device even when this /dev lacks it (a container).
     miscMinor: misc ? Number(misc[1]) : null,
     selinux: enforce === "1" ? "enforcing" : enforce === "0" ? "permissive" : null,
     // gVisor's Sentry: "-gvisor" in the release, or the fixed 2016 build date of its /proc/version.
     gvisor: /gvisor/i.test(version) || version.includes("Sun Jan 10 15:06:54 PST 2016"),
+    // The user QEMU usually runs as here, when there is one.
     qemuUser: QEMU_USERS.find((u) => users.includes(u)) ?? null,
   };
 }
@@ -200,42 +169,44 @@ function checkOpen(p: Probe, head: Head): Check {
   return result(head, "fail", said, { routes, errno: routes.syscall });
 }
 
-function checkApi(p: Probe, head: Head): Check {
-  const { sys } = p;
+/** UFFDIO_API asking for `features` on a throw-away uffd: the reply, or the failed check. */
+function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"): BigUint64Array | Check {
+  const absent = missingFeatures(p.features ?? features, features);
+  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`, { missing: absent });
   const fd = openUffd(p);
   if (fd.ret < 0) return failed(head, "userfaultfd", fd);
   try {
-    // QEMU's receive_ufd_features(): ask for nothing on a throw-away fd to learn what is offered.
-    const api = apiStruct(0n);
-    const r = sys.ioctl(fd.ret, UFFDIO_API, api);
-    if (r.ret < 0) return failed(head, "UFFDIO_API", r); // QEMU: "Userfault feature detection failed"
-    p.features = api[1];
-    const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
-    const detail = `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}`;
-    if (missing.length) return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
-    return result(head, "pass", detail);
+    const api = apiStruct(features);
+    const r = p.sys.ioctl(fd.ret, UFFDIO_API, api);
+    return r.ret < 0 ? failed(head, call, r) : api;
   } finally {
-    sys.close(fd.ret);
+    p.sys.close(fd.ret);
   }
+}
+/** QEMU's ufd_check_and_apply() requires REGISTER and UNREGISTER: "Missing userfault features". */
+function registerIoctls(head: Head, api: BigUint64Array, detail: string): Check {
+  const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
+  if (missing.length) return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
+  return result(head, "pass", detail);
+}
+
+function checkApi(p: Probe, head: Head): Check {
+  // QEMU's receive_ufd_features(): ask for nothing to learn what is offered.
+  // A failure here is QEMU's "Userfault feature detection failed".
+  const api = handshake(p, head, 0n);
+  if (!(api instanceof BigUint64Array)) return api;
+  p.features = api[1];
+  return registerIoctls(head, api, `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}`);
 }
 
 function checkFeatures(p: Probe, head: Head): Check {
-  const { sys } = p;
   // QEMU's ufd_check_and_apply(): THREAD_ID when offered, for postcopy-blocktime.
   const asked = p.features! & UFFD_FEATURE.THREAD_ID;
-  const fd = openUffd(p);
-  if (fd.ret < 0) return failed(head, "userfaultfd", fd);
-  try {
-    const api = apiStruct(asked);
-    const r = sys.ioctl(fd.ret, UFFDIO_API, api);
-    if (r.ret < 0) return failed(head, "UFFDIO_API", r);
-    const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
-    if (missing.length) return result(head, "fail", `Missing userfault features: ${missing.join(", ")}`, { missing });
-    if (!asked) return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing: ["UFFD_FEATURE_THREAD_ID"] });
-    return result(head, "pass", "UFFD_FEATURE_THREAD_ID applied");
-  } finally {
-    sys.close(fd.ret);
-  }
+  const api = handshake(p, head, asked);
+  if (!(api instanceof BigUint64Array)) return api;
+  const applied = registerIoctls(head, api, "UFFD_FEATURE_THREAD_ID applied");
+  if (asked || applied.status === "fail") return applied;
+  return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing: ["UFFD_FEATURE_THREAD_ID"] });
 }
 
 /** One registration test: the seed's sequence, on one kind of memory, in one mode. */
@@ -315,18 +286,10 @@ function register(p: Probe, spec: Registration): Check {
 
 const CRIU_EVENTS = featureMask("EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVENT_REMOVE");
 function checkCriu(p: Probe, head: Head): Check {
-  const absent = missingFeatures(p.features!, CRIU_EVENTS);
-  if (absent.length) return result(head, "fail", `kernel does not offer ${absent.join(", ")}`, { missing: absent });
-  const fd = openUffd(p);
-  if (fd.ret < 0) return failed(head, "userfaultfd", fd);
-  try {
-    const r = p.sys.ioctl(fd.ret, UFFDIO_API, apiStruct(CRIU_EVENTS));
-    // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
-    if (r.ret < 0) return failed(head, "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE", r);
-    return result(head, "pass", "EVENT_FORK, EVENT_REMAP, EVENT_UNMAP, EVENT_REMOVE granted");
-  } finally {
-    p.sys.close(fd.ret);
-  }
+  // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
+  const api = handshake(p, head, CRIU_EVENTS, "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE");
+  if (!(api instanceof BigUint64Array)) return api;
+  return result(head, "pass", "EVENT_FORK, EVENT_REMAP, EVENT_UNMAP, EVENT_REMOVE granted");
 }
 
 /** How long any wait for a fault may take, and the slice between looks at the faulting thread. */
@@ -374,15 +337,57 @@ const TRIPS: Trip[] = [
 export type TripResult = { ok: boolean; ns: number; detail: string };
 
 type Wait = { fault: true } | { exited: number } | { timeout: true };
-/** Waits, at most boundMs, for a fault message in `msg` or for the thread to finish without one. */
-function awaitFault(sys: Sys, fd: number, thread: number, boundMs: number, msg: BigUint64Array): Wait {
-  const deadline = Bun.nanoseconds() + boundMs * 1e6;
-  while (Bun.nanoseconds() < deadline) {
-    if (sys.poll(fd, SLICE_MS).ret > 0 && sys.read(fd, msg).ret === msg.byteLength) return { fault: true };
-    const done = sys.tryJoin(thread);
-    if (done.errno === 0) return { exited: done.ret };
+/** A uffd with `len` bytes of fresh memory registered on it, and at most one faulting thread. */
+type Arena = { fd: number; area: number; start(fn: string): string | null; wait(msg: BigUint64Array): Wait; join(): number };
+
+/**
+ * Sets up an arena for `use` and owns everything in it. The cleanup closes the uffd first: that
+ * frees a thread stuck in a fault nobody served, so the join after it is bounded too.
+ */
+function arena<T>(p: Probe, route: Route, len: number, flags: number, mode: bigint, use: (a: Arena) => T | string): T | string {
+  const { sys } = p;
+  const fd = openRoute(sys, route);
+  if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
+  let area = -1;
+  let thread = -1;
+  try {
+    let r = sys.ioctl(fd.ret, UFFDIO_API, apiStruct(mode === UFFDIO_REGISTER_MODE_WP ? UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n));
+    if (r.ret < 0) return `UFFDIO_API: ${errnoName(r.errno)}`;
+    r = sys.mmap(0, len, PROT_READ | PROT_WRITE, flags, -1);
+    if (r.ret === -1) return `mmap ${len} B: ${errnoName(r.errno)}`;
+    area = r.ret;
+    r = sys.ioctl(fd.ret, UFFDIO_REGISTER, new BigUint64Array([BigInt(area), BigInt(len), mode, 0n]));
+    if (r.ret < 0) return `UFFDIO_REGISTER: ${errnoName(r.errno)}`;
+    return use({
+      fd: fd.ret,
+      area,
+      start(fn) {
+        const t = sys.thread(fn, area);
+        thread = t.ret;
+        return t.ret === -1 ? `pthread_create(${fn}): ${errnoName(t.errno)}` : null;
+      },
+      /** Waits, at most boundMs, for a fault message in `msg` or for the thread to end without one. */
+      wait(msg) {
+        const deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
+        while (Bun.nanoseconds() < deadline) {
+          if (sys.poll(fd.ret, SLICE_MS).ret > 0 && sys.read(fd.ret, msg).ret === msg.byteLength) return { fault: true };
+          const done = sys.tryJoin(thread);
+          if (done.errno === 0) thread = -1;
+          if (done.errno === 0) return { exited: done.ret };
+        }
+        return { timeout: true };
+      },
+      join() {
+        const done = sys.join(thread);
+        thread = -1;
+        return done.ret;
+      },
+    });
+  } finally {
+    sys.close(fd.ret);
+    if (thread !== -1) sys.join(thread);
+    if (area !== -1) sys.munmap(area, len);
   }
-  return { timeout: true };
 }
 
 /** The resolving ioctl's struct for a fault at `page`: uffdio_copy, uffdio_zeropage or uffdio_writeprotect. */
@@ -392,61 +397,34 @@ function resolution(t: Trip, page: number, len: number, src: Uint8Array) {
   return new BigUint64Array([BigInt(page), BigInt(len), 0n]); // mode 0: clear WP and wake
 }
 
-/** One round trip, owning its uffd, page and thread; closing the uffd first frees a stuck faulter. */
+/** One round trip: a thread faults on one fresh page, the fault is served, the bytes are checked. */
 function roundTrip(p: Probe, route: Route, t: Trip): TripResult {
   const { sys } = p;
   const len = p.facts.pageSize;
   const start = Bun.nanoseconds();
-  const bad = (detail: string): TripResult => ({ ok: false, ns: Bun.nanoseconds() - start, detail: `${t.name}: ${detail}` });
-  const fd = openRoute(sys, route);
-  if (fd.ret < 0) return bad(`userfaultfd: ${errnoName(fd.errno)}`);
-  let area = -1;
-  let thread = -1;
-  try {
-    const calls: Array<[string, () => R]> = [
-      ["UFFDIO_API", () => sys.ioctl(fd.ret, UFFDIO_API, apiStruct(t.mode === UFFDIO_REGISTER_MODE_WP ? UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n))],
-      ["mmap", () => sys.mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1)],
-    ];
-    for (const [name, call] of calls) {
-      const r = call();
-      if (r.ret === -1) return bad(`${name}: ${errnoName(r.errno)}`);
-      area = name === "mmap" ? r.ret : area;
-    }
+  const served = arena(p, route, len, MAP_PRIVATE | MAP_ANONYMOUS, t.mode, ({ fd, area, ...a }) => {
     const page = memory(area, len);
-    if (t.mode === UFFDIO_REGISTER_MODE_WP) page[0] = 1; // write-protect guards present pages only
-    const reg = new BigUint64Array([BigInt(area), BigInt(len), t.mode, 0n]);
-    let r = sys.ioctl(fd.ret, UFFDIO_REGISTER, reg);
-    if (r.ret < 0) return bad(`UFFDIO_REGISTER: ${errnoName(r.errno)}`);
     if (t.mode === UFFDIO_REGISTER_MODE_WP) {
-      r = sys.ioctl(fd.ret, UFFDIO_WRITEPROTECT, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_WRITEPROTECT_MODE_WP]));
-      if (r.ret < 0) return bad(`UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}`);
+      page[0] = 1; // write-protect guards present pages only
+      const r = sys.ioctl(fd, UFFDIO_WRITEPROTECT, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_WRITEPROTECT_MODE_WP]));
+      if (r.ret < 0) return `UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}`;
     }
-    r = sys.thread(t.fn, area);
-    if (r.ret === -1) return bad(`pthread_create(${t.fn}): ${errnoName(r.errno)}`);
-    thread = r.ret;
     const msg = new BigUint64Array(4);
-    const seen = awaitFault(sys, fd.ret, thread, p.opts.boundMs, msg);
-    if ("timeout" in seen) return bad(`no fault event within ${p.opts.boundMs} ms`);
-    if ("exited" in seen) {
-      thread = -1;
-      return bad(`no fault event; ${t.fn} returned ${seen.exited}${seen.exited === -1 ? " (EFAULT: the fault was not delivered)" : ""}`);
-    }
+    const seen = a.start(t.fn) ?? a.wait(msg);
+    if (typeof seen === "string") return seen;
+    if ("timeout" in seen) return `no fault event within ${p.opts.boundMs} ms`;
+    if ("exited" in seen) return `no fault event; ${t.fn} returned ${seen.exited}${seen.exited === -1 ? " (EFAULT: the fault was not delivered)" : ""}`;
     const [event, flags, address] = [msg[0] & 0xffn, msg[1], msg[2]];
     if (event !== UFFD_EVENT_PAGEFAULT || flags !== t.flags || address !== BigInt(area))
-      return bad(`unexpected event 0x${event.toString(16)} flags ${flags} at 0x${address.toString(16)}`);
+      return `unexpected event 0x${event.toString(16)} flags ${flags} at 0x${address.toString(16)}`;
     const src = new Uint8Array(len).fill(0x50);
     src[PATTERN_NUL] = 0;
-    r = sys.ioctl(fd.ret, t.resolve, resolution(t, area, len, src));
-    if (r.ret < 0) return bad(`resolve: ${errnoName(r.errno)}`);
-    const joined = sys.join(thread);
-    thread = -1;
-    const wrong = t.verify(joined.ret, page);
-    return wrong ? bad(wrong) : { ok: true, ns: Bun.nanoseconds() - start, detail: `${t.name} ${Math.round((Bun.nanoseconds() - start) / NS_PER_US)} µs` };
-  } finally {
-    sys.close(fd.ret);
-    if (thread !== -1) sys.join(thread);
-    if (area !== -1) sys.munmap(area, len);
-  }
+    const r = sys.ioctl(fd, t.resolve, resolution(t, area, len, src));
+    if (r.ret < 0) return `resolve: ${errnoName(r.errno)}`;
+    return t.verify(a.join(), page) ?? { ns: Bun.nanoseconds() - start };
+  });
+  if (typeof served === "string") return { ok: false, ns: Bun.nanoseconds() - start, detail: `${t.name}: ${served}` };
+  return { ok: true, ns: served.ns, detail: `${t.name} ${Math.round(served.ns / NS_PER_US)} µs` };
 }
 
 function checkRoundTrip(p: Probe, head: Head): Check {
@@ -471,18 +449,7 @@ export type Bench = { faults: number; pageSize: number; p50Ns: number; p99Ns: nu
 export function bench(p: Probe, route: Route, faults: number, pageSize: number, flags: number, progress?: (done: number) => void): Bench | string {
   const { sys } = p;
   const len = faults * pageSize;
-  const fd = openRoute(sys, route);
-  if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
-  let area = -1;
-  let thread = -1;
-  try {
-    let r = sys.ioctl(fd.ret, UFFDIO_API, apiStruct(0n));
-    if (r.ret < 0) return `UFFDIO_API: ${errnoName(r.errno)}`;
-    r = sys.mmap(0, len, PROT_READ | PROT_WRITE, flags, -1);
-    if (r.ret === -1) return `mmap ${len} B: ${errnoName(r.errno)}`;
-    area = r.ret;
-    r = sys.ioctl(fd.ret, UFFDIO_REGISTER, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_REGISTER_MODE_MISSING, 0n]));
-    if (r.ret < 0) return `UFFDIO_REGISTER: ${errnoName(r.errno)}`;
+  return arena(p, route, len, flags, UFFDIO_REGISTER_MODE_MISSING, ({ fd, area, ...a }) => {
     const fill = new Uint8Array(pageSize).fill(0x50);
     const last = new Uint8Array(pageSize).fill(0x50);
     last[pageSize - 1] = 0; // strlen stops at the very end of the last page
@@ -492,39 +459,33 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
     const served = new Float64Array(faults);
     const mask = ~BigInt(pageSize - 1);
     const EAGAIN = errnoOf("EAGAIN");
-    r = sys.thread("strlen", area);
-    if (r.ret === -1) return `pthread_create(strlen): ${errnoName(r.errno)}`;
-    thread = r.ret;
+    const failed = a.start("strlen");
+    if (failed) return failed;
     const start = Bun.nanoseconds();
     for (let n = 0; n < faults; ) {
-      r = sys.read(fd.ret, msg);
+      const r = sys.read(fd, msg);
       if (r.ret === -1 && r.errno === EAGAIN) {
-        if (sys.poll(fd.ret, p.opts.boundMs).ret <= 0) return `no fault event within ${p.opts.boundMs} ms after ${n} faults`;
+        if (sys.poll(fd, p.opts.boundMs).ret <= 0) return `no fault event within ${p.opts.boundMs} ms after ${n} faults`;
         continue;
       }
       if (r.ret === -1) return `read: ${errnoName(r.errno)}`;
       if ((msg[0] & 0xffn) !== UFFD_EVENT_PAGEFAULT) continue;
       copy[0] = msg[2] & mask;
       copy[1] = copy[0] === lastPage ? lastAt : fillAt;
-      r = sys.ioctl(fd.ret, UFFDIO_COPY, copy);
-      if (r.ret < 0) return `UFFDIO_COPY: ${errnoName(r.errno)}`;
+      const c = sys.ioctl(fd, UFFDIO_COPY, copy);
+      if (c.ret < 0) return `UFFDIO_COPY: ${errnoName(c.errno)}`;
       served[n++] = Bun.nanoseconds();
       if (progress && (n & 1023) === 0) progress(n);
     }
-    const ret = sys.join(thread);
-    thread = -1;
-    if (ret.ret !== len - 1) return `strlen returned ${ret.ret}, not ${len - 1}`;
+    const ret = a.join();
+    if (ret !== len - 1) return `strlen returned ${ret}, not ${len - 1}`;
     const seconds = (served[faults - 1] - start) / 1e9;
     // Each fault's time is the gap between two served faults; the first also holds the thread's start.
     const gaps = served.subarray(1).map((t, i) => t - served[i]).sort();
     const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
     const pagesPerSec = Math.round(faults / seconds);
     return { faults, pageSize, p50Ns: at(0.5), p99Ns: at(0.99), pagesPerSec, bytesPerSec: pagesPerSec * pageSize };
-  } finally {
-    sys.close(fd.ret);
-    if (thread !== -1) sys.join(thread);
-    if (area !== -1) sys.munmap(area, len);
-  }
+  });
 }
 
 function checkRunAs(p: Probe, head: Head): Check {
@@ -812,8 +773,16 @@ export class UsageError extends Error {}
 
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
-  const opts: Options & { help: boolean; version: boolean } = {
-    format: "human", quiet: false, targetPageSize: 4096, color: tty && !env.NO_COLOR, boundMs: BOUND_MS, bench: 0, user: null as string | null, help: false, version: false,
+  const opts = {
+    format: "human" as "human" | "json",
+    quiet: false,
+    targetPageSize: 4096,
+    color: tty && !env.NO_COLOR,
+    boundMs: BOUND_MS,
+    bench: 0, // faults to serve in --bench; 0 when not benchmarking
+    user: null as string | null, // --user: answer for this user, from a child with its ids
+    help: false,
+    version: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
