@@ -9,7 +9,13 @@
  * const { ret, errno } = sys.userfaultfd(UFFD_USER_MODE_ONLY); // errno is 0 when ret >= 0
  * ```
  */
-import { dlopen, FFIType as T, ptr, read, toArrayBuffer } from "bun:ffi";
+if (typeof Bun === "undefined") {
+  // Node (22.18+ runs .ts files) would die on the bun:ffi import with a stack trace.
+  console.error("postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`");
+  process.exit(2);
+}
+// Imported only once the runtime is known to be Bun; the guard above could not run before a static import.
+const { dlopen, FFIType: T, ptr, read, toArrayBuffer } = await import("bun:ffi");
 
 /** A system call's answer: `ret` as the C function returned it, `errno` set only when it failed. */
 export type R = { ret: number; errno: number };

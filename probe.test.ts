@@ -10,12 +10,14 @@ import {
   UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT, UFFDIO_ZEROPAGE, USERFAULTFD_IOC_NEW,
 } from "./ffi.ts";
 import {
-  BOUND_MS, CAPABILITIES, type Check, diagnose, type Facts, PATTERN_NUL, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
+  BOUND_MS, CAPABILITIES, renderPrometheus, type Check, diagnose, type Facts, PATTERN_NUL, decodeFeatures, type Options, parseArgs, probe, readFacts, renderHuman, renderJson, type Report, VERSION,
 } from "./probe.ts";
 
 const sys = loadSys();
 const facts = readFacts(sys);
-const opts: Options = { format: "human", quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0, user: null };
+const opts: Options = {
+  format: "human", require: ["postcopy-ram"], quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0, user: null,
+};
 const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
 const fail = (name: "ENOSYS" | "EINVAL" | "ENOMEM" | "ENOENT"): R => ({ ret: -1, errno: errnoOf(name) });
@@ -187,6 +189,8 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
     expect(check(report, "register-hugetlb")).toMatchObject({ status: "fail", detail: "mmap: ENOMEM", errno: "ENOMEM" });
     expect(report.capabilities["postcopy-hugetlbfs"]).toBe(false);
     expect(report.postcopy).toBe(true);
+    const required = probe(fake, facts, { ...opts, require: ["postcopy-ram", "postcopy-hugetlbfs"] }).required;
+    expect(required).toEqual({ capabilities: ["postcopy-ram", "postcopy-hugetlbfs"], ok: false });
   });
 });
 
@@ -450,6 +454,42 @@ describe("diagnose() for what this machine cannot produce", () => {
   });
 });
 
+describe("the package and the binary", () => {
+  test("npm pack holds only the probe, its ABI, the manifest, README and LICENSE", () => {
+    const pack = Bun.spawnSync(["npm", "pack", "--dry-run", "--json"], { cwd: import.meta.dir });
+    const [{ files }] = JSON.parse(pack.stdout.toString()) as Array<{ files: Array<{ path: string }> }>;
+    expect(files.map((f) => f.path).sort()).toEqual(["LICENSE", "README.md", "ffi.ts", "package.json", "probe.ts"]);
+    const pkg = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8"));
+    expect([pkg.bin, pkg.dependencies, readFileSync(`${import.meta.dir}/probe.ts`, "utf8").split("\n")[0]]).toEqual([
+      { "postcopy-probe": "probe.ts" }, undefined, "#!/usr/bin/env bun",
+    ]);
+  });
+
+  test.skipIf(!isRoot)("the standalone x64 binary gives the same verdict as bun probe.ts", () => {
+    const { dir } = forNobody();
+    const out = `${dir}/postcopy-probe-linux-x64`;
+    const build = Bun.spawnSync([process.execPath, "build", `${import.meta.dir}/probe.ts`, "--compile", "--target=bun-linux-x64", "--outfile", out]);
+    expect(build.exitCode).toBe(0);
+    const verdict = (stdout: string) => {
+      const r = JSON.parse(stdout) as Report;
+      return { postcopy: r.postcopy, checks: r.checks.map((c) => `${c.id}:${c.status}`), capabilities: r.capabilities, diagnosis: r.diagnosis };
+    };
+    const binary = Bun.spawnSync([out, "--json"]);
+    expect(binary.exitCode).toBe(0);
+    expect(verdict(binary.stdout.toString())).toEqual(verdict(cli(["--json"]).stdout));
+  });
+
+  // Node 22.18+ runs .ts files; this Node may be older, then there is nothing to run.
+  const node = Bun.which("node");
+  const nodeRunsTs = node !== null && Bun.spawnSync([node, "-e", "process.exit(process.features.typescript ? 0 : 1)"]).exitCode === 0;
+  test.skipIf(!nodeRunsTs)("under Node the probe says in one line that it needs Bun", () => {
+    const run = Bun.spawnSync([node!, `${import.meta.dir}/probe.ts`]);
+    expect([run.exitCode, run.stdout.toString(), run.stderr.toString()]).toEqual([
+      2, "", "postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`\n",
+    ]);
+  });
+});
+
 describe("renderers", () => {
   const report: Report = {
     schema: "postcopy-probe/1", version: "0.1.0", postcopy: false,
@@ -461,6 +501,7 @@ describe("renderers", () => {
     ],
     features: {},
     capabilities: Object.fromEntries(CAPABILITIES.map((c) => [c, c === "criu-lazy-pages"])) as Report["capabilities"],
+    required: { capabilities: ["postcopy-ram"], ok: false },
     diagnosis: [],
   };
   const pad = (s: string) => s.padEnd(72);
@@ -514,6 +555,41 @@ describe("renderers", () => {
     ]);
   });
 
+  test("renderHuman() says whether --require's capabilities are there", () => {
+    const required = { ...report, required: { capabilities: ["criu-lazy-pages"], ok: true } } as Report;
+    expect(renderHuman(required, { quiet: true, color: false }).split("\n").slice(-2)).toEqual(["Required criu-lazy-pages: YES", ""]);
+  });
+
+  test("renderPrometheus() writes gauges with HELP and TYPE for the textfile collector", () => {
+    const withTrip = { ...report, features: { THREAD_ID: true, MOVE: false, unknown: "0x0" }, roundTrip: { ok: false, ns: 1500 } };
+    const help = (name: string, text: string) => [`# HELP postcopy_probe_${name} ${text}`, `# TYPE postcopy_probe_${name} gauge`];
+    const statuses = (id: string, on: string) => ["pass", "warn", "fail", "skip"].map((s) => `postcopy_probe_check{id="${id}",status="${s}"} ${s === on ? 1 : 0}`);
+    expect(renderPrometheus(withTrip).split("\n")).toEqual([
+      ...help("supported", "1 when QEMU can use postcopy-ram here, in the probed context."),
+      "postcopy_probe_supported 0",
+      ...help("capability", "1 when a userfaultfd consumer can work here."),
+      ...CAPABILITIES.map((c) => `postcopy_probe_capability{capability="${c}"} ${c === "criu-lazy-pages" ? 1 : 0}`),
+      ...help("check", "1 on the status each check has, 0 on the others."),
+      ...statuses("page-size", "pass"), ...statuses("uffd-open", "fail"), ...statuses("uffd-api", "skip"),
+      ...help("feature", "1 when the kernel offers the UFFD_FEATURE_* bit."),
+      'postcopy_probe_feature{name="THREAD_ID"} 1',
+      'postcopy_probe_feature{name="MOVE"} 0',
+      ...help("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join."),
+      "postcopy_probe_round_trip_seconds 0.0000015",
+      ...help("info", "The probe's version and the context it answered for."),
+      'postcopy_probe_info{version="0.1.0",kernel="6.1.0",user="qemu",uid="107"} 1',
+      "",
+    ]);
+  });
+
+  const promtool = Bun.which("promtool");
+  test.skipIf(!promtool || !isRoot)("promtool check metrics accepts a real run's output", () => {
+    const run = cli(["--format", "prometheus"]);
+    expect(run.code).toBe(0);
+    const check = Bun.spawnSync([promtool!, "check", "metrics"], { stdin: new TextEncoder().encode(run.stdout) });
+    expect([check.exitCode, check.stdout.toString() + check.stderr.toString()]).toEqual([0, ""]);
+  });
+
   test("renderJson() is the report and nothing else", () => {
     expect(JSON.parse(renderJson(report))).toEqual(report);
   });
@@ -522,10 +598,14 @@ describe("renderers", () => {
 describe("the command line", () => {
   test("parseArgs() reads every option and NO_COLOR turns colour off on a TTY", () => {
     expect(parseArgs(["--json", "-q", "--target-page-size=16384", "--bench"], {}, true)).toEqual({
-      format: "json", quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, user: null, help: false, version: false,
+      format: "json", require: ["postcopy-ram"], quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, user: null,
+      help: false, version: false,
     });
     expect(parseArgs(["--bench", "500", "--json"]).bench).toBe(500);
     expect(parseArgs(["--bench=2"]).bench).toBe(2);
+    expect(parseArgs(["--require", "postcopy-shmem,criu-lazy-pages", "--format=prometheus"])).toMatchObject({
+      require: ["postcopy-shmem", "criu-lazy-pages"], format: "prometheus",
+    });
     expect(parseArgs(["--format", "human"], { NO_COLOR: "1" }, true).color).toBe(false);
   });
 
@@ -533,7 +613,8 @@ describe("the command line", () => {
     [["--bogus"], 'postcopy-probe: Unknown option "--bogus"'],
     [["--target-page-size", "abc"], 'postcopy-probe: Invalid target page size "abc": a power of two in bytes, such as 4096'],
     [["--target-page-size", "3000"], 'postcopy-probe: Invalid target page size "3000": a power of two in bytes, such as 4096'],
-    [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human or json'],
+    [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human, json, prometheus'],
+    [["--require", "postcopy-ram,teleport"], 'postcopy-probe: Unknown capability "teleport": use postcopy-ram, postcopy-hugetlbfs, postcopy-shmem, background-snapshot, postcopy-blocktime, criu-lazy-pages, firecracker-uffd'],
     [["--format"], 'postcopy-probe: Option "--format" needs a value'],
     [["--bench=1"], 'postcopy-probe: Invalid fault count "1": a whole number from 2 to 500000'],
     [["--bench=ten"], 'postcopy-probe: Invalid fault count "ten": a whole number from 2 to 500000'],
@@ -553,6 +634,11 @@ describe("the command line", () => {
     const help = cli(["--help"]);
     expect(help.code).toBe(0);
     expect(help.stdout).toStartWith("Usage: postcopy-probe ");
+  });
+
+  test.skipIf(!isRoot)("--require makes the exit status stand for the named capabilities", () => {
+    const run = cli(["--json", "--require", "postcopy-ram,criu-lazy-pages"]);
+    expect([run.code, JSON.parse(run.stdout).required]).toEqual([0, { capabilities: ["postcopy-ram", "criu-lazy-pages"], ok: true }]);
   });
 
   test.skipIf(!isRoot)("--json prints only the JSON document and exits 0 as root", () => {

@@ -21,13 +21,15 @@ import {
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
-const USAGE = "Usage: postcopy-probe [--json | --format human|json] [-q] [--target-page-size N] [--bench [N]] [--user NAME] [--help] [--version]";
+const USAGE =
+  "Usage: postcopy-probe [--json | --format human|json|prometheus] [-q] [--require CAP,...] [--user NAME] [--target-page-size N] [--bench [N]] [--help] [--version]";
 const HELP = `${USAGE}
 
 Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.
 
   --json                  print the postcopy-probe/1 JSON document, nothing else
-  --format FORMAT         human (default) or json
+  --format FORMAT         human (default), json, or prometheus (node_exporter textfile collector)
+  --require CAP[,CAP...]  exit status for these capabilities instead of postcopy-ram alone
   -q, --quiet             print only warnings, failures, why and the verdict
   --user NAME|UID         answer for that user (as root): QEMU's user, not root
   --target-page-size N    the guest's target page size in bytes (default 4096)
@@ -680,6 +682,8 @@ export type Report = {
   features: Record<string, boolean | string>;
   capabilities: Record<Capability, boolean>;
   diagnosis: Diagnosis[];
+  /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
+  required: { capabilities: Capability[]; ok: boolean };
   roundTrip?: { ok: boolean; ns: number };
   bench?: Bench | Bench[] | { error: string };
 };
@@ -716,6 +720,7 @@ export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: n
     checks,
     features: decodeFeatures(p.features),
     capabilities: caps,
+    required: { capabilities: opts.require, ok: opts.require.every((c) => caps[c]) },
     diagnosis: diagnose(facts, checks),
     roundTrip: roundTripSummary(checks),
     ...(opts.bench ? { bench: benchAll(p, progress) } : {}),
@@ -753,6 +758,8 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
   }
   const verdict = report.postcopy ? paint(opts.color, COLORS.pass, "SUPPORTED") : paint(opts.color, COLORS.fail, "NOT SUPPORTED");
   lines.push(`Postcopy live migration (QEMU postcopy-ram): ${verdict} for ${host.user} (uid ${host.uid})`);
+  const { capabilities: wanted, ok } = report.required;
+  if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${paint(opts.color, ok ? COLORS.pass : COLORS.fail, ok ? "YES" : "NO")}`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -764,6 +771,29 @@ const benchLine = (b: Bench | { error: string }) =>
 
 export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)}\n`;
 
+/** A label value in the exposition format: backslash, quote and newline escaped. */
+const label = (value: unknown) => String(value).replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
+/** One gauge with its HELP and TYPE lines; each sample is [labels, value]. */
+const gauge = (name: string, help: string, samples: Array<[string, number]>) =>
+  [`# HELP postcopy_probe_${name} ${help}`, `# TYPE postcopy_probe_${name} gauge`, ...samples.map(([l, v]) => `postcopy_probe_${name}${l} ${v}`)];
+const STATUSES: Status[] = ["pass", "warn", "fail", "skip"];
+
+/** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0. */
+export function renderPrometheus(report: Report): string {
+  const { host } = report;
+  const bool = (b: unknown) => (b === true ? 1 : 0);
+  return [
+    ...gauge("supported", "1 when QEMU can use postcopy-ram here, in the probed context.", [["", bool(report.postcopy)]]),
+    ...gauge("capability", "1 when a userfaultfd consumer can work here.", Object.entries(report.capabilities).map(([c, ok]) => [`{capability="${c}"}`, bool(ok)])),
+    ...gauge("check", "1 on the status each check has, 0 on the others.", report.checks.flatMap((c) => STATUSES.map((s): [string, number] => [`{id="${c.id}",status="${s}"}`, bool(c.status === s)]))),
+    ...gauge("feature", "1 when the kernel offers the UFFD_FEATURE_* bit.", Object.entries(report.features).filter(([n]) => n !== "unknown").map(([n, on]) => [`{name="${n}"}`, bool(on)])),
+    ...(report.roundTrip ? gauge("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", [["", report.roundTrip.ns / 1e9]]) : []),
+    ...gauge("info", "The probe's version and the context it answered for.", [[`{version="${label(report.version)}",kernel="${label(host.kernel)}",user="${label(host.user)}",uid="${host.uid}"}`, 1]]),
+  ].join("\n") + "\n";
+}
+
+const RENDERERS = { human: renderHuman, json: renderJson, prometheus: renderPrometheus };
+
 const BENCH_FAULTS = 10000;
 /** strlen's answer must fit the 32 bits the join reads: at most 2^31 bytes of 4 KiB pages. */
 const BENCH_MAX = 500000;
@@ -774,7 +804,8 @@ export class UsageError extends Error {}
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
   const opts = {
-    format: "human" as "human" | "json",
+    format: "human" as keyof typeof RENDERERS,
+    require: ["postcopy-ram"] as Capability[], // the capabilities the exit status stands for
     quiet: false,
     targetPageSize: 4096,
     color: tty && !env.NO_COLOR,
@@ -797,8 +828,12 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     else if (flag === "-V" || flag === "--version") opts.version = true;
     else if (flag === "--format") {
       const v = value();
-      if (v !== "human" && v !== "json") throw new UsageError(`Unknown format "${v}": use human or json`);
-      opts.format = v;
+      if (!Object.hasOwn(RENDERERS, v)) throw new UsageError(`Unknown format "${v}": use ${Object.keys(RENDERERS).join(", ")}`);
+      opts.format = v as keyof typeof RENDERERS;
+    } else if (flag === "--require") {
+      opts.require = value().split(",") as Capability[];
+      const unknown = opts.require.find((c) => !CAPABILITIES.includes(c));
+      if (unknown !== undefined) throw new UsageError(`Unknown capability "${unknown}": use ${CAPABILITIES.join(", ")}`);
     } else if (flag === "--target-page-size") {
       const v = value();
       opts.targetPageSize = Number(v);
@@ -866,8 +901,8 @@ export function main(argv = process.argv.slice(2)) {
   const progress = opts.bench && sys.isatty(2) ? (n: number) => sys.write(2, `\rbench: ${n}/${opts.bench} faults`) : undefined;
   const report = probe(sys, readFacts(sys), opts, progress);
   if (progress) sys.write(2, "\r\x1b[K");
-  console.log((opts.format === "json" ? renderJson(report) : renderHuman(report, opts)).trimEnd());
-  process.exitCode = report.postcopy ? 0 : 1;
+  console.log(RENDERERS[opts.format](report, opts).trimEnd());
+  process.exitCode = report.required.ok ? 0 : 1;
 }
 
 if (import.meta.main) main();
