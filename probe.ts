@@ -63,7 +63,7 @@ const readNumber = (sys: Sys, path: string) => {
 const field = (text: string | null, key: string) => text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
 
 /** The name for an id in /etc/passwd or /etc/group, or the number as text. */
-const nameOf = (sys: Sys, path: string, id: number) => rows(sys, path).find((r) => r[2] === String(id))?.[0] ?? String(id);
+const nameOf = (table: string[][], id: number) => table.find((r) => r[2] === String(id))?.[0] ?? String(id);
 
 /** Read-only host context: every field is read from the host, nothing is inferred from versions. */
 export type Facts = ReturnType<typeof readFacts>;
@@ -81,7 +81,7 @@ export function readFacts(sys: Sys) {
   const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m);
   const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
   const version = `${sys.readText("/proc/version") ?? ""}`;
-  const users = rows(sys, "/etc/passwd").map((r) => r[0]);
+  const passwd = rows(sys, "/etc/passwd");
   return {
     kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
     arch: arch!.name,
@@ -90,7 +90,7 @@ export function readFacts(sys: Sys) {
     nrHugepages: readNumber(sys, "/proc/sys/vm/nr_hugepages"),
     freeHugepages: number(freeHuge),
     uid,
-    user: nameOf(sys, "/etc/passwd", uid),
+    user: nameOf(passwd, uid),
     // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
     unprivilegedUserfaultfd: readNumber(sys, "/proc/sys/vm/unprivileged_userfaultfd"),
     capSysPtrace: (BigInt(`0x${field(status, "CapEff") ?? "0"}`) >> CAP_SYS_PTRACE) % 2n === 1n,
@@ -99,14 +99,14 @@ export function readFacts(sys: Sys) {
     uidMap,
     userNamespace: uidMap !== "0 0 4294967295",
     // As `ls -l` shows it; null when there is no such node.
-    devnode: node.ret < 0 ? null : { mode: modeString(node.mode), owner: nameOf(sys, "/etc/passwd", node.uid), group: nameOf(sys, "/etc/group", node.gid) },
+    devnode: node.ret < 0 ? null : { mode: modeString(node.mode), owner: nameOf(passwd, node.uid), group: nameOf(rows(sys, "/etc/group"), node.gid) },
     // The kernel has the device even when this /dev lacks it (a container).
     miscMinor: misc ? Number(misc[1]) : null,
     selinux: enforce === "1" ? "enforcing" : enforce === "0" ? "permissive" : null,
     // gVisor's Sentry: "-gvisor" in the release, or the fixed 2016 build date of its /proc/version.
     gvisor: /gvisor/i.test(version) || version.includes("Sun Jan 10 15:06:54 PST 2016"),
     // The user QEMU usually runs as here, when there is one.
-    qemuUser: QEMU_USERS.find((u) => users.includes(u)) ?? null,
+    qemuUser: QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
   };
 }
 
