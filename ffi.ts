@@ -55,24 +55,18 @@ export const UFFD_PAGEFAULT_FLAG_WP = 2n;
 export const UFFDIO_REGISTER_MODE_MISSING = 1n;
 export const UFFDIO_REGISTER_MODE_WP = 2n;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1n;
-export const _UFFDIO_REGISTER = 0;
-export const _UFFDIO_UNREGISTER = 1;
-export const _UFFDIO_WAKE = 2;
-export const _UFFDIO_COPY = 3;
-export const _UFFDIO_ZEROPAGE = 4;
-export const _UFFDIO_MOVE = 5;
-export const _UFFDIO_WRITEPROTECT = 6;
-export const _UFFDIO_CONTINUE = 7;
-export const _UFFDIO_POISON = 8;
-export const _UFFDIO_API = 0x3f;
-export const UFFDIO_API = _IOWR(UFFDIO, _UFFDIO_API, 24);
-export const UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO_REGISTER, 32);
-export const UFFDIO_UNREGISTER = _IOR(UFFDIO, _UFFDIO_UNREGISTER, 16);
-export const UFFDIO_WAKE = _IOR(UFFDIO, _UFFDIO_WAKE, 16);
-export const UFFDIO_COPY = _IOWR(UFFDIO, _UFFDIO_COPY, 40);
-export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO_ZEROPAGE, 32);
-export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, 24);
-export const UFFDIO_CONTINUE = _IOWR(UFFDIO, _UFFDIO_CONTINUE, 32);
+/** The _UFFDIO_* numbers: bit numbers in the `ioctls` masks, and the ioctls' nr. */
+export const _UFFDIO: Record<string, number> = {
+  REGISTER: 0, UNREGISTER: 1, WAKE: 2, COPY: 3, ZEROPAGE: 4, MOVE: 5, WRITEPROTECT: 6, CONTINUE: 7, POISON: 8, API: 0x3f,
+};
+export const UFFDIO_API = _IOWR(UFFDIO, _UFFDIO.API, 24);
+export const UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO.REGISTER, 32);
+export const UFFDIO_UNREGISTER = _IOR(UFFDIO, _UFFDIO.UNREGISTER, 16);
+export const UFFDIO_WAKE = _IOR(UFFDIO, _UFFDIO.WAKE, 16);
+export const UFFDIO_COPY = _IOWR(UFFDIO, _UFFDIO.COPY, 40);
+export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO.ZEROPAGE, 32);
+export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO.WRITEPROTECT, 24);
+export const UFFDIO_CONTINUE = _IOWR(UFFDIO, _UFFDIO.CONTINUE, 32);
 export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
 /** UFFD_FEATURE_* bits by name without the prefix: the list is in kernel order, bit i is 1 << i. */
 export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
@@ -82,13 +76,6 @@ export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
     "WP_HUGETLBFS_SHMEM", "WP_UNPOPULATED", "POISON", "WP_ASYNC", "MOVE",
   ].map((name, i) => [name, 1n << BigInt(i)]),
 );
-/** `_UFFDIO_*` bit numbers of the `ioctls` masks, by ioctl name. */
-export const UFFDIO_BITS: Record<string, number> = {
-  REGISTER: _UFFDIO_REGISTER, UNREGISTER: _UFFDIO_UNREGISTER, WAKE: _UFFDIO_WAKE, COPY: _UFFDIO_COPY,
-  ZEROPAGE: _UFFDIO_ZEROPAGE, MOVE: _UFFDIO_MOVE, WRITEPROTECT: _UFFDIO_WRITEPROTECT,
-  CONTINUE: _UFFDIO_CONTINUE, POISON: _UFFDIO_POISON, API: _UFFDIO_API,
-};
-
 // include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h (x86 values; ppc's MAP_NORESERVE differs)
 export const O_RDONLY = 0;
 export const O_RDWR = 2;
@@ -127,38 +114,7 @@ export const errnoName = (errno: number) => ERRNO_NAME.get(errno) ?? `errno ${er
 export const errnoOf = (name: keyof typeof ERRNO) => ERRNO[name];
 
 /** The system interface the checks use: one method per libc call, each answering `{ ret, errno }`. */
-export interface Sys {
-  userfaultfd(flags: number): R;
-  open(path: string, flags: number): R;
-  /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
-  ioctl(fd: number, request: bigint, arg: Buf | number): R;
-  mmap(addr: number, length: number, prot: number, flags: number, fd: number): R;
-  munmap(addr: number, length: number): R;
-  close(fd: number): R;
-  memfdCreate(name: string, flags: number): R;
-  ftruncate(fd: number, length: number): R;
-  read(fd: number, buf: Buf): R;
-  /** poll() for POLLIN on one fd: ret 1 readable, 0 timed out. */
-  poll(fd: number, timeoutMs: number): R;
-  /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
-  thread(fn: string, arg: number): R;
-  /** Joins a thread; ret is the low 32 bits of its return value, as a signed int (a C int or size_t). */
-  join(thread: number): R;
-  /** Joins a thread that has finished; errno EBUSY while it still runs. */
-  tryJoin(thread: number): R;
-  /** Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. */
-  become(uid: number, gid: number, groups: number[]): R;
-  /** statx(): the file's mode, owner and group. */
-  stat(path: string): R & { mode: number; uid: number; gid: number };
-  prctl(option: number, arg2: number, arg3?: Buf): R;
-  pageSize(): number;
-  /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
-  isatty(fd: number): number;
-  /** Writes ASCII text to fd at once, for progress lines that must show during a busy loop. */
-  write(fd: number, text: string): R;
-  /** A small text file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read. */
-  readText(path: string): string | null;
-}
+export type Sys = ReturnType<typeof loadSys>;
 
 /** readText reads a file in chunks, up to READ_MAX: /proc files and /etc/passwd fit. */
 const READ_CHUNK = 1 << 13;
@@ -213,8 +169,9 @@ function cstr(s: string) {
 }
 
 /** The real `Sys`, backed by libc. Throws when libc cannot be loaded or the arch is unknown. */
-export function loadSys(): Sys {
+export function loadSys() {
   if (!arch) throw new Error(`Unknown architecture "${process.arch}": no __NR_userfaultfd known`);
+  const { nr, statx } = arch;
   const c = openLibc();
   const errnoAt = c.__errno_location();
   // errno is read right after a call that returned -1, and only then (STYLE.md rule 5).
@@ -225,36 +182,43 @@ export function loadSys(): Sys {
   const retval = new BigUint64Array(1);
   const joined = (err: number): R => (err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 });
   return {
-    userfaultfd: (flags) => r(c.syscall(arch.nr, flags, 0, 0, 0, 0) as number),
-    stat(path) {
+    userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
+    /** statx(): the file's mode, owner and group. */
+    stat(path: string): R & { mode: number; uid: number; gid: number } {
       const buf = new Uint8Array(STATX_SIZE);
-      const at = r(c.syscall(arch.statx, AT_FDCWD, ptr(cstr(path)), 0, STATX_BASIC_STATS, ptr(buf)) as number);
+      const at = r(c.syscall(statx, AT_FDCWD, ptr(cstr(path)), 0, STATX_BASIC_STATS, ptr(buf)) as number);
       const u32 = new Uint32Array(buf.buffer);
       return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff };
     },
-    prctl: (option, arg2, arg3) => r(c.prctl(option, arg2, arg3 ?? null, 0, 0)),
-    open: (path, flags) => r(c.open(cstr(path), flags)),
-    ioctl: (fd, request, arg) => r(c.ioctl(fd, request, arg as never)),
-    mmap: (addr, length, prot, flags, fd) => r(c.mmap(addr, length, prot, flags, fd, 0) as number),
-    munmap: (addr, length) => r(c.munmap(addr, length)),
-    close: (fd) => r(c.close(fd)),
-    memfdCreate: (name, flags) => r(c.memfd_create(cstr(name), flags)),
-    ftruncate: (fd, length) => r(c.ftruncate(fd, length)),
-    read: (fd, buf) => r(c.read(fd, buf, buf.byteLength) as number),
-    poll(fd, timeoutMs) {
+    prctl: (option: number, arg2: number, arg3?: Buf) => r(c.prctl(option, arg2, arg3 ?? null, 0, 0)),
+    open: (path: string, flags: number) => r(c.open(cstr(path), flags)),
+    /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
+    ioctl: (fd: number, request: bigint, arg: Buf | number) => r(c.ioctl(fd, request, arg as never)),
+    mmap: (addr: number, length: number, prot: number, flags: number, fd: number) => r(c.mmap(addr, length, prot, flags, fd, 0) as number),
+    munmap: (addr: number, length: number) => r(c.munmap(addr, length)),
+    close: (fd: number) => r(c.close(fd)),
+    memfdCreate: (name: string, flags: number) => r(c.memfd_create(cstr(name), flags)),
+    ftruncate: (fd: number, length: number) => r(c.ftruncate(fd, length)),
+    read: (fd: number, buf: Buf) => r(c.read(fd, buf, buf.byteLength) as number),
+    /** poll() for POLLIN on one fd: ret 1 readable, 0 timed out. */
+    poll(fd: number, timeoutMs: number) {
       pollfd[0] = fd;
       pollfd[1] = POLLIN; // events in the low half, revents cleared in the high half
       return r(c.poll(pollfd, 1, timeoutMs));
     },
-    thread(fn, arg) {
+    /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
+    thread(fn: string, arg: number): R {
       const start = c.dlsym(null, cstr(fn)); // RTLD_DEFAULT is NULL on glibc and musl
       if (!start) return { ret: -1, errno: errnoOf("ENOENT") };
       const err = c.pthread_create(tid, null, start, arg); // pthread_* return the error, not -1
       return err ? { ret: -1, errno: err } : { ret: Number(tid[0]), errno: 0 };
     },
-    join: (thread) => joined(c.pthread_join(thread, retval)),
-    tryJoin: (thread) => joined(c.pthread_tryjoin_np(thread, retval)),
-    become(uid, gid, groups) {
+    /** Joins a thread; ret is the low 32 bits of its return value, as a signed int (a C int or size_t). */
+    join: (thread: number) => joined(c.pthread_join(thread, retval)),
+    /** Joins a thread that has finished; errno EBUSY while it still runs. */
+    tryJoin: (thread: number) => joined(c.pthread_tryjoin_np(thread, retval)),
+    /** Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. */
+    become(uid: number, gid: number, groups: number[]) {
       const set = r(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
       if (set.ret === -1) return set;
       const g = r(c.setresgid(gid, gid, gid));
@@ -262,9 +226,12 @@ export function loadSys(): Sys {
       return u.ret === -1 ? u : r(c.prctl(PR_SET_DUMPABLE, 1, null, 0, 0));
     },
     pageSize: () => c.getpagesize(),
-    isatty: (fd) => c.isatty(fd),
-    write: (fd, text) => r(c.write(fd, cstr(text), text.length) as number),
-    readText(path) {
+    /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
+    isatty: (fd: number) => c.isatty(fd),
+    /** Writes ASCII text to fd at once, for progress lines that must show during a busy loop. */
+    write: (fd: number, text: string) => r(c.write(fd, cstr(text), text.length) as number),
+    /** A small text file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read. */
+    readText(path: string): string | null {
       const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return null;
       try {

@@ -14,7 +14,7 @@
 import {
   addressOf, arch, errnoName, errnoOf, loadSys, memory, type R, type Sys, MAP_ANONYMOUS, MAP_HUGETLB, MAP_NORESERVE, MAP_PRIVATE,
   MAP_SHARED, MFD_CLOEXEC, O_CLOEXEC, O_NONBLOCK, O_RDWR, PROT_READ, PROT_WRITE, UFFD_API, UFFD_FEATURE,
-  UFFD_USER_MODE_ONLY, UFFDIO_API, UFFDIO_BITS, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING,
+  UFFD_USER_MODE_ONLY, UFFDIO_API, _UFFDIO, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING,
   UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, USERFAULTFD_IOC_NEW, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
   UFFD_PAGEFAULT_FLAG_WRITE, UFFDIO_COPY, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP, UFFDIO_ZEROPAGE,
 } from "./ffi.ts";
@@ -134,7 +134,7 @@ const openUffd = (p: Probe) => openRoute(p.sys, p.route!);
 const apiStruct = (features: bigint) => new BigUint64Array([UFFD_API, features, 0n]);
 const bit = (n: number) => 1n << BigInt(n);
 /** UFFDIO_* names of the ioctls in `names` whose bits are not set in `mask`. */
-const missingIoctls = (mask: bigint, names: string[]) => names.filter((n) => !(mask & bit(UFFDIO_BITS[n]))).map((n) => `UFFDIO_${n}`);
+const missingIoctls = (mask: bigint, names: string[]) => names.filter((n) => !(mask & bit(_UFFDIO[n]))).map((n) => `UFFDIO_${n}`);
 /** Names of the features in `wanted` that `offered` lacks, as UFFD_FEATURE_* names. */
 const missingFeatures = (offered: bigint, wanted: bigint) =>
   Object.entries(UFFD_FEATURE).filter(([, b]) => wanted & b && !(offered & b)).map(([n]) => `UFFD_FEATURE_${n}`);
