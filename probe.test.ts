@@ -17,6 +17,7 @@ const sys = loadSys();
 const facts = readFacts(sys);
 const opts: Options = {
   format: "human", require: ["postcopy-ram"], quiet: false, targetPageSize: 4096, color: false, boundMs: BOUND_MS, bench: 0, user: null,
+  qemu: null, qemuMs: 5000,
 };
 const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
@@ -267,7 +268,7 @@ describe("round trips", () => {
 });
 
 /** Runs the probe under a seccomp filter that makes userfaultfd(2) fail with `errno`, like a container runtime. */
-function underSeccomp(errno: "EPERM" | "ENOSYS", asNobody: boolean) {
+function underSeccomp(errno: "EPERM" | "ENOSYS", asNobody: boolean, args: string[] = []) {
   const { bun, dir } = forNobody();
   const script = `${dir}/seccomp-child.ts`;
   require("node:fs").writeFileSync(script, `
@@ -282,7 +283,7 @@ function underSeccomp(errno: "EPERM" | "ENOSYS", asNobody: boolean) {
     const { ptr } = await import("bun:ffi");
     const prog = new BigUint64Array([BigInt(insns.length), BigInt(ptr(new Uint8Array(filter.buffer)))]);
     if (sys.prctl(PR_SET_NO_NEW_PRIVS, 1).ret || sys.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog).ret) throw new Error("seccomp");
-    main(["--json"]);
+    main(${JSON.stringify(["--json", ...args])});
   `);
   const prefix = asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
   const run = Bun.spawnSync([...prefix, bun, script], { cwd: dir });
@@ -454,6 +455,92 @@ describe("diagnose() for what this machine cannot produce", () => {
   });
 });
 
+describe("--qemu: the installed QEMU's own answer", () => {
+  const qemu = Bun.which("qemu-system-x86_64");
+  const fake = (name: string, body: string) => {
+    const path = `${forNobody().dir}/${name}`;
+    require("node:fs").writeFileSync(path, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+    return path;
+  };
+  const GREETING = `echo '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}'`;
+
+  test.skipIf(!qemu || !isRoot)("as root QEMU accepts postcopy-ram and the probe agrees", () => {
+    const run = cli(["--json", "--qemu"]);
+    const report = JSON.parse(run.stdout) as Report;
+    expect(run.code).toBe(0);
+    expect(report.qemu).toMatchObject({ path: qemu, accepts: true, message: "", agrees: true });
+    expect(check(report, "qemu")).toMatchObject({ status: "pass", detail: `QEMU ${report.qemu!.version} accepts postcopy-ram, as the probe says` });
+  });
+
+  test.skipIf(!qemu || !isRoot || unprivileged !== "0")("as uid 65534 QEMU rejects postcopy-ram and the probe agrees", () => {
+    const run = cli(["--json", "--qemu"], true);
+    const report = JSON.parse(run.stdout) as Report;
+    expect(run.code).toBe(1);
+    expect(report.qemu).toMatchObject({ accepts: false, agrees: true });
+    expect(report.qemu!.message).toStartWith("Postcopy is not supported");
+    expect(check(report, "qemu").status).toBe("fail");
+  });
+
+  test.skipIf(!qemu || !isRoot)("a syscall-only QEMU under a seccomp filter fails where the device serves 8.0+: said, explained, and the exit status is QEMU's", () => {
+    const { code, report } = underSeccomp("EPERM", false, ["--qemu"]);
+    expect(report.postcopy).toBe(true);
+    const major = Number(report.qemu!.version.split(".")[0]);
+    if (major >= 8) return expect([code, report.qemu!.agrees]).toEqual([0, true]); // this QEMU opens /dev/userfaultfd first
+    expect(code).toBe(1);
+    expect(report.qemu).toMatchObject({
+      accepts: false, agrees: false,
+      why: `QEMU ${report.qemu!.version} predates 8.0 and opens only userfaultfd(2), refused here (EPERM): this QEMU will fail; QEMU 8.0+ or one of the fixes would work`,
+    });
+    expect(report.required).toEqual({ capabilities: ["postcopy-ram"], ok: false });
+  });
+
+  test.skipIf(!isRoot)("a QEMU that rejects what the probe accepts is reported loudly and decides the exit status", () => {
+    const path = fake("qemu-rejects", [
+      GREETING, "read l; echo '{\"return\": {}}'",
+      `read l; echo '{"error": {"class": "GenericError", "desc": "Postcopy is not supported"}}'`,
+      "echo 'postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted' >&2",
+      "read l; echo '{\"return\": {}}'",
+    ].join("\n"));
+    const report = probe(sys, facts, { ...opts, qemu: path });
+    expect(report.qemu).toEqual({
+      path, version: "7.2.0", accepts: false, agrees: false,
+      message: "Postcopy is not supported: postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted",
+      why: "the reason is not known to the probe: QEMU's answer decides",
+    });
+    expect(check(report, "qemu")).toMatchObject({
+      status: "fail",
+      detail: "QEMU 7.2.0 rejects postcopy-ram: Postcopy is not supported: postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted; THE PROBE SAID YES: the reason is not known to the probe: QEMU's answer decides",
+    });
+    expect([report.postcopy, report.required.ok]).toEqual([true, false]);
+    expect(renderHuman(report, { quiet: true, color: false })).toContain(
+      `QEMU 7.2.0 (${path}) DISAGREES and decides the exit status: the reason is not known to the probe: QEMU's answer decides`,
+    );
+  });
+
+  test("a QEMU that does not answer is killed within the bound and reported", () => {
+    const path = fake("qemu-silent", `${GREETING}\nexec sleep 30`);
+    const report = probe(sys, facts, { ...opts, qemu: path, qemuMs: 300 });
+    expect(check(report, "qemu")).toMatchObject({ status: "fail", detail: `${path}: no answer within 300 ms: killed` });
+    expect(report.qemu).toBeUndefined();
+  });
+
+  const distroQemu = ["/usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm"].some((p) => sys.stat(p).ret === 0);
+  test.skipIf(distroQemu)("no QEMU found skips the check, naming the places looked at, and leaves the exit status alone", () => {
+    const path = process.env.PATH;
+    process.env.PATH = "/nonexistent";
+    const report = probe(sys, facts, { ...opts, qemu: true });
+    process.env.PATH = path;
+    expect(report.required.ok).toBe(report.postcopy);
+    expect(check(report, "qemu")).toMatchObject({
+      status: "skip", detail: "no QEMU found: looked for qemu-system-x86_64 on $PATH, /usr/libexec/qemu-kvm, /usr/bin/qemu-kvm",
+    });
+  });
+
+  test("without --qemu there is no qemu check and nothing is spawned", () => {
+    expect(probe(sys, facts, opts).checks.map((c) => c.id)).not.toContain("qemu");
+  });
+});
+
 describe("the package and the binary", () => {
   test("npm pack holds only the probe, its ABI, the manifest, README and LICENSE", () => {
     const pack = Bun.spawnSync(["npm", "pack", "--dry-run", "--json"], { cwd: import.meta.dir });
@@ -599,10 +686,11 @@ describe("the command line", () => {
   test("parseArgs() reads every option and NO_COLOR turns colour off on a TTY", () => {
     expect(parseArgs(["--json", "-q", "--target-page-size=16384", "--bench"], {}, true)).toEqual({
       format: "json", require: ["postcopy-ram"], quiet: true, targetPageSize: 16384, color: true, boundMs: BOUND_MS, bench: 10000, user: null,
-      help: false, version: false,
+      qemu: null, qemuMs: 5000, help: false, version: false,
     });
     expect(parseArgs(["--bench", "500", "--json"]).bench).toBe(500);
     expect(parseArgs(["--bench=2"]).bench).toBe(2);
+    expect([parseArgs(["--qemu"]).qemu, parseArgs(["--qemu", "--json"]).qemu, parseArgs(["--qemu", "/opt/q", "-q"]).qemu]).toEqual([true, true, "/opt/q"]);
     expect(parseArgs(["--require", "postcopy-shmem,criu-lazy-pages", "--format=prometheus"])).toMatchObject({
       require: ["postcopy-shmem", "criu-lazy-pages"], format: "prometheus",
     });
@@ -618,7 +706,8 @@ describe("the command line", () => {
     [["--format"], 'postcopy-probe: Option "--format" needs a value'],
     [["--bench=1"], 'postcopy-probe: Invalid fault count "1": a whole number from 2 to 500000'],
     [["--bench=ten"], 'postcopy-probe: Invalid fault count "ten": a whole number from 2 to 500000'],
-    [["--bench", "ten"], 'postcopy-probe: Unknown option "ten"'],
+    [["--bench", "ten"], 'postcopy-probe: Invalid fault count "ten": a whole number from 2 to 500000'],
+    [["--user"], 'postcopy-probe: Option "--user" needs a value'],
   ])("%p exits 2 with a message and the usage line", (args, message) => {
     const run = cli(args);
     expect(run.code).toBe(2);

@@ -21,24 +21,6 @@ import {
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
-const USAGE =
-  "Usage: postcopy-probe [--json | --format human|json|prometheus] [-q] [--require CAP,...] [--user NAME] [--target-page-size N] [--bench [N]] [--help] [--version]";
-const HELP = `${USAGE}
-
-Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.
-
-  --json                  print the postcopy-probe/1 JSON document, nothing else
-  --format FORMAT         human (default), json, or prometheus (node_exporter textfile collector)
-  --require CAP[,CAP...]  exit status for these capabilities instead of postcopy-ram alone
-  -q, --quiet             print only warnings, failures, why and the verdict
-  --user NAME|UID         answer for that user (as root): QEMU's user, not root
-  --target-page-size N    the guest's target page size in bytes (default 4096)
-  --bench [N]             also serve N faults (default 10000) as fast as possible: p50, p99, pages/s
-  -h, --help              this text
-  -V, --version           the version
-
-Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not run.`;
-
 export type Status = "pass" | "warn" | "fail" | "skip";
 /** One line of the report. A check never prints and never throws for a kernel answer. */
 export type Check = { id: string; title: string; status: Status; detail: string; errno?: string; hint?: string; [more: string]: unknown };
@@ -220,24 +202,15 @@ type Registration = Head & {
   ioctls: string[];
 };
 const REGISTRATIONS: Registration[] = [
-  {
-    id: "register-anon", title: "UFFDIO_REGISTER MISSING on anonymous memory", kind: "anon",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_MISSING, features: 0n, ioctls: ["WAKE", "COPY", "ZEROPAGE"],
-  },
-  {
-    // No ZEROPAGE on hugetlb: QEMU places zero huge pages with COPY.
-    id: "register-hugetlb", title: "UFFDIO_REGISTER MISSING on hugetlbfs memory", kind: "hugetlb",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, mode: UFFDIO_REGISTER_MODE_MISSING,
-    features: UFFD_FEATURE.MISSING_HUGETLBFS, ioctls: ["WAKE", "COPY"],
-  },
-  {
-    id: "register-shmem", title: "UFFDIO_REGISTER MISSING on shared memory (memfd)", kind: "shmem",
-    flags: MAP_SHARED, mode: UFFDIO_REGISTER_MODE_MISSING, features: UFFD_FEATURE.MISSING_SHMEM, ioctls: ["WAKE", "COPY", "ZEROPAGE"],
-  },
-  {
-    id: "write-protect", title: "UFFDIO_REGISTER WP (background-snapshot)", kind: "anon",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_WP, features: UFFD_FEATURE.PAGEFAULT_FLAG_WP, ioctls: ["WRITEPROTECT"],
-  },
+  { id: "register-anon", title: "UFFDIO_REGISTER MISSING on anonymous memory", kind: "anon",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_MISSING, features: 0n, ioctls: ["WAKE", "COPY", "ZEROPAGE"] },
+  // No ZEROPAGE on hugetlb: QEMU places zero huge pages with COPY.
+  { id: "register-hugetlb", title: "UFFDIO_REGISTER MISSING on hugetlbfs memory", kind: "hugetlb",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, mode: UFFDIO_REGISTER_MODE_MISSING, features: UFFD_FEATURE.MISSING_HUGETLBFS, ioctls: ["WAKE", "COPY"] },
+  { id: "register-shmem", title: "UFFDIO_REGISTER MISSING on shared memory (memfd)", kind: "shmem",
+    flags: MAP_SHARED, mode: UFFDIO_REGISTER_MODE_MISSING, features: UFFD_FEATURE.MISSING_SHMEM, ioctls: ["WAKE", "COPY", "ZEROPAGE"] },
+  { id: "write-protect", title: "UFFDIO_REGISTER WP (background-snapshot)", kind: "anon",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_WP, features: UFFD_FEATURE.PAGEFAULT_FLAG_WP, ioctls: ["WRITEPROTECT"] },
 ];
 
 /**
@@ -579,9 +552,7 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
   {
     cause: "seccomp", summary: "a seccomp filter denies userfaultfd(2)",
     when: ({ f, r }) =>
-      f.seccomp === 2 && !f.gvisor && r.syscall !== "ok" && r["user-mode-only"] !== "ok"
-        ? [`Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, denied(r)]
-        : null,
+      f.seccomp === 2 && !f.gvisor && r.syscall !== "ok" && r["user-mode-only"] !== "ok" ? [`Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, denied(r)] : null,
     fix: () => [
       CONTAINER_DEVICE,
       "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
@@ -592,25 +563,19 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
   {
     cause: "no-kernel-support", summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
     when: ({ f, r }) =>
-      r.syscall === "ENOSYS" && f.seccomp !== 2 && !f.gvisor
-        ? [`userfaultfd(2): ENOSYS without a seccomp filter`, `kernel ${f.kernel}`, `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`]
-        : null,
+      r.syscall === "ENOSYS" && f.seccomp !== 2 && !f.gvisor ? [`userfaultfd(2): ENOSYS without a seccomp filter`, `kernel ${f.kernel}`, `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`] : null,
     fix: () => ["grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y", "boot a kernel built with CONFIG_USERFAULTFD=y"],
   },
   {
     cause: "user-namespace", summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
     when: ({ f, r }) =>
-      r.syscall === "EPERM" && f.userNamespace && f.capSysPtrace && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
-        ? [`/proc/self/uid_map: ${f.uidMap}`, denied(r)]
-        : null,
+      r.syscall === "EPERM" && f.userNamespace && f.capSysPtrace && (r["user-mode-only"] === "ok" || f.seccomp !== 2) ? [`/proc/self/uid_map: ${f.uidMap}`, denied(r)] : null,
     fix: () => [CONTAINER_DEVICE, "sysctl -w vm.unprivileged_userfaultfd=1   # on the host", PERSIST],
   },
   {
     cause: "unprivileged-userfaultfd", summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     when: ({ f, r }) =>
-      r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
-        ? [denied(r), `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`, `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`]
-        : null,
+      r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2) ? [denied(r), `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`, `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`] : null,
     fix: ({ f }) => [
       ...(f.devnode ? [acl(f)] : []),
       "sysctl -w vm.unprivileged_userfaultfd=1",
@@ -620,7 +585,8 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
   },
   {
     cause: "selinux", summary: "SELinux is enforcing and denied userfaultfd",
-    when: ({ f, r }) => (f.selinux === "enforcing" && [r.syscall, r.device].includes("EACCES") ? ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${r.device}`, denied(r)] : null),
+    when: ({ f, r }) =>
+      f.selinux === "enforcing" && [r.syscall, r.device].includes("EACCES") ? ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${r.device}`, denied(r)] : null,
     fix: () => ["ausearch -m avc -ts recent | grep userfaultfd", "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
   },
   {
@@ -637,9 +603,7 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
   {
     cause: "devnode-permission", summary: `${DEVICE} does not let this user in, and the syscall is refused`,
     when: ({ f, r }) =>
-      ["EACCES", "EPERM"].includes(r.device) && r.syscall !== "ok" && f.devnode
-        ? [`${DEVICE}: ${f.devnode.mode} ${f.devnode.owner} ${f.devnode.group}`, `open as ${f.user} (uid ${f.uid}): ${r.device}`]
-        : null,
+      ["EACCES", "EPERM"].includes(r.device) && r.syscall !== "ok" && f.devnode ? [`${DEVICE}: ${f.devnode.mode} ${f.devnode.owner} ${f.devnode.group}`, `open as ${f.user} (uid ${f.uid}): ${r.device}`] : null,
     fix: ({ f }) => [
       acl(f),
       `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules && udevadm control --reload && udevadm trigger --subsystem-match=misc`,
@@ -685,6 +649,7 @@ export type Report = {
   /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
   required: { capabilities: Capability[]; ok: boolean };
   roundTrip?: { ok: boolean; ns: number };
+  qemu?: QemuAnswer;
   bench?: Bench | Bench[] | { error: string };
 };
 
@@ -708,10 +673,73 @@ function benchAll(p: Probe, progress?: (done: number) => void): Report["bench"] 
   return typeof huge === "string" ? [base] : [base, huge];
 }
 
+/** Where QEMU is looked for when --qemu names none: qemu-system-ARCH on $PATH, then these. */
+const QEMU_PLACES = ["/usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm"];
+const QMP = [
+  { execute: "qmp_capabilities" },
+  { execute: "migrate-set-capabilities", arguments: { capabilities: [{ capability: "postcopy-ram", state: true }] } },
+  { execute: "quit" },
+].map((c) => `${JSON.stringify(c)}\n`).join("");
+export type QemuAnswer = { path: string; version: string; accepts: boolean; message: string; agrees?: boolean; why?: string };
+
+/**
+ * The installed QEMU's own answer: an incoming VM with no guest, no disk and no network, asked over
+ * QMP on stdio to turn postcopy-ram on, as `migrate-set-capabilities` does before a migration.
+ */
+export function askQemu(path: string, timeoutMs: number): QemuAnswer | string {
+  const args = ["-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-incoming", "defer", "-qmp", "stdio"];
+  let run: ReturnType<typeof Bun.spawnSync>;
+  try {
+    run = Bun.spawnSync([path, ...args], { stdin: new TextEncoder().encode(QMP), timeout: timeoutMs, killSignal: "SIGKILL" });
+  } catch (e) {
+    return (e as Error).message;
+  }
+  if (run.exitedDueToTimeout) return `no answer within ${timeoutMs} ms: killed`;
+  const [out, err] = [run.stdout?.toString() ?? "", run.stderr?.toString() ?? ""];
+  const replies = out.split("\n").flatMap((line) => {
+    try {
+      return [JSON.parse(line)];
+    } catch {
+      return [];
+    }
+  });
+  const v = replies.find((r) => r.QMP)?.QMP.version.qemu;
+  const [, answer] = replies.filter((r) => "return" in r || "error" in r);
+  if (!v || !answer) return `no QMP answer (exit status ${run.exitCode}): ${err.trim().split("\n")[0]}`;
+  // QEMU before 8.0 says why on stderr ("postcopy_ram_supported_by_host: userfaultfd not available: ...").
+  const why = err.split("\n").filter((l) => /postcopy|userfault/i.test(l));
+  const message = answer.error ? [answer.error.desc, ...why].join(": ") : "";
+  return { path, version: `${v.major}.${v.minor}.${v.micro}`, accepts: !answer.error, message };
+}
+
+/** The --qemu check: QEMU's answer beside the probe's, and why they differ when the reason is known. */
+function checkQemu(sys: Sys, facts: Facts, checks: Check[], probeSays: boolean, given: string | true, timeoutMs: number) {
+  const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
+  const looked = [`qemu-system-${facts.arch} on $PATH`, ...QEMU_PLACES];
+  const path = given === true ? (Bun.which(`qemu-system-${facts.arch}`, { PATH: process.env.PATH ?? "" }) ?? QEMU_PLACES.find((q) => sys.stat(q).ret === 0)) : given;
+  if (!path) return { check: result(head, "skip", `no QEMU found: looked for ${looked.join(", ")}`) };
+  const answer = askQemu(path, timeoutMs);
+  if (typeof answer === "string") return { check: result(head, "fail", `${path}: ${answer}`) };
+  const said = `QEMU ${answer.version} ${answer.accepts ? "accepts" : "rejects"} postcopy-ram${answer.accepts ? "" : `: ${answer.message}`}`;
+  answer.agrees = answer.accepts === probeSays;
+  const routes = (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>;
+  if (!answer.agrees)
+    answer.why =
+      probeSays && routes.device === "ok" && routes.syscall !== "ok" && Number(answer.version.split(".")[0]) < 8
+        ? `QEMU ${answer.version} predates 8.0 and opens only userfaultfd(2), refused here (${routes.syscall}): this QEMU will fail; QEMU 8.0+ or one of the fixes would work`
+        : "the reason is not known to the probe: QEMU's answer decides";
+  const detail = answer.agrees ? `${said}, as the probe says` : `${said}; THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
+  return { check: result(head, answer.accepts && answer.agrees ? "pass" : "fail", detail), answer };
+}
+
 /** The whole probe, without printing: the report the renderers turn into text. */
 export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: number) => void): Report {
   const { checks, probe: p } = runChecks(sys, facts, opts);
   const caps = capabilities(checks, p.features);
+  const qemu = opts.qemu === null ? undefined : checkQemu(sys, facts, checks, caps["postcopy-ram"], opts.qemu, opts.qemuMs);
+  if (qemu) checks.push(qemu.check);
+  // What will happen decides the exit status: QEMU's answer, when it gave one.
+  const decisive = { ...caps, "postcopy-ram": qemu?.answer?.accepts ?? caps["postcopy-ram"] };
   return {
     schema: SCHEMA,
     version: VERSION,
@@ -720,9 +748,10 @@ export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: n
     checks,
     features: decodeFeatures(p.features),
     capabilities: caps,
-    required: { capabilities: opts.require, ok: opts.require.every((c) => caps[c]) },
+    required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
     diagnosis: diagnose(facts, checks),
     roundTrip: roundTripSummary(checks),
+    ...(qemu?.answer ? { qemu: qemu.answer } : {}),
     ...(opts.bench ? { bench: benchAll(p, progress) } : {}),
   };
 }
@@ -758,6 +787,8 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
   }
   const verdict = report.postcopy ? paint(opts.color, COLORS.pass, "SUPPORTED") : paint(opts.color, COLORS.fail, "NOT SUPPORTED");
   lines.push(`Postcopy live migration (QEMU postcopy-ram): ${verdict} for ${host.user} (uid ${host.uid})`);
+  if (report.qemu?.agrees === false)
+    lines.push(paint(opts.color, COLORS.fail, `QEMU ${report.qemu.version} (${report.qemu.path}) DISAGREES and decides the exit status: ${report.qemu.why}`));
   const { capabilities: wanted, ok } = report.required;
   if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${paint(opts.color, ok ? COLORS.pass : COLORS.fail, ok ? "YES" : "NO")}`);
   return `${lines.join("\n")}\n`;
@@ -788,6 +819,7 @@ export function renderPrometheus(report: Report): string {
     ...gauge("check", "1 on the status each check has, 0 on the others.", report.checks.flatMap((c) => STATUSES.map((s): [string, number] => [`{id="${c.id}",status="${s}"}`, bool(c.status === s)]))),
     ...gauge("feature", "1 when the kernel offers the UFFD_FEATURE_* bit.", Object.entries(report.features).filter(([n]) => n !== "unknown").map(([n, on]) => [`{name="${n}"}`, bool(on)])),
     ...(report.roundTrip ? gauge("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", [["", report.roundTrip.ns / 1e9]]) : []),
+    ...(report.qemu ? gauge("qemu_accepts", "1 when the installed QEMU itself accepts postcopy-ram.", [[`{version="${label(report.qemu.version)}",path="${label(report.qemu.path)}"}`, bool(report.qemu.accepts)]]) : []),
     ...gauge("info", "The probe's version and the context it answered for.", [[`{version="${label(report.version)}",kernel="${label(host.kernel)}",user="${label(host.user)}",uid="${host.uid}"}`, 1]]),
   ].join("\n") + "\n";
 }
@@ -797,55 +829,78 @@ const RENDERERS = { human: renderHuman, json: renderJson, prometheus: renderProm
 const BENCH_FAULTS = 10000;
 /** strlen's answer must fit the 32 bits the join reads: at most 2^31 bytes of 4 KiB pages. */
 const BENCH_MAX = 500000;
+/** How long QEMU gets to greet and answer before it is killed. */
+const QEMU_MS = 5000;
 
 /** A wrong command line: exit 2 with the message and the usage line. */
 export class UsageError extends Error {}
+/** `value` if it is one of `valid`, else a UsageError naming the valid ones. */
+function oneOf<T extends string>(value: string, valid: readonly T[], what: string): T {
+  if (!valid.includes(value as T)) throw new UsageError(`Unknown ${what} "${value}": use ${valid.join(", ")}`);
+  return value as T;
+}
+/** A whole number that `ok` accepts, else a UsageError saying what `what` must be. */
+function whole(value: string, ok: (n: number) => boolean, what: string, must: string) {
+  if (!/^[0-9]+$/.test(value) || !ok(Number(value))) throw new UsageError(`Invalid ${what} "${value}": ${must}`);
+  return Number(value);
+}
+
+type Parsed = ReturnType<typeof defaults>;
+const defaults = () => ({
+  format: "human" as keyof typeof RENDERERS,
+  require: ["postcopy-ram"] as Capability[], // the capabilities the exit status stands for
+  quiet: false,
+  targetPageSize: 4096,
+  color: false,
+  boundMs: BOUND_MS,
+  bench: 0, // faults to serve in --bench; 0 when not benchmarking
+  user: null as string | null, // --user: answer for this user, from a child with its ids
+  qemu: null as string | true | null, // --qemu [PATH]: ask that QEMU too (true: look for one)
+  qemuMs: QEMU_MS,
+  help: false,
+  version: false,
+});
+
+/** The command line, as data: names, the value (in brackets when optional), the help, the effect. */
+const OPTIONS: Array<{ names: string[]; value?: string; help: string; set: (o: Parsed, v: string) => unknown }> = [
+  { names: ["--json"], help: "print the postcopy-probe/1 JSON document, nothing else", set: (o) => (o.format = "json") },
+  { names: ["--format"], value: "FORMAT", help: "human (default), json, or prometheus (node_exporter textfile collector)",
+    set: (o, v) => (o.format = oneOf(v, Object.keys(RENDERERS) as Array<keyof typeof RENDERERS>, "format")) },
+  { names: ["--require"], value: "CAP[,CAP...]", help: "exit status for these capabilities instead of postcopy-ram alone",
+    set: (o, v) => (o.require = v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability"))) },
+  { names: ["-q", "--quiet"], help: "print only warnings, failures, why and the verdict", set: (o) => (o.quiet = true) },
+  { names: ["--user"], value: "NAME|UID", help: "answer for that user (as root): QEMU's user, not root", set: (o, v) => (o.user = v) },
+  { names: ["--qemu"], value: "[PATH]", help: "also ask the installed QEMU (or PATH) over QMP, in the same context", set: (o, v) => (o.qemu = v || true) },
+  { names: ["--target-page-size"], value: "N", help: "the guest's target page size in bytes (default 4096)",
+    set: (o, v) => (o.targetPageSize = whole(v, (n) => n > 0 && (n & (n - 1)) === 0, "target page size", "a power of two in bytes, such as 4096")) },
+  { names: ["--bench"], value: "[N]", help: `also serve N faults (default ${BENCH_FAULTS}) as fast as possible: p50, p99, pages/s`,
+    set: (o, v) => (o.bench = v ? whole(v, (n) => n >= 2 && n <= BENCH_MAX, "fault count", `a whole number from 2 to ${BENCH_MAX}`) : BENCH_FAULTS) },
+  { names: ["-h", "--help"], help: "this text", set: (o) => (o.help = true) },
+  { names: ["-V", "--version"], help: "the version", set: (o) => (o.version = true) },
+];
+const USAGE = `Usage: postcopy-probe ${OPTIONS.map((o) => `[${o.names.at(-1)}${o.value ? ` ${o.value}` : ""}]`).join(" ")}`;
+const HELP = [
+  USAGE,
+  "",
+  "Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.",
+  "",
+  ...OPTIONS.map((o) => `  ${`${o.names.join(", ")} ${o.value ?? ""}`.padEnd(24)}${o.help}`),
+  "",
+  "Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not run.",
+].join("\n");
 
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
-  const opts = {
-    format: "human" as keyof typeof RENDERERS,
-    require: ["postcopy-ram"] as Capability[], // the capabilities the exit status stands for
-    quiet: false,
-    targetPageSize: 4096,
-    color: tty && !env.NO_COLOR,
-    boundMs: BOUND_MS,
-    bench: 0, // faults to serve in --bench; 0 when not benchmarking
-    user: null as string | null, // --user: answer for this user, from a child with its ids
-    help: false,
-    version: false,
-  };
+  const opts = { ...defaults(), color: tty && !env.NO_COLOR };
   for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const value = () => {
-      const v = inline ?? argv[++i];
-      if (v === undefined) throw new UsageError(`Option "${flag}" needs a value`);
-      return v;
-    };
-    if (flag === "--json") opts.format = "json";
-    else if (flag === "-q" || flag === "--quiet") opts.quiet = true;
-    else if (flag === "-h" || flag === "--help") opts.help = true;
-    else if (flag === "-V" || flag === "--version") opts.version = true;
-    else if (flag === "--format") {
-      const v = value();
-      if (!Object.hasOwn(RENDERERS, v)) throw new UsageError(`Unknown format "${v}": use ${Object.keys(RENDERERS).join(", ")}`);
-      opts.format = v as keyof typeof RENDERERS;
-    } else if (flag === "--require") {
-      opts.require = value().split(",") as Capability[];
-      const unknown = opts.require.find((c) => !CAPABILITIES.includes(c));
-      if (unknown !== undefined) throw new UsageError(`Unknown capability "${unknown}": use ${CAPABILITIES.join(", ")}`);
-    } else if (flag === "--target-page-size") {
-      const v = value();
-      opts.targetPageSize = Number(v);
-      if (!/^[1-9][0-9]*$/.test(v) || opts.targetPageSize & (opts.targetPageSize - 1))
-        throw new UsageError(`Invalid target page size "${v}": a power of two in bytes, such as 4096`);
-    } else if (flag === "--bench") {
-      const v = inline ?? (/^[0-9]+$/.test(argv[i + 1] ?? "") ? argv[++i] : String(BENCH_FAULTS));
-      opts.bench = Number(v);
-      if (!/^[0-9]+$/.test(v) || opts.bench < 2 || opts.bench > BENCH_MAX)
-        throw new UsageError(`Invalid fault count "${v}": a whole number from 2 to ${BENCH_MAX}`);
-    } else if (flag === "--user") opts.user = value();
-    else throw new UsageError(`Unknown option "${argv[i]}"`);
+    const [name, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
+    const option = OPTIONS.find((o) => o.names.includes(name));
+    if (!option) throw new UsageError(`Unknown option "${argv[i]}"`);
+    const optional = option.value?.startsWith("[");
+    // An optional value is the next argument only when that is not an option itself.
+    const next = option.value && inline === undefined && !(optional && argv[i + 1]?.startsWith("-")) ? argv[++i] : undefined;
+    if (option.value && !optional && (inline ?? next) === undefined) throw new UsageError(`Option "${name}" needs a value`);
+    option.set(opts, inline ?? next ?? "");
   }
   return opts;
 }
