@@ -66,7 +66,6 @@ export const UFFDIO_WAKE = _IOR(UFFDIO, _UFFDIO.WAKE, 16);
 export const UFFDIO_COPY = _IOWR(UFFDIO, _UFFDIO.COPY, 40);
 export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO.ZEROPAGE, 32);
 export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO.WRITEPROTECT, 24);
-export const UFFDIO_CONTINUE = _IOWR(UFFDIO, _UFFDIO.CONTINUE, 32);
 export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
 /** UFFD_FEATURE_* bits by name without the prefix: the list is in kernel order, bit i is 1 << i. */
 export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
