@@ -420,6 +420,21 @@ describe("diagnose() for what this machine cannot produce", () => {
     expect(d.map((x) => x.cause)).toEqual(["user-namespace", "devnode-missing"]);
   });
 
+  test("with /dev/userfaultfd already open to the user, the syscall's fixes do not repeat the ACL", () => {
+    expect(diagnose(base, opened("ok", "EPERM", "ok"))).toEqual([
+      {
+        cause: "unprivileged-userfaultfd",
+        summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+        evidence: ["userfaultfd(2): EPERM, with UFFD_USER_MODE_ONLY: ok", "vm.unprivileged_userfaultfd = 0", "CAP_SYS_PTRACE: not held by qemu (uid 107)"],
+        fix: [
+          "sysctl -w vm.unprivileged_userfaultfd=1",
+          "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf",
+          'setcap cap_sys_ptrace+ep "$(command -v qemu-system-x86_64)"   # broad: also lets QEMU ptrace',
+        ],
+      },
+    ]);
+  });
+
   test("SELinux denying the syscall with EACCES is selinux", () => {
     const d = diagnose({ ...base, selinux: "enforcing" }, opened("EACCES", "EACCES", "EACCES"));
     expect(d[0]).toEqual({

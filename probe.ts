@@ -263,6 +263,7 @@ const CRIU_EVENTS = featureMask("EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVE
 function checkCriu(p: Probe, head: Head): Check {
   // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
   const api = handshake(p, head, CRIU_EVENTS, "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE");
+  if (!(api instanceof BigUint64Array) && api.errno === "EPERM") return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE: run CRIU as root)` };
   if (!(api instanceof BigUint64Array)) return api;
   return result(head, "pass", "EVENT_FORK, EVENT_REMAP, EVENT_UNMAP, EVENT_REMOVE granted");
 }
@@ -577,8 +578,8 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
     cause: "unprivileged-userfaultfd", summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     when: ({ f, r }) =>
       r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2) ? [denied(r), `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`, `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`] : null,
-    fix: ({ f }) => [
-      ...(f.devnode ? [acl(f)] : []),
+    fix: ({ f, r }) => [
+      ...(f.devnode && r.device !== "ok" ? [acl(f)] : []),
       "sysctl -w vm.unprivileged_userfaultfd=1",
       PERSIST,
       `setcap cap_sys_ptrace+ep "$(command -v qemu-system-${f.arch})"   # broad: also lets QEMU ptrace`,
