@@ -14,8 +14,9 @@ if (typeof Bun === "undefined") {
   console.error("postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`");
   process.exit(2);
 }
-// Imported only once the runtime is known to be Bun; the guard above could not run before a static import.
-const { dlopen, FFIType: T, ptr, read, toArrayBuffer } = await import("bun:ffi");
+// Loaded only once the runtime is known to be Bun: the guard above could not run before a static
+// import, and a top-level await would keep `bun build --bytecode` from compiling the binary.
+const { dlopen, FFIType: T, ptr, read, toArrayBuffer } = require("bun:ffi") as typeof import("bun:ffi");
 
 /** A system call's answer: `ret` as the C function returned it, `errno` set only when it failed. */
 export type R = { ret: number; errno: number };
