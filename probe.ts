@@ -111,6 +111,11 @@ function openRoute(sys: Sys, route: Route): R {
   }
 }
 const openUffd = (p: Probe) => openRoute(p.sys, p.route!);
+/** The route faults can be served on: QEMU's, else a user-mode-only uffd (which shows what it lacks). */
+const servingRoute = (p: Probe): Route | null => p.route ?? (p.userModeOnly ? "user-mode-only" : null);
+/** What uffd-open found for each route ("ok" or an errno name), and the round trips' results. */
+const routesOf = (checks: Check[]) => (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>;
+const tripsOf = (checks: Check[]) => (checks.find((c) => c.id === "round-trip")?.trips ?? {}) as Record<string, TripResult>;
 
 /** A uffdio_api struct asking for `features`. */
 const apiStruct = (features: bigint) => new BigUint64Array([UFFD_API, features, 0n]);
@@ -348,8 +353,9 @@ function arena<T>(p: Probe, route: Route, len: number, flags: number, mode: bigi
         while (Bun.nanoseconds() < deadline) {
           if (sys.poll(fd.ret, SLICE_MS).ret > 0 && sys.read(fd.ret, msg).ret === msg.byteLength) return { fault: true };
           const done = sys.tryJoin(thread);
-          if (done.errno === 0) thread = -1;
-          if (done.errno === 0) return { exited: done.ret };
+          if (done.errno !== 0) continue; // EBUSY: still running
+          thread = -1; // reaped by tryJoin: the cleanup must not join it again
+          return { exited: done.ret };
         }
         return { timeout: true };
       },
@@ -404,7 +410,7 @@ function roundTrip(p: Probe, route: Route, t: Trip): TripResult {
 }
 
 function checkRoundTrip(p: Probe, head: Head): Check {
-  const route: Route | null = p.route ?? (p.userModeOnly ? "user-mode-only" : null);
+  const route = servingRoute(p);
   if (!route) return result(head, "skip", "no userfaultfd could be opened");
   const wp = p.features !== null && (p.features & UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
   const trips = Object.fromEntries(TRIPS.filter((t) => wp || t.mode !== UFFDIO_REGISTER_MODE_WP).map((t) => [t.key, roundTrip(p, route, t)]));
@@ -516,7 +522,7 @@ export type Capability = (typeof CAPABILITIES)[number];
 export function capabilities(checks: Check[], features: bigint | null): Record<Capability, boolean> {
   const ok = (id: string) => ["pass", "warn"].includes(checks.find((c) => c.id === id)?.status ?? "skip");
   const has = (name: string) => features !== null && (features & UFFD_FEATURE[name]) !== 0n;
-  const trips = (checks.find((c) => c.id === "round-trip")?.trips ?? {}) as Record<string, TripResult>;
+  const trips = tripsOf(checks);
   const served = (key: string) => trips[key]?.ok === true;
   // QEMU needs user-mode and kernel-mode (KVM, vhost) missing faults served.
   const ram = ["page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon"].every(ok) && served("user-read") && served("kernel-write");
@@ -632,7 +638,7 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
 
 /** Why, and what to run: a pure function of the facts and the checks. */
 export function diagnose(facts: Facts, checks: Check[]): Diagnosis[] {
-  const seen = { f: facts, r: (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>, checks };
+  const seen = { f: facts, r: routesOf(checks), checks };
   return CAUSES.flatMap(({ cause, summary, when, fix }) => {
     const evidence = when(seen);
     return evidence ? [{ cause, summary, evidence, fix: fix(seen) }] : [];
@@ -657,14 +663,14 @@ export type Report = {
 
 /** The kernel-mode write trip decides for QEMU: its result and time, when the check ran. */
 function roundTripSummary(checks: Check[]): Report["roundTrip"] {
-  const trips = checks.find((c) => c.id === "round-trip")?.trips as Record<string, TripResult> | undefined;
-  const served = trips?.["kernel-write"];
+  const trips = tripsOf(checks);
+  const served = trips["kernel-write"];
   return served && { ok: Boolean(trips["user-read"]?.ok && served.ok), ns: served.ns };
 }
 
 /** --bench on base pages, and on huge pages when enough are free; an error names what stopped it. */
 function benchAll(p: Probe, progress?: (done: number) => void): Report["bench"] {
-  const route = p.route ?? (p.userModeOnly ? "user-mode-only" : null);
+  const route = servingRoute(p);
   if (!route) return { error: "no userfaultfd could be opened" };
   const anon = MAP_PRIVATE | MAP_ANONYMOUS;
   const base = bench(p, route, p.opts.bench, p.facts.pageSize, anon, progress);
@@ -724,7 +730,7 @@ function checkQemu(sys: Sys, facts: Facts, checks: Check[], probeSays: boolean, 
   if (typeof answer === "string") return { check: result(head, "fail", `${path}: ${answer}`) };
   const said = `QEMU ${answer.version} ${answer.accepts ? "accepts" : "rejects"} postcopy-ram${answer.accepts ? "" : `: ${answer.message}`}`;
   answer.agrees = answer.accepts === probeSays;
-  const routes = (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>;
+  const routes = routesOf(checks);
   if (!answer.agrees)
     answer.why =
       probeSays && routes.device === "ok" && routes.syscall !== "ok" && Number(answer.version.split(".")[0]) < 8
