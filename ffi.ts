@@ -11,7 +11,9 @@
  */
 if (typeof Bun === "undefined") {
   // Node (22.18+ runs .ts files) would die on the bun:ffi import with a stack trace.
-  console.error("postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`");
+  console.error(
+    "postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`",
+  );
   process.exit(2);
 }
 // Loaded only once the runtime is known to be Bun: the guard above could not run before a static
@@ -25,22 +27,26 @@ export type Buf = BigUint64Array | Uint8Array | Int32Array;
 
 /** Linux architectures the probe knows, keyed by `process.arch`. */
 /** `nr` is __NR_userfaultfd, `statx` __NR_statx (called raw: musl before 1.2.5 has no statx()). */
-const ARCH: Record<string, { name: string; nr: number; statx: number; musl: string; ioc?: "ppc"; noreserve?: number }> = {
-  x64: { name: "x86_64", nr: 323, statx: 332, musl: "x86_64" },
-  ia32: { name: "i386", nr: 374, statx: 383, musl: "i386" },
-  arm64: { name: "aarch64", nr: 282, statx: 291, musl: "aarch64" },
-  arm: { name: "arm", nr: 388, statx: 397, musl: "armhf" },
-  riscv64: { name: "riscv64", nr: 282, statx: 291, musl: "riscv64" },
-  loong64: { name: "loongarch64", nr: 282, statx: 291, musl: "loongarch64" },
-  ppc64: { name: "ppc64", nr: 364, statx: 383, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
-  s390x: { name: "s390x", nr: 355, statx: 379, musl: "s390x" },
-};
+const ARCH: Record<string, { name: string; nr: number; statx: number; musl: string; ioc?: "ppc"; noreserve?: number }> =
+  {
+    x64: { name: "x86_64", nr: 323, statx: 332, musl: "x86_64" },
+    ia32: { name: "i386", nr: 374, statx: 383, musl: "i386" },
+    arm64: { name: "aarch64", nr: 282, statx: 291, musl: "aarch64" },
+    arm: { name: "arm", nr: 388, statx: 397, musl: "armhf" },
+    riscv64: { name: "riscv64", nr: 282, statx: 291, musl: "riscv64" },
+    loong64: { name: "loongarch64", nr: 282, statx: 291, musl: "loongarch64" },
+    ppc64: { name: "ppc64", nr: 364, statx: 383, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
+    s390x: { name: "s390x", nr: 355, statx: 379, musl: "s390x" },
+  };
 /** The running architecture's entry, or undefined when the probe does not know its numbers. */
 export const arch = ARCH[process.arch];
 const archOrX64 = arch ?? ARCH.x64;
 
 // include/uapi/asm-generic/ioctl.h; powerpc (and mips) use 13 size bits and other direction bits.
-const IOC = archOrX64.ioc === "ppc" ? { NONE: 1n, WRITE: 4n, READ: 2n, SIZEBITS: 13n } : { NONE: 0n, WRITE: 1n, READ: 2n, SIZEBITS: 14n };
+const IOC =
+  archOrX64.ioc === "ppc"
+    ? { NONE: 1n, WRITE: 4n, READ: 2n, SIZEBITS: 13n }
+    : { NONE: 0n, WRITE: 1n, READ: 2n, SIZEBITS: 14n };
 const _IOC = (dir: bigint, type: number, nr: number, size: number) =>
   (dir << (16n + IOC.SIZEBITS)) | (BigInt(size) << 16n) | (BigInt(type) << 8n) | BigInt(nr);
 const _IOR = (type: number, nr: number, size: number) => _IOC(IOC.READ, type, nr, size);
@@ -58,7 +64,16 @@ export const UFFDIO_REGISTER_MODE_WP = 2n;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1n;
 /** The _UFFDIO_* numbers: bit numbers in the `ioctls` masks, and the ioctls' nr. */
 export const _UFFDIO: Record<string, number> = {
-  REGISTER: 0, UNREGISTER: 1, WAKE: 2, COPY: 3, ZEROPAGE: 4, MOVE: 5, WRITEPROTECT: 6, CONTINUE: 7, POISON: 8, API: 0x3f,
+  REGISTER: 0,
+  UNREGISTER: 1,
+  WAKE: 2,
+  COPY: 3,
+  ZEROPAGE: 4,
+  MOVE: 5,
+  WRITEPROTECT: 6,
+  CONTINUE: 7,
+  POISON: 8,
+  API: 0x3f,
 };
 export const UFFDIO_API = _IOWR(UFFDIO, _UFFDIO.API, 24);
 export const UFFDIO_REGISTER = _IOWR(UFFDIO, _UFFDIO.REGISTER, 32);
@@ -71,9 +86,23 @@ export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
 /** UFFD_FEATURE_* bits by name without the prefix: the list is in kernel order, bit i is 1 << i. */
 export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
   [
-    "PAGEFAULT_FLAG_WP", "EVENT_FORK", "EVENT_REMAP", "EVENT_REMOVE", "MISSING_HUGETLBFS", "MISSING_SHMEM",
-    "EVENT_UNMAP", "SIGBUS", "THREAD_ID", "MINOR_HUGETLBFS", "MINOR_SHMEM", "EXACT_ADDRESS",
-    "WP_HUGETLBFS_SHMEM", "WP_UNPOPULATED", "POISON", "WP_ASYNC", "MOVE",
+    "PAGEFAULT_FLAG_WP",
+    "EVENT_FORK",
+    "EVENT_REMAP",
+    "EVENT_REMOVE",
+    "MISSING_HUGETLBFS",
+    "MISSING_SHMEM",
+    "EVENT_UNMAP",
+    "SIGBUS",
+    "THREAD_ID",
+    "MINOR_HUGETLBFS",
+    "MINOR_SHMEM",
+    "EXACT_ADDRESS",
+    "WP_HUGETLBFS_SHMEM",
+    "WP_UNPOPULATED",
+    "POISON",
+    "WP_ASYNC",
+    "MOVE",
   ].map((name, i) => [name, 1n << BigInt(i)]),
 );
 // include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h (x86 values; ppc's MAP_NORESERVE differs)
@@ -103,9 +132,28 @@ export const SECCOMP_MODE_FILTER = 2;
 // include/uapi/asm-generic/errno-base.h and errno.h: the same numbers on every arch above.
 // A table, not node:os constants: loading node:os costs Bun ~2 ms of start-up.
 const ERRNO = {
-  EPERM: 1, ENOENT: 2, ESRCH: 3, EINTR: 4, EIO: 5, ENXIO: 6, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13,
-  EFAULT: 14, EBUSY: 16, EEXIST: 17, ENODEV: 19, EINVAL: 22, ENFILE: 23, EMFILE: 24, ENOTTY: 25, ENOSPC: 28,
-  EROFS: 30, ENOSYS: 38, EOPNOTSUPP: 95,
+  EPERM: 1,
+  ENOENT: 2,
+  ESRCH: 3,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENFILE: 23,
+  EMFILE: 24,
+  ENOTTY: 25,
+  ENOSPC: 28,
+  EROFS: 30,
+  ENOSYS: 38,
+  EOPNOTSUPP: 95,
 } as const;
 const ERRNO_NAME = new Map(Object.entries(ERRNO).map(([name, n]) => [n as number, name]));
 /** `EPERM` for 1; `errno 999` for a number the table does not name. */
@@ -180,7 +228,8 @@ export function loadSys() {
   const textBuffer = new Uint8Array(READ_CHUNK);
   const tid = new BigUint64Array(1);
   const retval = new BigUint64Array(1);
-  const joined = (err: number): R => (err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 });
+  const joined = (err: number): R =>
+    err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 };
   return {
     userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
     /** statx(): the file's mode, owner and group. */
@@ -194,7 +243,8 @@ export function loadSys() {
     open: (path: string, flags: number) => r(c.open(cstr(path), flags)),
     /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
     ioctl: (fd: number, request: bigint, arg: Buf | number) => r(c.ioctl(fd, request, arg as never)),
-    mmap: (addr: number, length: number, prot: number, flags: number, fd: number) => r(c.mmap(addr, length, prot, flags, fd, 0) as number),
+    mmap: (addr: number, length: number, prot: number, flags: number, fd: number) =>
+      r(c.mmap(addr, length, prot, flags, fd, 0) as number),
     munmap: (addr: number, length: number) => r(c.munmap(addr, length)),
     close: (fd: number) => r(c.close(fd)),
     memfdCreate: (name: string, flags: number) => r(c.memfd_create(cstr(name), flags)),

@@ -12,18 +12,57 @@
  * Data flow: facts → checks → capabilities → diagnosis → one renderer → process.exitCode.
  */
 import {
-  addressOf, arch, errnoName, errnoOf, loadSys, memory, type R, type Sys, MAP_ANONYMOUS, MAP_HUGETLB, MAP_NORESERVE, MAP_PRIVATE,
-  MAP_SHARED, MFD_CLOEXEC, O_CLOEXEC, O_NONBLOCK, O_RDWR, PROT_READ, PROT_WRITE, UFFD_API, UFFD_FEATURE,
-  UFFD_USER_MODE_ONLY, UFFDIO_API, _UFFDIO, UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_MISSING,
-  UFFDIO_REGISTER_MODE_WP, UFFDIO_UNREGISTER, USERFAULTFD_IOC_NEW, UFFD_EVENT_PAGEFAULT, UFFD_PAGEFAULT_FLAG_WP,
-  UFFD_PAGEFAULT_FLAG_WRITE, UFFDIO_COPY, UFFDIO_WRITEPROTECT, UFFDIO_WRITEPROTECT_MODE_WP, UFFDIO_ZEROPAGE,
+  addressOf,
+  arch,
+  errnoName,
+  errnoOf,
+  loadSys,
+  memory,
+  type R,
+  type Sys,
+  MAP_ANONYMOUS,
+  MAP_HUGETLB,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  MFD_CLOEXEC,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  PROT_READ,
+  PROT_WRITE,
+  UFFD_API,
+  UFFD_FEATURE,
+  UFFD_USER_MODE_ONLY,
+  UFFDIO_API,
+  _UFFDIO,
+  UFFDIO_REGISTER,
+  UFFDIO_REGISTER_MODE_MISSING,
+  UFFDIO_REGISTER_MODE_WP,
+  UFFDIO_UNREGISTER,
+  USERFAULTFD_IOC_NEW,
+  UFFD_EVENT_PAGEFAULT,
+  UFFD_PAGEFAULT_FLAG_WP,
+  UFFD_PAGEFAULT_FLAG_WRITE,
+  UFFDIO_COPY,
+  UFFDIO_WRITEPROTECT,
+  UFFDIO_WRITEPROTECT_MODE_WP,
+  UFFDIO_ZEROPAGE,
 } from "./ffi.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
 export type Status = "pass" | "warn" | "fail" | "skip";
 /** One line of the report. A check never prints and never throws for a kernel answer. */
-export type Check = { id: string; title: string; status: Status; detail: string; errno?: string; hint?: string; [more: string]: unknown };
+export type Check = {
+  id: string;
+  title: string;
+  status: Status;
+  detail: string;
+  errno?: string;
+  hint?: string;
+  [more: string]: unknown;
+};
 /** What the command line asks for; the renderers and checks read it. */
 export type Options = Omit<ReturnType<typeof parseArgs>, "help" | "version">;
 
@@ -35,7 +74,8 @@ const QEMU_USERS = ["qemu", "libvirt-qemu"];
 const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
 /** `crw-------` for a character device with mode 0600. */
 const modeString = (mode: number) =>
-  ((mode & 0o170000) === S_IFCHR ? "c" : "-") + [...Array(9)].map((_, i) => (mode & (0o400 >> i) ? "rwx"[i % 3] : "-")).join("");
+  ((mode & 0o170000) === S_IFCHR ? "c" : "-") +
+  [...Array(9)].map((_, i) => (mode & (0o400 >> i) ? "rwx"[i % 3] : "-")).join("");
 /** A number from a one-value file such as /proc/sys/vm/nr_hugepages, or null when unreadable. */
 const readNumber = (sys: Sys, path: string) => {
   const text = sys.readText(path);
@@ -81,7 +121,14 @@ export function readFacts(sys: Sys) {
     uidMap,
     userNamespace: uidMap !== "0 0 4294967295",
     // As `ls -l` shows it; null when there is no such node.
-    devnode: node.ret < 0 ? null : { mode: modeString(node.mode), owner: nameOf(passwd, node.uid), group: nameOf(rows(sys, "/etc/group"), node.gid) },
+    devnode:
+      node.ret < 0
+        ? null
+        : {
+            mode: modeString(node.mode),
+            owner: nameOf(passwd, node.uid),
+            group: nameOf(rows(sys, "/etc/group"), node.gid),
+          },
     // The kernel has the device even when this /dev lacks it (a container).
     miscMinor: misc ? Number(misc[1]) : null,
     selinux: enforce === "1" ? "enforcing" : enforce === "0" ? "permissive" : null,
@@ -95,7 +142,14 @@ export function readFacts(sys: Sys) {
 /** How this context gets a uffd, as QEMU 8.0+ does: the device first, then the syscall. */
 type Route = "device" | "syscall" | "user-mode-only";
 /** What the checks share: the Sys, the facts, and what earlier checks learnt. */
-export type Probe = { sys: Sys; facts: Facts; opts: Options; route: Route | null; userModeOnly: boolean; features: bigint | null };
+export type Probe = {
+  sys: Sys;
+  facts: Facts;
+  opts: Options;
+  route: Route | null;
+  userModeOnly: boolean;
+  features: bigint | null;
+};
 
 const UFFD_FLAGS = O_CLOEXEC | O_NONBLOCK;
 /** A new uffd through one route; the device's own fd is closed before returning. */
@@ -114,21 +168,31 @@ const openUffd = (p: Probe) => openRoute(p.sys, p.route!);
 /** The route faults can be served on: QEMU's, else a user-mode-only uffd (which shows what it lacks). */
 const servingRoute = (p: Probe): Route | null => p.route ?? (p.userModeOnly ? "user-mode-only" : null);
 /** What uffd-open found for each route ("ok" or an errno name), and the round trips' results. */
-const routesOf = (checks: Check[]) => (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>;
-const tripsOf = (checks: Check[]) => (checks.find((c) => c.id === "round-trip")?.trips ?? {}) as Record<string, TripResult>;
+const routesOf = (checks: Check[]) =>
+  (checks.find((c) => c.id === "uffd-open")?.routes ?? {}) as Record<string, string>;
+const tripsOf = (checks: Check[]) =>
+  (checks.find((c) => c.id === "round-trip")?.trips ?? {}) as Record<string, TripResult>;
 
 /** A uffdio_api struct asking for `features`. */
 const apiStruct = (features: bigint) => new BigUint64Array([UFFD_API, features, 0n]);
 const bit = (n: number) => 1n << BigInt(n);
 /** UFFDIO_* names of the ioctls in `names` whose bits are not set in `mask`. */
-const missingIoctls = (mask: bigint, names: string[]) => names.filter((n) => !(mask & bit(_UFFDIO[n]))).map((n) => `UFFDIO_${n}`);
+const missingIoctls = (mask: bigint, names: string[]) =>
+  names.filter((n) => !(mask & bit(_UFFDIO[n]))).map((n) => `UFFDIO_${n}`);
 /** Names of the features in `wanted` that `offered` lacks, as UFFD_FEATURE_* names. */
 const missingFeatures = (offered: bigint, wanted: bigint) =>
-  Object.entries(UFFD_FEATURE).filter(([, b]) => wanted & b && !(offered & b)).map(([n]) => `UFFD_FEATURE_${n}`);
+  Object.entries(UFFD_FEATURE)
+    .filter(([, b]) => wanted & b && !(offered & b))
+    .map(([n]) => `UFFD_FEATURE_${n}`);
 const featureMask = (...names: string[]) => names.reduce((m, n) => m | UFFD_FEATURE[n], 0n);
 
 type Head = Pick<Check, "id" | "title">;
-const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => ({ ...head, status, detail, ...more });
+const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => ({
+  ...head,
+  status,
+  detail,
+  ...more,
+});
 /** A failed call as a check result: `UFFDIO_REGISTER: EINVAL`. */
 const failed = (head: Head, call: string, r: R, more: Partial<Check> = {}) =>
   result(head, "fail", `${call}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), ...more });
@@ -153,7 +217,10 @@ function checkOpen(p: Probe, head: Head): Check {
   p.route = routes.device === "ok" ? "device" : routes.syscall === "ok" ? "syscall" : null;
   p.userModeOnly = routes["user-mode-only"] === "ok";
   if (p.route === "device" && routes.syscall !== "ok")
-    return result(head, "warn", `${said}; QEMU older than 8.0 only uses the syscall and will fail`, { routes, route: p.route });
+    return result(head, "warn", `${said}; QEMU older than 8.0 only uses the syscall and will fail`, {
+      routes,
+      route: p.route,
+    });
   if (p.route) return result(head, "pass", said, { routes, route: p.route });
   return result(head, "fail", said, { routes, errno: routes.syscall });
 }
@@ -175,7 +242,8 @@ function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"):
 /** QEMU's ufd_check_and_apply() requires REGISTER and UNREGISTER: "Missing userfault features". */
 function registerIoctls(head: Head, api: BigUint64Array, detail: string): Check {
   const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
-  if (missing.length) return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
+  if (missing.length)
+    return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
   return result(head, "pass", detail);
 }
 
@@ -195,7 +263,9 @@ function checkFeatures(p: Probe, head: Head): Check {
   if (!(api instanceof BigUint64Array)) return api;
   const applied = registerIoctls(head, api, "UFFD_FEATURE_THREAD_ID applied");
   if (asked || applied.status === "fail") return applied;
-  return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing: ["UFFD_FEATURE_THREAD_ID"] });
+  return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", {
+    missing: ["UFFD_FEATURE_THREAD_ID"],
+  });
 }
 
 /** One registration test: the seed's sequence, on one kind of memory, in one mode. */
@@ -207,15 +277,43 @@ type Registration = Head & {
   ioctls: string[];
 };
 const REGISTRATIONS: Registration[] = [
-  { id: "register-anon", title: "UFFDIO_REGISTER MISSING on anonymous memory", kind: "anon",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_MISSING, features: 0n, ioctls: ["WAKE", "COPY", "ZEROPAGE"] },
+  {
+    id: "register-anon",
+    title: "UFFDIO_REGISTER MISSING on anonymous memory",
+    kind: "anon",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS,
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    features: 0n,
+    ioctls: ["WAKE", "COPY", "ZEROPAGE"],
+  },
   // No ZEROPAGE on hugetlb: QEMU places zero huge pages with COPY.
-  { id: "register-hugetlb", title: "UFFDIO_REGISTER MISSING on hugetlbfs memory", kind: "hugetlb",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, mode: UFFDIO_REGISTER_MODE_MISSING, features: UFFD_FEATURE.MISSING_HUGETLBFS, ioctls: ["WAKE", "COPY"] },
-  { id: "register-shmem", title: "UFFDIO_REGISTER MISSING on shared memory (memfd)", kind: "shmem",
-    flags: MAP_SHARED, mode: UFFDIO_REGISTER_MODE_MISSING, features: UFFD_FEATURE.MISSING_SHMEM, ioctls: ["WAKE", "COPY", "ZEROPAGE"] },
-  { id: "write-protect", title: "UFFDIO_REGISTER WP (background-snapshot)", kind: "anon",
-    flags: MAP_PRIVATE | MAP_ANONYMOUS, mode: UFFDIO_REGISTER_MODE_WP, features: UFFD_FEATURE.PAGEFAULT_FLAG_WP, ioctls: ["WRITEPROTECT"] },
+  {
+    id: "register-hugetlb",
+    title: "UFFDIO_REGISTER MISSING on hugetlbfs memory",
+    kind: "hugetlb",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE,
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    features: UFFD_FEATURE.MISSING_HUGETLBFS,
+    ioctls: ["WAKE", "COPY"],
+  },
+  {
+    id: "register-shmem",
+    title: "UFFDIO_REGISTER MISSING on shared memory (memfd)",
+    kind: "shmem",
+    flags: MAP_SHARED,
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    features: UFFD_FEATURE.MISSING_SHMEM,
+    ioctls: ["WAKE", "COPY", "ZEROPAGE"],
+  },
+  {
+    id: "write-protect",
+    title: "UFFDIO_REGISTER WP (background-snapshot)",
+    kind: "anon",
+    flags: MAP_PRIVATE | MAP_ANONYMOUS,
+    mode: UFFDIO_REGISTER_MODE_WP,
+    features: UFFD_FEATURE.PAGEFAULT_FLAG_WP,
+    ioctls: ["WRITEPROTECT"],
+  },
 ];
 
 /**
@@ -253,7 +351,8 @@ function register(p: Probe, spec: Registration): Check {
     if (r.ret < 0) return failed(head, "UFFDIO_UNREGISTER", r);
     const missing = missingIoctls(reg[3], spec.ioctls);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
-    if (missing.length) return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
+    if (missing.length)
+      return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
     if (spec.kind === "hugetlb" && !facts.nrHugepages)
       return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
     return result(head, "pass", detail);
@@ -268,7 +367,8 @@ const CRIU_EVENTS = featureMask("EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVE
 function checkCriu(p: Probe, head: Head): Check {
   // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
   const api = handshake(p, head, CRIU_EVENTS, "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE");
-  if (!(api instanceof BigUint64Array) && api.errno === "EPERM") return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE: run CRIU as root)` };
+  if (!(api instanceof BigUint64Array) && api.errno === "EPERM")
+    return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE: run CRIU as root)` };
   if (!(api instanceof BigUint64Array)) return api;
   return result(head, "pass", "EVENT_FORK, EVENT_REMAP, EVENT_UNMAP, EVENT_REMOVE granted");
 }
@@ -293,21 +393,40 @@ type Trip = {
 export const PATTERN_NUL = 1234;
 const TRIPS: Trip[] = [
   {
-    key: "user-read", name: "user-mode read", fn: "strlen", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_COPY, flags: 0n,
+    key: "user-read",
+    name: "user-mode read",
+    fn: "strlen",
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    resolve: UFFDIO_COPY,
+    flags: 0n,
     verify: (ret) => (ret === PATTERN_NUL ? null : `strlen returned ${ret}, not ${PATTERN_NUL}`),
   },
   {
     // The kernel's copy_to_user, as KVM and vhost touch guest RAM; a user-mode-only uffd gets no event.
-    key: "kernel-write", name: "kernel-mode write", fn: "uname", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_COPY,
+    key: "kernel-write",
+    name: "kernel-mode write",
+    fn: "uname",
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    resolve: UFFDIO_COPY,
     flags: UFFD_PAGEFAULT_FLAG_WRITE,
-    verify: (ret, page) => (ret === 0 && String.fromCharCode(...page.subarray(0, 5)) === "Linux" ? null : `uname returned ${ret}`),
+    verify: (ret, page) =>
+      ret === 0 && String.fromCharCode(...page.subarray(0, 5)) === "Linux" ? null : `uname returned ${ret}`,
   },
   {
-    key: "zeropage", name: "zeropage", fn: "strlen", mode: UFFDIO_REGISTER_MODE_MISSING, resolve: UFFDIO_ZEROPAGE, flags: 0n,
+    key: "zeropage",
+    name: "zeropage",
+    fn: "strlen",
+    mode: UFFDIO_REGISTER_MODE_MISSING,
+    resolve: UFFDIO_ZEROPAGE,
+    flags: 0n,
     verify: (ret) => (ret === 0 ? null : `strlen returned ${ret} on a zero page`),
   },
   {
-    key: "write-protect", name: "write-protect", fn: "time", mode: UFFDIO_REGISTER_MODE_WP, resolve: UFFDIO_WRITEPROTECT,
+    key: "write-protect",
+    name: "write-protect",
+    fn: "time",
+    mode: UFFDIO_REGISTER_MODE_WP,
+    resolve: UFFDIO_WRITEPROTECT,
     flags: UFFD_PAGEFAULT_FLAG_WP | UFFD_PAGEFAULT_FLAG_WRITE,
     verify: (ret, page) => {
       const stored = Number(BigInt.asIntN(32, new BigInt64Array(page.buffer, page.byteOffset, 1)[0]));
@@ -319,20 +438,37 @@ export type TripResult = { ok: boolean; ns: number; detail: string };
 
 type Wait = { fault: true } | { exited: number } | { timeout: true };
 /** A uffd with `len` bytes of fresh memory registered on it, and at most one faulting thread. */
-type Arena = { fd: number; area: number; start(fn: string): string | null; wait(msg: BigUint64Array): Wait; join(): number };
+type Arena = {
+  fd: number;
+  area: number;
+  start(fn: string): string | null;
+  wait(msg: BigUint64Array): Wait;
+  join(): number;
+};
 
 /**
  * Sets up an arena for `use` and owns everything in it. The cleanup closes the uffd first: that
  * frees a thread stuck in a fault nobody served, so the join after it is bounded too.
  */
-function arena<T>(p: Probe, route: Route, len: number, flags: number, mode: bigint, use: (a: Arena) => T | string): T | string {
+function arena<T>(
+  p: Probe,
+  route: Route,
+  len: number,
+  flags: number,
+  mode: bigint,
+  use: (a: Arena) => T | string,
+): T | string {
   const { sys } = p;
   const fd = openRoute(sys, route);
   if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
   let area = -1;
   let thread = -1;
   try {
-    let r = sys.ioctl(fd.ret, UFFDIO_API, apiStruct(mode === UFFDIO_REGISTER_MODE_WP ? UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n));
+    let r = sys.ioctl(
+      fd.ret,
+      UFFDIO_API,
+      apiStruct(mode === UFFDIO_REGISTER_MODE_WP ? UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n),
+    );
     if (r.ret < 0) return `UFFDIO_API: ${errnoName(r.errno)}`;
     r = sys.mmap(0, len, PROT_READ | PROT_WRITE, flags, -1);
     if (r.ret === -1) return `mmap ${len} B: ${errnoName(r.errno)}`;
@@ -351,7 +487,8 @@ function arena<T>(p: Probe, route: Route, len: number, flags: number, mode: bigi
       wait(msg) {
         const deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
         while (Bun.nanoseconds() < deadline) {
-          if (sys.poll(fd.ret, SLICE_MS).ret > 0 && sys.read(fd.ret, msg).ret === msg.byteLength) return { fault: true };
+          if (sys.poll(fd.ret, SLICE_MS).ret > 0 && sys.read(fd.ret, msg).ret === msg.byteLength)
+            return { fault: true };
           const done = sys.tryJoin(thread);
           if (done.errno !== 0) continue; // EBUSY: still running
           thread = -1; // reaped by tryJoin: the cleanup must not join it again
@@ -388,14 +525,19 @@ function roundTrip(p: Probe, route: Route, t: Trip): TripResult {
     const page = memory(area, len);
     if (t.mode === UFFDIO_REGISTER_MODE_WP) {
       page[0] = 1; // write-protect guards present pages only
-      const r = sys.ioctl(fd, UFFDIO_WRITEPROTECT, new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_WRITEPROTECT_MODE_WP]));
+      const r = sys.ioctl(
+        fd,
+        UFFDIO_WRITEPROTECT,
+        new BigUint64Array([BigInt(area), BigInt(len), UFFDIO_WRITEPROTECT_MODE_WP]),
+      );
       if (r.ret < 0) return `UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}`;
     }
     const msg = new BigUint64Array(4);
     const seen = a.start(t.fn) ?? a.wait(msg);
     if (typeof seen === "string") return seen;
     if ("timeout" in seen) return `no fault event within ${p.opts.boundMs} ms`;
-    if ("exited" in seen) return `no fault event; ${t.fn} returned ${seen.exited}${seen.exited === -1 ? " (EFAULT: the fault was not delivered)" : ""}`;
+    if ("exited" in seen)
+      return `no fault event; ${t.fn} returned ${seen.exited}${seen.exited === -1 ? " (EFAULT: the fault was not delivered)" : ""}`;
     const [event, flags, address] = [msg[0] & 0xffn, msg[1], msg[2]];
     if (event !== UFFD_EVENT_PAGEFAULT || flags !== t.flags || address !== BigInt(area))
       return `unexpected event 0x${event.toString(16)} flags ${flags} at 0x${address.toString(16)}`;
@@ -413,29 +555,54 @@ function checkRoundTrip(p: Probe, head: Head): Check {
   const route = servingRoute(p);
   if (!route) return result(head, "skip", "no userfaultfd could be opened");
   const wp = p.features !== null && (p.features & UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
-  const trips = Object.fromEntries(TRIPS.filter((t) => wp || t.mode !== UFFDIO_REGISTER_MODE_WP).map((t) => [t.key, roundTrip(p, route, t)]));
+  const trips = Object.fromEntries(
+    TRIPS.filter((t) => wp || t.mode !== UFFDIO_REGISTER_MODE_WP).map((t) => [t.key, roundTrip(p, route, t)]),
+  );
   const all = Object.values(trips);
   const detail = all.map((t) => t.detail).join(", ");
   if (route === "user-mode-only")
-    return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; QEMU cannot serve KVM's and vhost's kernel-mode faults with it`, { trips, route });
+    return result(
+      head,
+      "fail",
+      `only a UFFD_USER_MODE_ONLY uffd: ${detail}; QEMU cannot serve KVM's and vhost's kernel-mode faults with it`,
+      { trips, route },
+    );
   return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips, route });
 }
 
-export type Bench = { faults: number; pageSize: number; p50Ns: number; p99Ns: number; pagesPerSec: number; bytesPerSec: number };
+export type Bench = {
+  faults: number;
+  pageSize: number;
+  p50Ns: number;
+  p99Ns: number;
+  pagesPerSec: number;
+  bytesPerSec: number;
+};
 
 /**
  * --bench: one native thread runs strlen across `faults` registered pages, each missing, and the
  * main thread serves every fault with UFFDIO_COPY as fast as it can. The hot loop allocates nothing
  * but the Sys's answers: the message, copy struct and time table are made once.
  */
-export function bench(p: Probe, route: Route, faults: number, pageSize: number, flags: number, progress?: (done: number) => void): Bench | string {
+export function bench(
+  p: Probe,
+  route: Route,
+  faults: number,
+  pageSize: number,
+  flags: number,
+  progress?: (done: number) => void,
+): Bench | string {
   const { sys } = p;
   const len = faults * pageSize;
   return arena(p, route, len, flags, UFFDIO_REGISTER_MODE_MISSING, ({ fd, area, ...a }) => {
     const fill = new Uint8Array(pageSize).fill(0x50);
     const last = new Uint8Array(pageSize).fill(0x50);
     last[pageSize - 1] = 0; // strlen stops at the very end of the last page
-    const [fillAt, lastAt, lastPage] = [BigInt(addressOf(fill)), BigInt(addressOf(last)), BigInt(area + len - pageSize)];
+    const [fillAt, lastAt, lastPage] = [
+      BigInt(addressOf(fill)),
+      BigInt(addressOf(last)),
+      BigInt(area + len - pageSize),
+    ];
     const copy = new BigUint64Array([0n, 0n, BigInt(pageSize), 0n, 0n]);
     const msg = new BigUint64Array(4);
     const served = new Float64Array(faults);
@@ -447,7 +614,8 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
     for (let n = 0; n < faults; ) {
       const r = sys.read(fd, msg);
       if (r.ret === -1 && r.errno === EAGAIN) {
-        if (sys.poll(fd, p.opts.boundMs).ret <= 0) return `no fault event within ${p.opts.boundMs} ms after ${n} faults`;
+        if (sys.poll(fd, p.opts.boundMs).ret <= 0)
+          return `no fault event within ${p.opts.boundMs} ms after ${n} faults`;
         continue;
       }
       if (r.ret === -1) return `read: ${errnoName(r.errno)}`;
@@ -464,7 +632,10 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
     if (ret !== Number(BigInt.asIntN(32, BigInt(len - 1)))) return `strlen returned ${ret}, not ${len - 1}`;
     const seconds = (served[faults - 1] - start) / 1e9;
     // Each fault's time is the gap between two served faults; the first also holds the thread's start.
-    const gaps = served.subarray(1).map((t, i) => t - served[i]).sort();
+    const gaps = served
+      .subarray(1)
+      .map((t, i) => t - served[i])
+      .sort();
     const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
     const pagesPerSec = Math.round(faults / seconds);
     return { faults, pageSize, p50Ns: at(0.5), p99Ns: at(0.99), pagesPerSec, bytesPerSec: pagesPerSec * pageSize };
@@ -485,7 +656,12 @@ const CHECKS: Step[] = [
   { id: "page-size", title: "host page size >= target page size", needs: null, run: checkPageSize },
   { id: "uffd-open", title: "a userfaultfd (/dev/userfaultfd, then the syscall)", needs: null, run: checkOpen },
   { id: "uffd-api", title: "UFFDIO_API handshake and REGISTER/UNREGISTER", needs: "route", run: checkApi },
-  { id: "uffd-features", title: "userfault features as QEMU applies them (THREAD_ID)", needs: "features", run: checkFeatures },
+  {
+    id: "uffd-features",
+    title: "userfault features as QEMU applies them (THREAD_ID)",
+    needs: "features",
+    run: checkFeatures,
+  },
   ...REGISTRATIONS.map((spec): Step => ({ ...spec, needs: "features", run: (p) => register(p, spec) })),
   { id: "criu-events", title: "non-cooperative events (CRIU lazy pages)", needs: "features", run: checkCriu },
   { id: "round-trip", title: "real faults served with UFFDIO_COPY, bytes verified", needs: null, run: checkRoundTrip },
@@ -513,8 +689,13 @@ export function decodeFeatures(mask: bigint | null): Record<string, boolean | st
 }
 
 export const CAPABILITIES = [
-  "postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot",
-  "postcopy-blocktime", "criu-lazy-pages", "firecracker-uffd",
+  "postcopy-ram",
+  "postcopy-hugetlbfs",
+  "postcopy-shmem",
+  "background-snapshot",
+  "postcopy-blocktime",
+  "criu-lazy-pages",
+  "firecracker-uffd",
 ] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
@@ -525,7 +706,10 @@ export function capabilities(checks: Check[], features: bigint | null): Record<C
   const trips = tripsOf(checks);
   const served = (key: string) => trips[key]?.ok === true;
   // QEMU needs user-mode and kernel-mode (KVM, vhost) missing faults served.
-  const ram = ["page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon"].every(ok) && served("user-read") && served("kernel-write");
+  const ram =
+    ["page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon"].every(ok) &&
+    served("user-read") &&
+    served("kernel-write");
   return {
     "postcopy-ram": ram,
     "postcopy-hugetlbfs": ram && ok("register-hugetlb"),
@@ -541,26 +725,47 @@ export type Diagnosis = { cause: string; summary: string; evidence: string[]; fi
 type Seen = { f: Facts; r: Record<string, string>; checks: Check[] };
 /** The first kernel with each feature or ioctl the capabilities need. */
 const SINCE: Record<string, string> = {
-  UFFD_FEATURE_PAGEFAULT_FLAG_WP: "5.7", UFFD_FEATURE_EVENT_FORK: "4.11", UFFD_FEATURE_EVENT_REMAP: "4.11",
-  UFFD_FEATURE_EVENT_REMOVE: "4.11", UFFD_FEATURE_MISSING_HUGETLBFS: "4.11", UFFD_FEATURE_MISSING_SHMEM: "4.11",
-  UFFD_FEATURE_EVENT_UNMAP: "4.11", UFFD_FEATURE_THREAD_ID: "4.14", UFFDIO_WRITEPROTECT: "5.7",
+  UFFD_FEATURE_PAGEFAULT_FLAG_WP: "5.7",
+  UFFD_FEATURE_EVENT_FORK: "4.11",
+  UFFD_FEATURE_EVENT_REMAP: "4.11",
+  UFFD_FEATURE_EVENT_REMOVE: "4.11",
+  UFFD_FEATURE_MISSING_HUGETLBFS: "4.11",
+  UFFD_FEATURE_MISSING_SHMEM: "4.11",
+  UFFD_FEATURE_EVENT_UNMAP: "4.11",
+  UFFD_FEATURE_THREAD_ID: "4.14",
+  UFFDIO_WRITEPROTECT: "5.7",
 };
 const PERSIST = "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf";
-const CONTAINER_DEVICE = "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first";
+const CONTAINER_DEVICE =
+  "docker run --device /dev/userfaultfd ...   # or podman run --device: QEMU 8.0+ opens it first";
 const acl = (f: Facts) => `setfacl -m u:${f.user}:rw ${DEVICE}   # QEMU 8.0+ opens ${DEVICE} first`;
-const denied = (r: Record<string, string>) => `userfaultfd(2): ${r.syscall}, with UFFD_USER_MODE_ONLY: ${r["user-mode-only"]}`;
+const denied = (r: Record<string, string>) =>
+  `userfaultfd(2): ${r.syscall}, with UFFD_USER_MODE_ONLY: ${r["user-mode-only"]}`;
 
 /** Root causes, in the order a reader should act on them: when() returns evidence, or null. */
-const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[] | null; fix: (s: Seen) => string[] }> = [
+const CAUSES: Array<{
+  cause: string;
+  summary: string;
+  when: (s: Seen) => string[] | null;
+  fix: (s: Seen) => string[];
+}> = [
   {
-    cause: "gvisor", summary: "gVisor's kernel does not implement userfaultfd",
-    when: ({ f, r }) => (f.gvisor && r.syscall !== "ok" ? [`/proc/version: gVisor (release ${f.kernel})`, denied(r)] : null),
-    fix: () => ["docker run --runtime=runc ...   # not --runtime=runsc", "kubectl edit pod ...   # drop runtimeClassName: gvisor"],
+    cause: "gvisor",
+    summary: "gVisor's kernel does not implement userfaultfd",
+    when: ({ f, r }) =>
+      f.gvisor && r.syscall !== "ok" ? [`/proc/version: gVisor (release ${f.kernel})`, denied(r)] : null,
+    fix: () => [
+      "docker run --runtime=runc ...   # not --runtime=runsc",
+      "kubectl edit pod ...   # drop runtimeClassName: gvisor",
+    ],
   },
   {
-    cause: "seccomp", summary: "a seccomp filter denies userfaultfd(2)",
+    cause: "seccomp",
+    summary: "a seccomp filter denies userfaultfd(2)",
     when: ({ f, r }) =>
-      f.seccomp === 2 && !f.gvisor && r.syscall !== "ok" && r["user-mode-only"] !== "ok" ? [`Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, denied(r)] : null,
+      f.seccomp === 2 && !f.gvisor && r.syscall !== "ok" && r["user-mode-only"] !== "ok"
+        ? [`Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, denied(r)]
+        : null,
     fix: () => [
       CONTAINER_DEVICE,
       "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
@@ -569,21 +774,41 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
     ],
   },
   {
-    cause: "no-kernel-support", summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
+    cause: "no-kernel-support",
+    summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
     when: ({ f, r }) =>
-      r.syscall === "ENOSYS" && f.seccomp !== 2 && !f.gvisor ? [`userfaultfd(2): ENOSYS without a seccomp filter`, `kernel ${f.kernel}`, `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`] : null,
-    fix: () => ["grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y", "boot a kernel built with CONFIG_USERFAULTFD=y"],
+      r.syscall === "ENOSYS" && f.seccomp !== 2 && !f.gvisor
+        ? [
+            `userfaultfd(2): ENOSYS without a seccomp filter`,
+            `kernel ${f.kernel}`,
+            `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`,
+          ]
+        : null,
+    fix: () => [
+      "grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y",
+      "boot a kernel built with CONFIG_USERFAULTFD=y",
+    ],
   },
   {
-    cause: "user-namespace", summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+    cause: "user-namespace",
+    summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
     when: ({ f, r }) =>
-      r.syscall === "EPERM" && f.userNamespace && f.capSysPtrace && (r["user-mode-only"] === "ok" || f.seccomp !== 2) ? [`/proc/self/uid_map: ${f.uidMap}`, denied(r)] : null,
+      r.syscall === "EPERM" && f.userNamespace && f.capSysPtrace && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
+        ? [`/proc/self/uid_map: ${f.uidMap}`, denied(r)]
+        : null,
     fix: () => [CONTAINER_DEVICE, "sysctl -w vm.unprivileged_userfaultfd=1   # on the host", PERSIST],
   },
   {
-    cause: "unprivileged-userfaultfd", summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+    cause: "unprivileged-userfaultfd",
+    summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     when: ({ f, r }) =>
-      r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2) ? [denied(r), `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`, `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`] : null,
+      r.syscall === "EPERM" && !(f.userNamespace && f.capSysPtrace) && (r["user-mode-only"] === "ok" || f.seccomp !== 2)
+        ? [
+            denied(r),
+            `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd}`,
+            `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`,
+          ]
+        : null,
     fix: ({ f, r }) => [
       ...(f.devnode && r.device !== "ok" ? [acl(f)] : []),
       "sysctl -w vm.unprivileged_userfaultfd=1",
@@ -592,16 +817,28 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
     ],
   },
   {
-    cause: "selinux", summary: "SELinux is enforcing and denied userfaultfd",
+    cause: "selinux",
+    summary: "SELinux is enforcing and denied userfaultfd",
     when: ({ f, r }) =>
-      f.selinux === "enforcing" && [r.syscall, r.device].includes("EACCES") ? ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${r.device}`, denied(r)] : null,
-    fix: () => ["ausearch -m avc -ts recent | grep userfaultfd", "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
+      f.selinux === "enforcing" && [r.syscall, r.device].includes("EACCES")
+        ? ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${r.device}`, denied(r)]
+        : null,
+    fix: () => [
+      "ausearch -m avc -ts recent | grep userfaultfd",
+      "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp",
+    ],
   },
   {
-    cause: "devnode-missing", summary: `${DEVICE} is not there, and the syscall is refused`,
+    cause: "devnode-missing",
+    summary: `${DEVICE} is not there, and the syscall is refused`,
     when: ({ f, r }) =>
       r.device === "ENOENT" && r.syscall !== "ok"
-        ? [`${DEVICE}: ENOENT`, f.miscMinor === null ? "no userfaultfd in /proc/misc: the device came in Linux 6.1" : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev does not`]
+        ? [
+            `${DEVICE}: ENOENT`,
+            f.miscMinor === null
+              ? "no userfaultfd in /proc/misc: the device came in Linux 6.1"
+              : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev does not`,
+          ]
         : null,
     fix: ({ f }) =>
       f.miscMinor === null
@@ -609,9 +846,15 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
         : [`mknod -m 0660 ${DEVICE} c 10 ${f.miscMinor} && chgrp kvm ${DEVICE}`, CONTAINER_DEVICE],
   },
   {
-    cause: "devnode-permission", summary: `${DEVICE} does not let this user in, and the syscall is refused`,
+    cause: "devnode-permission",
+    summary: `${DEVICE} does not let this user in, and the syscall is refused`,
     when: ({ f, r }) =>
-      ["EACCES", "EPERM"].includes(r.device) && r.syscall !== "ok" && f.devnode ? [`${DEVICE}: ${f.devnode.mode} ${f.devnode.owner} ${f.devnode.group}`, `open as ${f.user} (uid ${f.uid}): ${r.device}`] : null,
+      ["EACCES", "EPERM"].includes(r.device) && r.syscall !== "ok" && f.devnode
+        ? [
+            `${DEVICE}: ${f.devnode.mode} ${f.devnode.owner} ${f.devnode.group}`,
+            `open as ${f.user} (uid ${f.uid}): ${r.device}`,
+          ]
+        : null,
     fix: ({ f }) => [
       acl(f),
       `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules && udevadm control --reload && udevadm trigger --subsystem-match=misc`,
@@ -619,7 +862,8 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
     ],
   },
   {
-    cause: "missing-feature", summary: "the kernel lacks a feature or ioctl a capability needs",
+    cause: "missing-feature",
+    summary: "the kernel lacks a feature or ioctl a capability needs",
     when: ({ checks }) => {
       const short = checks.filter((c) => (c.missing as string[] | undefined)?.length);
       return short.length ? short.map((c) => `${c.id}: ${c.detail}`) : null;
@@ -630,9 +874,16 @@ const CAUSES: Array<{ cause: string; summary: string; when: (s: Seen) => string[
       ),
   },
   {
-    cause: "hugepages-not-reserved", summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
-    when: ({ f, checks }) => (checks.some((c) => c.id === "register-hugetlb" && c.status === "warn") ? [`vm.nr_hugepages = ${f.nrHugepages}`] : null),
-    fix: () => ["sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM", "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf"],
+    cause: "hugepages-not-reserved",
+    summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
+    when: ({ f, checks }) =>
+      checks.some((c) => c.id === "register-hugetlb" && c.status === "warn")
+        ? [`vm.nr_hugepages = ${f.nrHugepages}`]
+        : null,
+    fix: () => [
+      "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
+      "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
+    ],
   },
 ];
 
@@ -687,18 +938,42 @@ const QMP = [
   { execute: "qmp_capabilities" },
   { execute: "migrate-set-capabilities", arguments: { capabilities: [{ capability: "postcopy-ram", state: true }] } },
   { execute: "quit" },
-].map((c) => `${JSON.stringify(c)}\n`).join("");
-export type QemuAnswer = { path: string; version: string; accepts: boolean; message: string; agrees?: boolean; why?: string };
+]
+  .map((c) => `${JSON.stringify(c)}\n`)
+  .join("");
+export type QemuAnswer = {
+  path: string;
+  version: string;
+  accepts: boolean;
+  message: string;
+  agrees?: boolean;
+  why?: string;
+};
 
 /**
  * The installed QEMU's own answer: an incoming VM with no guest, no disk and no network, asked over
  * QMP on stdio to turn postcopy-ram on, as `migrate-set-capabilities` does before a migration.
  */
 export function askQemu(path: string, timeoutMs: number): QemuAnswer | string {
-  const args = ["-machine", "none", "-nodefaults", "-no-user-config", "-display", "none", "-incoming", "defer", "-qmp", "stdio"];
+  const args = [
+    "-machine",
+    "none",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-incoming",
+    "defer",
+    "-qmp",
+    "stdio",
+  ];
   let run: ReturnType<typeof Bun.spawnSync>;
   try {
-    run = Bun.spawnSync([path, ...args], { stdin: new TextEncoder().encode(QMP), timeout: timeoutMs, killSignal: "SIGKILL" });
+    run = Bun.spawnSync([path, ...args], {
+      stdin: new TextEncoder().encode(QMP),
+      timeout: timeoutMs,
+      killSignal: "SIGKILL",
+    });
   } catch (e) {
     return (e as Error).message;
   }
@@ -721,10 +996,21 @@ export function askQemu(path: string, timeoutMs: number): QemuAnswer | string {
 }
 
 /** The --qemu check: QEMU's answer beside the probe's, and why they differ when the reason is known. */
-function checkQemu(sys: Sys, facts: Facts, checks: Check[], probeSays: boolean, given: string | true, timeoutMs: number) {
+function checkQemu(
+  sys: Sys,
+  facts: Facts,
+  checks: Check[],
+  probeSays: boolean,
+  given: string | true,
+  timeoutMs: number,
+) {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const looked = [`qemu-system-${facts.arch} on $PATH`, ...QEMU_PLACES];
-  const path = given === true ? (Bun.which(`qemu-system-${facts.arch}`, { PATH: process.env.PATH ?? "" }) ?? QEMU_PLACES.find((q) => sys.stat(q).ret === 0)) : given;
+  const path =
+    given === true
+      ? (Bun.which(`qemu-system-${facts.arch}`, { PATH: process.env.PATH ?? "" }) ??
+        QEMU_PLACES.find((q) => sys.stat(q).ret === 0))
+      : given;
   if (!path) return { check: result(head, "skip", `no QEMU found: looked for ${looked.join(", ")}`) };
   const answer = askQemu(path, timeoutMs);
   if (typeof answer === "string") return { check: result(head, "fail", `${path}: ${answer}`) };
@@ -736,7 +1022,9 @@ function checkQemu(sys: Sys, facts: Facts, checks: Check[], probeSays: boolean, 
       probeSays && routes.device === "ok" && routes.syscall !== "ok" && Number(answer.version.split(".")[0]) < 8
         ? `QEMU ${answer.version} predates 8.0 and opens only userfaultfd(2), refused here (${routes.syscall}): this QEMU will fail; QEMU 8.0+ or one of the fixes would work`
         : "the reason is not known to the probe: QEMU's answer decides";
-  const detail = answer.agrees ? `${said}, as the probe says` : `${said}; THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
+  const detail = answer.agrees
+    ? `${said}, as the probe says`
+    : `${said}; THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
   return { check: result(head, answer.accepts && answer.agrees ? "pass" : "fail", detail), answer };
 }
 
@@ -744,7 +1032,8 @@ function checkQemu(sys: Sys, facts: Facts, checks: Check[], probeSays: boolean, 
 export function probe(sys: Sys, facts: Facts, opts: Options, progress?: (done: number) => void): Report {
   const { checks, probe: p } = runChecks(sys, facts, opts);
   const caps = capabilities(checks, p.features);
-  const qemu = opts.qemu === null ? undefined : checkQemu(sys, facts, checks, caps["postcopy-ram"], opts.qemu, opts.qemuMs);
+  const qemu =
+    opts.qemu === null ? undefined : checkQemu(sys, facts, checks, caps["postcopy-ram"], opts.qemu, opts.qemuMs);
   if (qemu) checks.push(qemu.check);
   // What will happen decides the exit status: QEMU's answer, when it gave one.
   const decisive = { ...caps, "postcopy-ram": qemu?.answer?.accepts ?? caps["postcopy-ram"] };
@@ -772,7 +1061,8 @@ const WIDTH = 72;
 export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color">): string {
   const lines: string[] = [];
   const { host } = report;
-  if (!opts.quiet) lines.push(`postcopy-probe ${report.version}: Linux ${host.kernel} ${host.arch}, ${host.user} (uid ${host.uid})`);
+  if (!opts.quiet)
+    lines.push(`postcopy-probe ${report.version}: Linux ${host.kernel} ${host.arch}, ${host.user} (uid ${host.uid})`);
   for (const c of report.checks) {
     if (opts.quiet && (c.status === "pass" || c.status === "skip")) continue;
     const label = `Checking for ${c.title}`.padEnd(WIDTH);
@@ -793,12 +1083,23 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
     for (const e of d.evidence) lines.push(`    because ${e}`);
     for (const f of d.fix) lines.push(`    $ ${f}`);
   }
-  const verdict = report.postcopy ? paint(opts.color, COLORS.pass, "SUPPORTED") : paint(opts.color, COLORS.fail, "NOT SUPPORTED");
+  const verdict = report.postcopy
+    ? paint(opts.color, COLORS.pass, "SUPPORTED")
+    : paint(opts.color, COLORS.fail, "NOT SUPPORTED");
   lines.push(`Postcopy live migration (QEMU postcopy-ram): ${verdict} for ${host.user} (uid ${host.uid})`);
   if (report.qemu?.agrees === false)
-    lines.push(paint(opts.color, COLORS.fail, `QEMU ${report.qemu.version} (${report.qemu.path}) DISAGREES and decides the exit status: ${report.qemu.why}`));
+    lines.push(
+      paint(
+        opts.color,
+        COLORS.fail,
+        `QEMU ${report.qemu.version} (${report.qemu.path}) DISAGREES and decides the exit status: ${report.qemu.why}`,
+      ),
+    );
   const { capabilities: wanted, ok } = report.required;
-  if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${paint(opts.color, ok ? COLORS.pass : COLORS.fail, ok ? "YES" : "NO")}`);
+  if (wanted.join() !== "postcopy-ram")
+    lines.push(
+      `Required ${wanted.join(", ")}: ${paint(opts.color, ok ? COLORS.pass : COLORS.fail, ok ? "YES" : "NO")}`,
+    );
   return `${lines.join("\n")}\n`;
 }
 
@@ -813,23 +1114,59 @@ export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)
 /** A label value in the exposition format: backslash, quote and newline escaped. */
 const label = (value: unknown) => String(value).replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
 /** One gauge with its HELP and TYPE lines; each sample is [labels, value]. */
-const gauge = (name: string, help: string, samples: Array<[string, number]>) =>
-  [`# HELP postcopy_probe_${name} ${help}`, `# TYPE postcopy_probe_${name} gauge`, ...samples.map(([l, v]) => `postcopy_probe_${name}${l} ${v}`)];
+const gauge = (name: string, help: string, samples: Array<[string, number]>) => [
+  `# HELP postcopy_probe_${name} ${help}`,
+  `# TYPE postcopy_probe_${name} gauge`,
+  ...samples.map(([l, v]) => `postcopy_probe_${name}${l} ${v}`),
+];
 const STATUSES: Status[] = ["pass", "warn", "fail", "skip"];
 
 /** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0. */
 export function renderPrometheus(report: Report): string {
   const { host } = report;
   const bool = (b: unknown) => (b === true ? 1 : 0);
-  return [
-    ...gauge("supported", "1 when QEMU can use postcopy-ram here, in the probed context.", [["", bool(report.postcopy)]]),
-    ...gauge("capability", "1 when a userfaultfd consumer can work here.", Object.entries(report.capabilities).map(([c, ok]) => [`{capability="${c}"}`, bool(ok)])),
-    ...gauge("check", "1 on the status each check has, 0 on the others.", report.checks.flatMap((c) => STATUSES.map((s): [string, number] => [`{id="${c.id}",status="${s}"}`, bool(c.status === s)]))),
-    ...gauge("feature", "1 when the kernel offers the UFFD_FEATURE_* bit.", Object.entries(report.features).filter(([n]) => n !== "unknown").map(([n, on]) => [`{name="${n}"}`, bool(on)])),
-    ...(report.roundTrip ? gauge("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", [["", report.roundTrip.ns / 1e9]]) : []),
-    ...(report.qemu ? gauge("qemu_accepts", "1 when the installed QEMU itself accepts postcopy-ram.", [[`{version="${label(report.qemu.version)}",path="${label(report.qemu.path)}"}`, bool(report.qemu.accepts)]]) : []),
-    ...gauge("info", "The probe's version and the context it answered for.", [[`{version="${label(report.version)}",kernel="${label(host.kernel)}",user="${label(host.user)}",uid="${host.uid}"}`, 1]]),
-  ].join("\n") + "\n";
+  return (
+    [
+      ...gauge("supported", "1 when QEMU can use postcopy-ram here, in the probed context.", [
+        ["", bool(report.postcopy)],
+      ]),
+      ...gauge(
+        "capability",
+        "1 when a userfaultfd consumer can work here.",
+        Object.entries(report.capabilities).map(([c, ok]) => [`{capability="${c}"}`, bool(ok)]),
+      ),
+      ...gauge(
+        "check",
+        "1 on the status each check has, 0 on the others.",
+        report.checks.flatMap((c) =>
+          STATUSES.map((s): [string, number] => [`{id="${c.id}",status="${s}"}`, bool(c.status === s)]),
+        ),
+      ),
+      ...gauge(
+        "feature",
+        "1 when the kernel offers the UFFD_FEATURE_* bit.",
+        Object.entries(report.features)
+          .filter(([n]) => n !== "unknown")
+          .map(([n, on]) => [`{name="${n}"}`, bool(on)]),
+      ),
+      ...(report.roundTrip
+        ? gauge("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", [
+            ["", report.roundTrip.ns / 1e9],
+          ])
+        : []),
+      ...(report.qemu
+        ? gauge("qemu_accepts", "1 when the installed QEMU itself accepts postcopy-ram.", [
+            [`{version="${label(report.qemu.version)}",path="${label(report.qemu.path)}"}`, bool(report.qemu.accepts)],
+          ])
+        : []),
+      ...gauge("info", "The probe's version and the context it answered for.", [
+        [
+          `{version="${label(report.version)}",kernel="${label(host.kernel)}",user="${label(host.user)}",uid="${host.uid}"}`,
+          1,
+        ],
+      ]),
+    ].join("\n") + "\n"
+  );
 }
 
 const RENDERERS = { human: renderHuman, json: renderJson, prometheus: renderPrometheus };
@@ -871,18 +1208,61 @@ const defaults = () => ({
 
 /** The command line, as data: names, the value (in brackets when optional), the help, the effect. */
 const OPTIONS: Array<{ names: string[]; value?: string; help: string; set: (o: Parsed, v: string) => unknown }> = [
-  { names: ["--json"], help: "print the postcopy-probe/1 JSON document, nothing else", set: (o) => (o.format = "json") },
-  { names: ["--format"], value: "FORMAT", help: "human (default), json, or prometheus (node_exporter textfile collector)",
-    set: (o, v) => (o.format = oneOf(v, Object.keys(RENDERERS) as Array<keyof typeof RENDERERS>, "format")) },
-  { names: ["--require"], value: "CAP[,CAP...]", help: "exit status for these capabilities instead of postcopy-ram alone",
-    set: (o, v) => (o.require = v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability"))) },
-  { names: ["-q", "--quiet"], help: "print only warnings, failures, why and the verdict", set: (o) => (o.quiet = true) },
-  { names: ["--user"], value: "NAME|UID", help: "answer for that user (as root): QEMU's user, not root", set: (o, v) => (o.user = v) },
-  { names: ["--qemu"], value: "[PATH]", help: "also ask the installed QEMU (or PATH) over QMP, in the same context", set: (o, v) => (o.qemu = v || true) },
-  { names: ["--target-page-size"], value: "N", help: "the guest's target page size in bytes (default 4096)",
-    set: (o, v) => (o.targetPageSize = whole(v, (n) => n > 0 && (n & (n - 1)) === 0, "target page size", "a power of two in bytes, such as 4096")) },
-  { names: ["--bench"], value: "[N]", help: `also serve N faults (default ${BENCH_FAULTS}) as fast as possible: p50, p99, pages/s`,
-    set: (o, v) => (o.bench = v ? whole(v, (n) => n >= 2 && n <= BENCH_MAX, "fault count", `a whole number from 2 to ${BENCH_MAX}`) : BENCH_FAULTS) },
+  {
+    names: ["--json"],
+    help: "print the postcopy-probe/1 JSON document, nothing else",
+    set: (o) => (o.format = "json"),
+  },
+  {
+    names: ["--format"],
+    value: "FORMAT",
+    help: "human (default), json, or prometheus (node_exporter textfile collector)",
+    set: (o, v) => (o.format = oneOf(v, Object.keys(RENDERERS) as Array<keyof typeof RENDERERS>, "format")),
+  },
+  {
+    names: ["--require"],
+    value: "CAP[,CAP...]",
+    help: "exit status for these capabilities instead of postcopy-ram alone",
+    set: (o, v) => (o.require = v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability"))),
+  },
+  {
+    names: ["-q", "--quiet"],
+    help: "print only warnings, failures, why and the verdict",
+    set: (o) => (o.quiet = true),
+  },
+  {
+    names: ["--user"],
+    value: "NAME|UID",
+    help: "answer for that user (as root): QEMU's user, not root",
+    set: (o, v) => (o.user = v),
+  },
+  {
+    names: ["--qemu"],
+    value: "[PATH]",
+    help: "also ask the installed QEMU (or PATH) over QMP, in the same context",
+    set: (o, v) => (o.qemu = v || true),
+  },
+  {
+    names: ["--target-page-size"],
+    value: "N",
+    help: "the guest's target page size in bytes (default 4096)",
+    set: (o, v) =>
+      (o.targetPageSize = whole(
+        v,
+        (n) => n > 0 && (n & (n - 1)) === 0,
+        "target page size",
+        "a power of two in bytes, such as 4096",
+      )),
+  },
+  {
+    names: ["--bench"],
+    value: "[N]",
+    help: `also serve N faults (default ${BENCH_FAULTS}) as fast as possible: p50, p99, pages/s`,
+    set: (o, v) =>
+      (o.bench = v
+        ? whole(v, (n) => n >= 2 && n <= BENCH_MAX, "fault count", `a whole number from 2 to ${BENCH_MAX}`)
+        : BENCH_FAULTS),
+  },
   { names: ["-h", "--help"], help: "this text", set: (o) => (o.help = true) },
   { names: ["-V", "--version"], help: "the version", set: (o) => (o.version = true) },
 ];
@@ -901,13 +1281,16 @@ const HELP = [
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
   const opts = { ...defaults(), color: tty && !env.NO_COLOR };
   for (let i = 0; i < argv.length; i++) {
-    const [name, inline] = argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
+    const [name, inline] =
+      argv[i].startsWith("--") && argv[i].includes("=") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
     const option = OPTIONS.find((o) => o.names.includes(name));
     if (!option) throw new UsageError(`Unknown option "${argv[i]}"`);
     const optional = option.value?.startsWith("[");
     // An optional value is the next argument only when that is not an option itself.
-    const next = option.value && inline === undefined && !(optional && argv[i + 1]?.startsWith("-")) ? argv[++i] : undefined;
-    if (option.value && !optional && (inline ?? next) === undefined) throw new UsageError(`Option "${name}" needs a value`);
+    const next =
+      option.value && inline === undefined && !(optional && argv[i + 1]?.startsWith("-")) ? argv[++i] : undefined;
+    if (option.value && !optional && (inline ?? next) === undefined)
+      throw new UsageError(`Option "${name}" needs a value`);
     option.set(opts, inline ?? next ?? "");
   }
   return opts;
@@ -922,7 +1305,9 @@ function userIds(sys: Sys, who: string) {
   const entry = rows(sys, "/etc/passwd").find((r) => r.length > 3 && (r[0] === who || r[2] === who));
   if (!entry) throw new UsageError(`Unknown user "${who}": not in /etc/passwd`);
   const [name, , uid, gid] = entry;
-  const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name)).map((g) => g[2]);
+  const groups = rows(sys, "/etc/group")
+    .filter((g) => g[3]?.split(",").includes(name))
+    .map((g) => g[2]);
   return `${name}:${uid}:${gid}:${[gid, ...groups].join(",")}`;
 }
 
@@ -930,7 +1315,10 @@ function userIds(sys: Sys, who: string) {
 function runAs(ids: string, argv: string[]) {
   // A compiled binary is its own script; `bun probe.ts` needs the script named.
   const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
-  const child = Bun.spawnSync([...self, ...argv], { env: { ...process.env, [AS_USER]: ids }, stdio: ["inherit", "inherit", "inherit"] });
+  const child = Bun.spawnSync([...self, ...argv], {
+    env: { ...process.env, [AS_USER]: ids },
+    stdio: ["inherit", "inherit", "inherit"],
+  });
   return child.exitCode ?? 2;
 }
 
@@ -950,7 +1338,8 @@ export function main(argv = process.argv.slice(2)) {
   try {
     opts = parseArgs(argv, process.env);
     if (opts.help || opts.version) return void console.log(opts.help ? HELP : VERSION);
-    if (process.platform !== "linux") throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
+    if (process.platform !== "linux")
+      throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = loadSys();
     const as = process.env[AS_USER];
     if (opts.user && !as) return void (process.exitCode = runAs(userIds(sys, opts.user), argv));
@@ -961,7 +1350,8 @@ export function main(argv = process.argv.slice(2)) {
     return;
   }
   opts.color = !process.env.NO_COLOR && sys.isatty(1) === 1;
-  const progress = opts.bench && sys.isatty(2) ? (n: number) => sys.write(2, `\rbench: ${n}/${opts.bench} faults`) : undefined;
+  const progress =
+    opts.bench && sys.isatty(2) ? (n: number) => sys.write(2, `\rbench: ${n}/${opts.bench} faults`) : undefined;
   const report = probe(sys, readFacts(sys), opts, progress);
   if (progress) sys.write(2, "\r\x1b[K");
   console.log(RENDERERS[opts.format](report, opts).trimEnd());
