@@ -25,54 +25,39 @@ export type R = { ret: number; errno: number };
 /** A buffer the kernel reads or writes: structs are arrays of u64 (every uffdio_* field is __u64). */
 export type Buf = BigUint64Array | Uint8Array | Int32Array;
 
-/** Linux architectures the probe knows, keyed by `process.arch`. */
-/** `nr` is __NR_userfaultfd, `statx` __NR_statx (called raw: musl before 1.2.5 has no statx()). */
-const ARCH: Record<string, { name: string; nr: number; statx: number; musl: string; ioc?: "ppc"; noreserve?: number }> =
-  {
-    x64: { name: "x86_64", nr: 323, statx: 332, musl: "x86_64" },
-    ia32: { name: "i386", nr: 374, statx: 383, musl: "i386" },
-    arm64: { name: "aarch64", nr: 282, statx: 291, musl: "aarch64" },
-    arm: { name: "arm", nr: 388, statx: 397, musl: "armhf" },
-    riscv64: { name: "riscv64", nr: 282, statx: 291, musl: "riscv64" },
-    loong64: { name: "loongarch64", nr: 282, statx: 291, musl: "loongarch64" },
-    ppc64: { name: "ppc64", nr: 364, statx: 383, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
-    s390x: { name: "s390x", nr: 355, statx: 379, musl: "s390x" },
-  };
+type Arch = { name: string; nr: number; statx: number; musl: string; ioc?: "ppc"; noreserve?: number };
+/** Linux architectures the probe knows, keyed by `process.arch`: __NR_userfaultfd and __NR_statx. */
+const ARCH: Record<string, Arch> = {
+  x64: { name: "x86_64", nr: 323, statx: 332, musl: "x86_64" },
+  ia32: { name: "i386", nr: 374, statx: 383, musl: "i386" },
+  arm64: { name: "aarch64", nr: 282, statx: 291, musl: "aarch64" },
+  arm: { name: "arm", nr: 388, statx: 397, musl: "armhf" },
+  riscv64: { name: "riscv64", nr: 282, statx: 291, musl: "riscv64" },
+  loong64: { name: "loongarch64", nr: 282, statx: 291, musl: "loongarch64" },
+  ppc64: { name: "ppc64", nr: 364, statx: 383, musl: "powerpc64le", ioc: "ppc", noreserve: 0x40 },
+  s390x: { name: "s390x", nr: 355, statx: 379, musl: "s390x" },
+};
 /** The running architecture's entry, or undefined when the probe does not know its numbers. */
 export const arch = ARCH[process.arch];
 const archOrX64 = arch ?? ARCH.x64;
 
 // include/uapi/asm-generic/ioctl.h; powerpc (and mips) use 13 size bits and other direction bits.
-const IOC =
-  archOrX64.ioc === "ppc"
-    ? { NONE: 1n, WRITE: 4n, READ: 2n, SIZEBITS: 13n }
-    : { NONE: 0n, WRITE: 1n, READ: 2n, SIZEBITS: 14n };
+const PPC = archOrX64.ioc === "ppc";
+const IOC = PPC ? { NONE: 1n, WRITE: 4n, READ: 2n, SIZEBITS: 13n } : { NONE: 0n, WRITE: 1n, READ: 2n, SIZEBITS: 14n };
 const _IOC = (dir: bigint, type: number, nr: number, size: number) =>
   (dir << (16n + IOC.SIZEBITS)) | (BigInt(size) << 16n) | (BigInt(type) << 8n) | BigInt(nr);
 const _IOR = (type: number, nr: number, size: number) => _IOC(IOC.READ, type, nr, size);
 const _IOWR = (type: number, nr: number, size: number) => _IOC(IOC.READ | IOC.WRITE, type, nr, size);
+/** Names listed in kernel order, numbered from `first`: the headers' own order is the table. */
+const numbered = (names: string, first = 0) => names.split(/\s+/).map((name, i) => [name, first + i] as const);
 
 // include/uapi/linux/userfaultfd.h
-export const UFFDIO = 0xaa;
-export const UFFD_API = 0xaan;
-export const UFFD_USER_MODE_ONLY = 1;
-export const UFFD_EVENT_PAGEFAULT = 0x12n;
-export const UFFD_PAGEFAULT_FLAG_WRITE = 1n;
-export const UFFD_PAGEFAULT_FLAG_WP = 2n;
-export const UFFDIO_REGISTER_MODE_MISSING = 1n;
-export const UFFDIO_REGISTER_MODE_WP = 2n;
-export const UFFDIO_WRITEPROTECT_MODE_WP = 1n;
+export const [UFFDIO, UFFD_API, UFFD_USER_MODE_ONLY, UFFD_EVENT_PAGEFAULT] = [0xaa, 0xaan, 1, 0x12n];
+export const [UFFD_PAGEFAULT_FLAG_WRITE, UFFD_PAGEFAULT_FLAG_WP] = [1n, 2n];
+export const [UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP] = [1n, 2n, 1n];
 /** The _UFFDIO_* numbers: bit numbers in the `ioctls` masks, and the ioctls' nr. */
 export const _UFFDIO: Record<string, number> = {
-  REGISTER: 0,
-  UNREGISTER: 1,
-  WAKE: 2,
-  COPY: 3,
-  ZEROPAGE: 4,
-  MOVE: 5,
-  WRITEPROTECT: 6,
-  CONTINUE: 7,
-  POISON: 8,
+  ...Object.fromEntries(numbered("REGISTER UNREGISTER WAKE COPY ZEROPAGE MOVE WRITEPROTECT CONTINUE POISON")),
   API: 0x3f,
 };
 export const UFFDIO_API = _IOWR(UFFDIO, _UFFDIO.API, 24);
@@ -83,83 +68,39 @@ export const UFFDIO_COPY = _IOWR(UFFDIO, _UFFDIO.COPY, 40);
 export const UFFDIO_ZEROPAGE = _IOWR(UFFDIO, _UFFDIO.ZEROPAGE, 32);
 export const UFFDIO_WRITEPROTECT = _IOWR(UFFDIO, _UFFDIO.WRITEPROTECT, 24);
 export const USERFAULTFD_IOC_NEW = _IOC(IOC.NONE, UFFDIO, 0x00, 0);
-/** UFFD_FEATURE_* bits by name without the prefix: the list is in kernel order, bit i is 1 << i. */
+/** UFFD_FEATURE_* bits by name without the prefix, in kernel order: bit i is 1 << i. */
 export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
-  [
-    "PAGEFAULT_FLAG_WP",
-    "EVENT_FORK",
-    "EVENT_REMAP",
-    "EVENT_REMOVE",
-    "MISSING_HUGETLBFS",
-    "MISSING_SHMEM",
-    "EVENT_UNMAP",
-    "SIGBUS",
-    "THREAD_ID",
-    "MINOR_HUGETLBFS",
-    "MINOR_SHMEM",
-    "EXACT_ADDRESS",
-    "WP_HUGETLBFS_SHMEM",
-    "WP_UNPOPULATED",
-    "POISON",
-    "WP_ASYNC",
-    "MOVE",
-  ].map((name, i) => [name, 1n << BigInt(i)]),
+  numbered(
+    "PAGEFAULT_FLAG_WP EVENT_FORK EVENT_REMAP EVENT_REMOVE MISSING_HUGETLBFS MISSING_SHMEM EVENT_UNMAP SIGBUS " +
+      "THREAD_ID MINOR_HUGETLBFS MINOR_SHMEM EXACT_ADDRESS WP_HUGETLBFS_SHMEM WP_UNPOPULATED POISON WP_ASYNC MOVE",
+  ).map(([name, i]) => [name, 1n << BigInt(i)]),
 );
-// include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h (x86 values; ppc's MAP_NORESERVE differs)
-export const O_RDONLY = 0;
-export const O_RDWR = 2;
-export const O_NONBLOCK = 0x800;
-export const O_CLOEXEC = 0x80000;
-export const PROT_READ = 1;
-export const PROT_WRITE = 2;
-export const MAP_SHARED = 0x01;
-export const MAP_PRIVATE = 0x02;
-export const MAP_ANONYMOUS = 0x20;
-export const MAP_NORESERVE = archOrX64.noreserve ?? 0x4000;
-export const MAP_HUGETLB = 0x40000;
-export const MFD_CLOEXEC = 1;
-export const POLLIN = 1;
+// include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h, poll.h (ppc's MAP_NORESERVE differs)
+export const [O_RDONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC] = [0, 2, 0x800, 0x80000];
+export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
+export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
 // include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
-export const PR_SET_DUMPABLE = 4;
-export const PR_SET_NO_NEW_PRIVS = 38;
-export const PR_SET_SECCOMP = 22;
-export const AT_FDCWD = -100;
-export const STATX_BASIC_STATS = 0x7ff;
+export const [PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER] = [4, 38, 22, 2];
+export const [AT_FDCWD, STATX_BASIC_STATS] = [-100, 0x7ff];
 /** struct statx: stx_uid @20, stx_gid @24, stx_mode (u16) @28, 256 bytes in all. */
 const STATX_SIZE = 256;
-export const SECCOMP_MODE_FILTER = 2;
 
-// include/uapi/asm-generic/errno-base.h and errno.h: the same numbers on every arch above.
-// A table, not node:os constants: loading node:os costs Bun ~2 ms of start-up.
-const ERRNO = {
-  EPERM: 1,
-  ENOENT: 2,
-  ESRCH: 3,
-  EINTR: 4,
-  EIO: 5,
-  ENXIO: 6,
-  EBADF: 9,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EFAULT: 14,
-  EBUSY: 16,
-  EEXIST: 17,
-  ENODEV: 19,
-  EINVAL: 22,
-  ENFILE: 23,
-  EMFILE: 24,
-  ENOTTY: 25,
-  ENOSPC: 28,
-  EROFS: 30,
-  ENOSYS: 38,
-  EOPNOTSUPP: 95,
-} as const;
-const ERRNO_NAME = new Map(Object.entries(ERRNO).map(([name, n]) => [n as number, name]));
+// include/uapi/asm-generic/errno-base.h and errno.h, from EPERM (1) on: the same numbers on every
+// arch above. A table, not node:os constants: loading node:os costs Bun ~2 ms of start-up.
+const ERRNO = Object.fromEntries([
+  ...numbered(
+    "EPERM ENOENT ESRCH EINTR EIO ENXIO E2BIG ENOEXEC EBADF ECHILD EAGAIN ENOMEM EACCES EFAULT ENOTBLK EBUSY " +
+      "EEXIST EXDEV ENODEV ENOTDIR EISDIR EINVAL ENFILE EMFILE ENOTTY ETXTBSY EFBIG ENOSPC ESPIPE EROFS EMLINK " +
+      "EPIPE EDOM ERANGE EDEADLK ENAMETOOLONG ENOLCK ENOSYS",
+    1,
+  ),
+  ["EOPNOTSUPP", 95],
+]);
+const ERRNO_NAME = new Map(Object.entries(ERRNO).map(([name, n]) => [n, name]));
 /** `EPERM` for 1; `errno 999` for a number the table does not name. */
 export const errnoName = (errno: number) => ERRNO_NAME.get(errno) ?? `errno ${errno}`;
 /** The errno number for a name such as `EPERM`. */
-export const errnoOf = (name: keyof typeof ERRNO) => ERRNO[name];
+export const errnoOf = (name: string) => ERRNO[name];
 
 /** The system interface the checks use: one method per libc call, each answering `{ ret, errno }`. */
 export type Sys = ReturnType<typeof loadSys>;

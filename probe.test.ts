@@ -10,12 +10,12 @@ import {
   loadSys,
   MAP_HUGETLB,
   memory,
-  UFFDIO_COPY,
   type R,
   type Sys,
   UFFD_API,
   UFFD_FEATURE,
   UFFDIO_API,
+  UFFDIO_COPY,
   UFFDIO_REGISTER,
   UFFDIO_UNREGISTER,
   UFFDIO_WAKE,
@@ -26,19 +26,19 @@ import {
 import {
   BOUND_MS,
   CAPABILITIES,
-  renderPrometheus,
   type Check,
+  decodeFeatures,
   diagnose,
   type Facts,
-  PATTERN_NUL,
-  decodeFeatures,
   type Options,
+  PATTERN_NUL,
   parseArgs,
   probe,
+  type Report,
   readFacts,
   renderHuman,
   renderJson,
-  type Report,
+  renderPrometheus,
   VERSION,
 } from "./probe.ts";
 
@@ -93,7 +93,7 @@ function forNobody() {
   if (reachable) return reachable;
   const dir = mkdtempSync(`${tmpdir()}/postcopy-probe-test-`);
   chmodSync(dir, 0o755);
-  for (const file of ["probe.ts", "ffi.ts", "package.json"])
+  for (const file of ["probe.ts", "ffi.ts", "qemu.ts", "package.json"])
     copyFileSync(`${import.meta.dir}/${file}`, `${dir}/${file}`);
   try {
     linkSync(process.execPath, `${dir}/bun`);
@@ -329,7 +329,11 @@ describe("round trips", () => {
   );
 
   test.skipIf(!isRoot)("a fault never served fails within the bound and leaves nothing behind", () => {
-    const deaf: Sys = { ...sys, poll: () => ({ ret: 0, errno: 0 }) };
+    const deaf: Sys = {
+      ...sys,
+      poll: () => ({ ret: 0, errno: 0 }),
+      read: () => ({ ret: -1, errno: errnoOf("EAGAIN") }),
+    };
     probe(sys, facts, opts);
     Bun.gc(true);
     const before = count();
@@ -518,6 +522,91 @@ describe("diagnose() for what this machine cannot produce", () => {
   const opened = (device: string, syscall: string, umo: string): Check[] => [
     { id: "uffd-open", title: "", status: "fail", detail: "", routes: { device, syscall, "user-mode-only": umo } },
   ];
+
+  /**
+   * The diagnosis as a decision table: for each cause, the least that must produce it, and a near
+   * miss (one fact or answer changed) that must not. Routes are [device, syscall, user-mode-only].
+   */
+  type Case = { facts?: Partial<Facts>; routes: [string, string, string]; checks?: Check[] };
+  const hugetlbWarns: Check = { id: "register-hugetlb", title: "", status: "warn", detail: "vm.nr_hugepages is 0" };
+  const threadIdMissing: Check = {
+    id: "uffd-features",
+    title: "",
+    status: "warn",
+    detail: "UFFD_FEATURE_THREAD_ID not offered",
+    missing: ["UFFD_FEATURE_THREAD_ID"],
+  };
+  const TABLE: Array<{ cause: string; hit: Case; causes: string[]; miss: Case }> = [
+    {
+      cause: "gvisor",
+      hit: { facts: { gvisor: true, devnode: null }, routes: ["ENOENT", "ENOSYS", "ENOSYS"] },
+      causes: ["gvisor", "devnode-missing"],
+      miss: { facts: { gvisor: false, devnode: null }, routes: ["ENOENT", "ENOSYS", "ENOSYS"] },
+    },
+    {
+      cause: "seccomp",
+      hit: { facts: { seccomp: 2 }, routes: ["EACCES", "EPERM", "EPERM"] },
+      causes: ["seccomp", "devnode-permission"],
+      miss: { facts: { seccomp: 2 }, routes: ["EACCES", "EPERM", "ok"] },
+    },
+    {
+      cause: "no-kernel-support",
+      hit: { routes: ["EACCES", "ENOSYS", "ENOSYS"] },
+      causes: ["no-kernel-support", "devnode-permission"],
+      miss: { facts: { seccomp: 2 }, routes: ["EACCES", "ENOSYS", "ENOSYS"] },
+    },
+    {
+      cause: "user-namespace",
+      hit: { facts: { capSysPtrace: true, userNamespace: true }, routes: ["EACCES", "EPERM", "ok"] },
+      causes: ["user-namespace", "devnode-permission"],
+      miss: { facts: { capSysPtrace: true, userNamespace: false }, routes: ["EACCES", "EPERM", "ok"] },
+    },
+    {
+      cause: "unprivileged-userfaultfd",
+      hit: { routes: ["ok", "EPERM", "ok"] },
+      causes: ["unprivileged-userfaultfd"],
+      miss: { routes: ["ok", "ok", "ok"] },
+    },
+    {
+      cause: "selinux",
+      hit: { facts: { selinux: "enforcing" }, routes: ["ok", "EACCES", "EACCES"] },
+      causes: ["selinux"],
+      miss: { facts: { selinux: "permissive" }, routes: ["ok", "EACCES", "EACCES"] },
+    },
+    {
+      cause: "devnode-missing",
+      hit: { facts: { devnode: null }, routes: ["ENOENT", "EPERM", "ok"] },
+      causes: ["unprivileged-userfaultfd", "devnode-missing"],
+      miss: { facts: { devnode: null }, routes: ["ENOENT", "ok", "ok"] },
+    },
+    {
+      cause: "devnode-permission",
+      hit: { routes: ["EACCES", "EPERM", "ok"] },
+      causes: ["unprivileged-userfaultfd", "devnode-permission"],
+      miss: { routes: ["EACCES", "ok", "ok"] },
+    },
+    {
+      cause: "missing-feature",
+      hit: { routes: ["ok", "ok", "ok"], checks: [threadIdMissing] },
+      causes: ["missing-feature"],
+      miss: { routes: ["ok", "ok", "ok"], checks: [{ ...threadIdMissing, status: "pass", missing: [] }] },
+    },
+    {
+      cause: "hugepages-not-reserved",
+      hit: { routes: ["ok", "ok", "ok"], checks: [hugetlbWarns] },
+      causes: ["hugepages-not-reserved"],
+      miss: { routes: ["ok", "ok", "ok"], checks: [{ ...hugetlbWarns, status: "pass" }] },
+    },
+  ];
+  const decide = ({ facts: f = {}, routes, checks = [] }: Case) =>
+    diagnose({ ...base, ...f }, [...opened(...routes), ...checks]).map((d) => d.cause);
+
+  test.each(TABLE.map((row) => [row.cause, row] as const))("diagnose() names %s from its gate alone", (_, row) => {
+    expect(decide(row.hit)).toEqual(row.causes);
+  });
+  test.each(TABLE.map((row) => [row.cause, row] as const))("diagnose() does not name %s on a near miss", (_, row) => {
+    expect(decide(row.miss)).not.toContain(row.cause);
+  });
 
   test("ENOSYS without a filter is no-kernel-support", () => {
     expect(
@@ -783,7 +872,14 @@ describe("the package and the binary", () => {
   test("npm pack holds only the probe, its ABI, the manifest, README and LICENSE", () => {
     const pack = Bun.spawnSync(["npm", "pack", "--dry-run", "--json"], { cwd: import.meta.dir });
     const [{ files }] = JSON.parse(pack.stdout.toString()) as Array<{ files: Array<{ path: string }> }>;
-    expect(files.map((f) => f.path).sort()).toEqual(["LICENSE", "README.md", "ffi.ts", "package.json", "probe.ts"]);
+    expect(files.map((f) => f.path).sort()).toEqual([
+      "LICENSE",
+      "README.md",
+      "ffi.ts",
+      "package.json",
+      "probe.ts",
+      "qemu.ts",
+    ]);
     const pkg = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8"));
     expect([pkg.bin, pkg.dependencies, readFileSync(`${import.meta.dir}/probe.ts`, "utf8").split("\n")[0]]).toEqual([
       { "postcopy-probe": "probe.ts" },
