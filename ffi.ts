@@ -80,7 +80,8 @@ export const [O_RDONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC] = [0, 2, 0x800, 0x80000];
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
 // include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
-export const [PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER] = [4, 38, 22, 2];
+export const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP] = [1, 4, 38, 22];
+export const [SECCOMP_MODE_FILTER, SIGKILL] = [2, 9];
 export const [AT_FDCWD, STATX_BASIC_STATS] = [-100, 0x7ff];
 /** struct statx: stx_uid @20, stx_gid @24, stx_mode (u16) @28, 256 bytes in all. */
 const STATX_SIZE = 256;
@@ -108,8 +109,11 @@ export type Sys = ReturnType<typeof loadSys>;
 /** readText reads a file in chunks, up to READ_MAX: /proc files and /etc/passwd fit. */
 const READ_CHUNK = 1 << 13;
 const READ_MAX = 1 << 22;
-/** Bytes as a Latin-1 string. */
+/** Bytes as a Latin-1 string, and strings as UTF-8. */
 const latin1 = new TextDecoder("latin1");
+const utf8 = new TextEncoder();
+/** Enough for security.capability (24 bytes) and an ACL of 100 entries. */
+const XATTR_MAX = 1024;
 
 /** libc's file name for the running arch: glibc first, then musl. */
 const LIBC_NAMES = ["libc.so.6", `libc.musl-${archOrX64.musl}.so.1`, "libc.so"];
@@ -135,6 +139,9 @@ const SYMBOLS = {
   getpagesize: { args: [], returns: T.i32 },
   isatty: { args: [T.i32], returns: T.i32 },
   write: { args: [T.i32, T.ptr, T.u64], returns: T.i64_fast },
+  getxattr: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
+  pipe2: { args: [T.ptr, T.i32], returns: T.i32 },
+  getppid: { args: [], returns: T.i32 },
   __errno_location: { args: [], returns: T.ptr },
 } as const;
 
@@ -149,6 +156,9 @@ function openLibc() {
   }
   throw new Error(`Cannot load libc: tried ${LIBC_NAMES.join(", ")}`);
 }
+
+/** Buffers whose address a call takes as a number, held until it returns: the GC cannot see the kernel read them. */
+const held: Buf[] = [];
 
 /** A NUL-terminated copy of an ASCII string (paths, symbol names). Buffer would cost Bun ~10 ms to set up. */
 function cstr(s: string) {
@@ -165,7 +175,7 @@ export function loadSys() {
   const errnoAt = c.__errno_location();
   // errno is read right after a call that returned -1, and only then (STYLE.md rule 5).
   const r = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
-  const pollfd = new Int32Array(2);
+  const pollfd = new Int32Array(4);
   const textBuffer = new Uint8Array(READ_CHUNK);
   const tid = new BigUint64Array(1);
   const retval = new BigUint64Array(1);
@@ -175,8 +185,11 @@ export function loadSys() {
     userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
     /** statx(): the file's mode, owner and group. */
     stat(path: string): R & { mode: number; uid: number; gid: number } {
-      const buf = new Uint8Array(STATX_SIZE);
-      const at = r(c.syscall(statx, AT_FDCWD, ptr(cstr(path)), 0, STATX_BASIC_STATS, ptr(buf)) as number);
+      const [name, buf] = [cstr(path), new Uint8Array(STATX_SIZE)];
+      // syscall() takes the addresses as numbers: `held` keeps both buffers alive until it returns.
+      held.push(name, buf);
+      const at = r(c.syscall(statx, AT_FDCWD, ptr(name), 0, STATX_BASIC_STATS, ptr(buf)) as number);
+      held.length = 0;
       const u32 = new Uint32Array(buf.buffer);
       return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff };
     },
@@ -191,11 +204,11 @@ export function loadSys() {
     memfdCreate: (name: string, flags: number) => r(c.memfd_create(cstr(name), flags)),
     ftruncate: (fd: number, length: number) => r(c.ftruncate(fd, length)),
     read: (fd: number, buf: Buf) => r(c.read(fd, buf, buf.byteLength) as number),
-    /** poll() for POLLIN on one fd: ret 1 readable, 0 timed out. */
-    poll(fd: number, timeoutMs: number) {
-      pollfd[0] = fd;
-      pollfd[1] = POLLIN; // events in the low half, revents cleared in the high half
-      return r(c.poll(pollfd, 1, timeoutMs));
+    /** poll() for POLLIN on one fd, or on a second one too: ret how many are ready, 0 timed out; revents per fd. */
+    poll(fd: number, timeoutMs: number, other = -1) {
+      pollfd.set([fd, POLLIN, other, POLLIN]); // each pollfd: fd, then events in the low half and revents cleared
+      const ready = r(c.poll(pollfd, other < 0 ? 1 : 2, timeoutMs));
+      return { ...ready, revents: [pollfd[1] >>> 16, pollfd[3] >>> 16] };
     },
     /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
     thread(fn: string, arg: number): R {
@@ -219,8 +232,23 @@ export function loadSys() {
     pageSize: () => c.getpagesize(),
     /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
     isatty: (fd: number) => c.isatty(fd),
-    /** Writes ASCII text to fd at once, for progress lines that must show during a busy loop. */
-    write: (fd: number, text: string) => r(c.write(fd, cstr(text), text.length) as number),
+    /** Writes bytes (or text as UTF-8) to fd with one write(2): ret is how many were written. */
+    write(fd: number, data: string | Uint8Array) {
+      const bytes = typeof data === "string" ? utf8.encode(data) : data;
+      return r(c.write(fd, bytes, bytes.length) as number);
+    },
+    /** A pipe, both ends close-on-exec: ret 0 and [read, write], or the errno. */
+    pipe(): R & { ends: [number, number] } {
+      const ends = new Int32Array(2);
+      return { ...r(c.pipe2(ends, O_CLOEXEC)), ends: [ends[0], ends[1]] };
+    },
+    /** The value of extended attribute `name` of `path` (security.capability, ...), or null. */
+    xattr(path: string, name: string): Uint8Array | null {
+      const value = new Uint8Array(XATTR_MAX);
+      const n = c.getxattr(cstr(path), cstr(name), value, value.length) as number;
+      return n < 0 ? null : value.subarray(0, n);
+    },
+    getppid: () => c.getppid(),
     /** A small text file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read. */
     readText(path: string): string | null {
       const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC);

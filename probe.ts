@@ -2,10 +2,11 @@
 /**
  * postcopy-probe: can QEMU do userfaultfd-based postcopy live migration on this host, in this
  * context — and if not, why, and what to run. It runs QEMU's own postcopy_ram_supported_by_host()
- * sequence (and what QEMU 8.0+ adds) against the real kernel, through ffi.ts.
+ * sequence (and what QEMU 8.0+ adds) against the real kernel, through ffi.ts, and answers for the
+ * QEMU that will run: the installed one's version decides which way to a uffd counts.
  *
  * ```sh
- * bun probe.ts            # report; exit 0 supported, 1 not, 2 could not run
+ * bun probe.ts            # report; exit 0 supported, 1 not, 2 could not answer
  * bun probe.ts --json     # the postcopy-probe/1 JSON document
  * ```
  *
@@ -13,14 +14,15 @@
  *   Facts          read-only host context                         readFacts()
  *   Checks         QEMU's sequence, one row per check             CHECKS, runChecks()
  *   Round trips    real faults served, and --bench                TRIPS, serveFaults(), bench()
- *   Capabilities   what each consumer can do here                 capabilities()
+ *   Capabilities   each consumer, on the route it takes           CONSUMERS, NEEDS, capabilities()
  *   Diagnosis      gates as named predicates, causes and fixes    GATES, CAUSES, diagnose()
  *   Report         the whole probe as data, then one renderer     probe(), RENDERERS
  *   Command line   options as data, main() and the exit status    OPTIONS, parseArgs(), main()
- * What talks to QEMU itself (--qemu) lives in qemu.ts, loaded only when asked for.
+ * What talks to or about a QEMU binary (its version, --qemu) lives in qemu.ts, loaded only when needed.
  */
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
+import type { Qemu } from "./qemu.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
@@ -34,89 +36,155 @@ const { errnoName } = K;
 // ── Facts: read-only host context ──
 
 const DEVICE = "/dev/userfaultfd";
-const CAP_SYS_PTRACE = 19n;
+const [CAP_DAC_OVERRIDE, CAP_SYS_PTRACE] = [1n, 19n];
 const QEMU_USERS = ["qemu", "libvirt-qemu"];
+/** The tools a fix may use, when this host has them. */
+const TOOLS = ["setfacl", "udevadm", "setcap"];
+/** libvirt's own default cgroup_device_acl (qemu.conf), which a fix must keep. */
+const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm", "userfaultfd"].map((d) => `/dev/${d}`);
+
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
 /** `crw-------` for a character device with mode 0600. */
 const modeString = (mode: number) =>
   ((mode & 0o170000) === 0o020000 ? "c" : "-") +
   [..."rwxrwxrwx"].map((c, i) => (mode & (0o400 >> i) ? c : "-")).join("");
-/** A number from a one-value file such as /proc/sys/vm/nr_hugepages, or null when unreadable. */
-const readNumber = (sys: Sys, path: string) => {
-  const text = sys.readText(path);
-  return text === null ? null : Number(text.trim());
-};
+/** A whole number from text, or null when the text is missing or not one: never a wrong fact. */
+const whole = (text: string | null | undefined) => (text?.trim().match(/^-?\d+$/) ? Number(text) : null);
 /** The value after `key:` in a /proc file such as /proc/meminfo. */
 const field = (text: string | null, key: string) => text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
 /** The name for an id in /etc/passwd or /etc/group, or the number as text. */
 const nameOf = (table: string[][], id: number) => table.find((r) => r[2] === String(id))?.[0] ?? String(id);
-const numberOrNull = (text: string | null) => (text === null ? null : Number(text));
+/** A capability bit of a CapEff mask, or null when the mask could not be read. */
+const capBit = (mask: string | null, bit: bigint) =>
+  mask?.match(/^[0-9a-f]{1,16}$/i) ? (BigInt(`0x${mask}`) >> bit) % 2n === 1n : null;
 
-/** Read-only host context: every field is read from the host, nothing is inferred from versions. */
+/** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
 
 /** Reads the facts the checks and the diagnosis need. */
 export function readFacts(sys: Sys) {
   const meminfo = sys.readText("/proc/meminfo");
-  const hugeKb = field(meminfo, "Hugepagesize");
-  const uid = process.getuid!();
+  const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
   const status = sys.readText("/proc/self/status");
-  const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? "";
+  const capEff = field(status, "CapEff");
+  const uid = process.getuid!();
+  const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
   const node = sys.stat(DEVICE);
-  const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m);
+  const minor = whole(sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1]);
   const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
-  const version = `${sys.readText("/proc/version") ?? ""}`;
-  const passwd = rows(sys, "/etc/passwd");
-  const owners = { owner: nameOf(passwd, node.uid), group: nameOf(rows(sys, "/etc/group"), node.gid) };
+  const version = sys.readText("/proc/version") ?? "";
+  const [passwd, groups] = [rows(sys, "/etc/passwd"), rows(sys, "/etc/group")];
+  const libvirt = libvirtConf(sys.readText("/etc/libvirt/qemu.conf"));
+  const owners = { owner: nameOf(passwd, node.uid), group: nameOf(groups, node.gid), uid: node.uid, gid: node.gid };
   return {
     kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
     arch: K.arch!.name,
     pageSize: sys.pageSize(),
-    hugePageSize: hugeKb === null ? null : Number.parseInt(hugeKb, 10) * 1024,
-    nrHugepages: readNumber(sys, "/proc/sys/vm/nr_hugepages"),
-    freeHugepages: numberOrNull(field(meminfo, "HugePages_Free")),
+    hugePageSize: hugeKb === null ? null : hugeKb * 1024,
+    nrHugepages: whole(sys.readText("/proc/sys/vm/nr_hugepages")),
+    freeHugepages: whole(field(meminfo, "HugePages_Free")),
     uid,
     user: nameOf(passwd, uid),
     // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
-    unprivilegedUserfaultfd: readNumber(sys, "/proc/sys/vm/unprivileged_userfaultfd"),
-    capSysPtrace: (BigInt(`0x${field(status, "CapEff") ?? "0"}`) >> CAP_SYS_PTRACE) % 2n === 1n,
-    seccomp: numberOrNull(field(status, "Seccomp")), // 0 none, 1 strict, 2 filter
-    seccompFilters: numberOrNull(field(status, "Seccomp_filters")),
+    unprivilegedUserfaultfd: whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd")),
+    capSysPtrace: capBit(capEff, CAP_SYS_PTRACE),
+    capDacOverride: capBit(capEff, CAP_DAC_OVERRIDE),
+    noNewPrivs: whole(field(status, "NoNewPrivs")) === 1,
+    seccomp: whole(field(status, "Seccomp")), // 0 none, 1 strict, 2 filter
+    seccompFilters: whole(field(status, "Seccomp_filters")),
     uidMap,
-    userNamespace: uidMap !== "0 0 4294967295",
+    userNamespace: uidMap === null ? null : uidMap !== "0 0 4294967295",
     // As `ls -l` shows it; null when there is no such node.
     devnode: node.ret < 0 ? null : { mode: modeString(node.mode), ...owners },
     // The kernel has the device even when this /dev lacks it (a container).
-    miscMinor: misc ? Number(misc[1]) : null,
+    miscMinor: minor,
+    deviceCgroup: deviceCgroup(sys, minor),
     selinux: enforce === "1" ? "enforcing" : enforce === "0" ? "permissive" : null,
     // gVisor's Sentry: "-gvisor" in the release, or the fixed 2016 build date of its /proc/version.
     gvisor: /gvisor/i.test(version) || version.includes("Sun Jan 10 15:06:54 PST 2016"),
-    // The user QEMU usually runs as here, when there is one.
-    qemuUser: QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
+    libvirt,
+    // The user QEMU runs as here: libvirt's setting, else a user named like QEMU's.
+    qemuUser: libvirt?.user ?? QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
+    kvmGroup: groups.some((g) => g[0] === "kvm"),
+    tools: TOOLS.filter((t) => Bun.which(t)),
+    // Read only when the diagnosis needs them (probe() fills them in).
+    sysctlSource: null as { file: string; value: string } | null,
+    kernelConfig: null as string | null,
   };
+}
+
+/** libvirt's qemu.conf: the user it runs QEMU as, and its device ACL when set. */
+function libvirtConf(text: string | null) {
+  if (text === null) return null;
+  const user = text.match(/^\s*user\s*=\s*"([^"]*)"/m)?.[1] ?? null;
+  const acl = text.match(/^\s*cgroup_device_acl\s*=\s*\[([^\]]*)\]/m)?.[1];
+  return { user, deviceAcl: acl === undefined ? null : [...acl.matchAll(/"([^"]*)"/g)].map((m) => m[1]) };
+}
+
+/** This process's cgroup v1 devices controller, and whether its devices.list lets c 10:MINOR be read and written. */
+function deviceCgroup(sys: Sys, minor: number | null) {
+  const path = sys.readText("/proc/self/cgroup")?.match(/^\d+:[\w,]*\bdevices\b[\w,]*:(.*)$/m)?.[1];
+  const mount = sys.readText("/proc/self/mountinfo")?.match(/^\S+ \S+ \S+ (\S+) (\S+) .* - cgroup \S+ \S*\bdevices\b/m);
+  if (path === undefined || !mount) return null; // no v1 devices controller: under cgroup v2 a BPF program decides
+  const dir = `${mount[2]}${path.slice(mount[1] === "/" ? 0 : mount[1].length)}`.replace(/\/$/, "");
+  const ours = new RegExp(`^(a \\S+|c (\\*|10):(\\*|${minor})) (\\w+)$`, "gm");
+  const list = sys.readText(`${dir}/devices.list`);
+  if (list === null || minor === null) return { dir, allows: null };
+  return { dir, allows: [...list.matchAll(ours)].some((m) => /r/.test(m[4]) && /w/.test(m[4])) };
+}
+
+/** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
+function sysctlSource(sys: Sys) {
+  const { readdirSync } = require("node:fs") as typeof import("node:fs");
+  const list = (dir: string) => {
+    try {
+      return readdirSync(dir).map((n) => [n, `${dir}/${n}`] as const);
+    } catch {
+      return [];
+    }
+  };
+  // The same name in an earlier directory wins; the files then apply in the order of their names.
+  const files = new Map(SYSCTL_DIRS.flatMap(list).reverse());
+  const order = [...files.keys()].filter((n) => n.endsWith(".conf")).sort();
+  let source: { file: string; value: string } | null = null;
+  for (const file of [...order.map((n) => files.get(n)!), "/etc/sysctl.conf"]) {
+    const set = (sys.readText(file) ?? "").matchAll(/^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm);
+    for (const m of set) source = { file, value: m[1] };
+  }
+  return source;
+}
+const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
+
+/** CONFIG_USERFAULTFD as the running kernel was built, from /boot or /proc/config.gz, when readable. */
+function kernelConfig(sys: Sys, release: string) {
+  let text = sys.readText(`/boot/config-${release}`);
+  try {
+    text ??= new TextDecoder().decode(Bun.gunzipSync(require("node:fs").readFileSync("/proc/config.gz")));
+  } catch {
+    // neither is readable: the evidence goes without it
+  }
+  return text?.match(/^(CONFIG_USERFAULTFD=\w+|# CONFIG_USERFAULTFD is not set)$/m)?.[1] ?? null;
 }
 
 // ── Checks: QEMU's sequence, one row per check ──
 
-/** How this context gets a uffd, as QEMU 8.0+ does: the device first, then the syscall. */
+/** The three ways to a uffd: /dev/userfaultfd's USERFAULTFD_IOC_NEW, userfaultfd(2), and the syscall in user mode only. */
 type Route = "device" | "syscall" | "user-mode-only";
-/** What the checks share: the Sys, the facts, and what earlier checks learnt. */
-export type Probe = {
-  sys: Sys;
-  facts: Facts;
-  opts: Options;
-  route: Route | null;
-  umo: boolean;
-  features: bigint | null;
-};
+const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
+/** What each way answered, "ok" or an errno name; "device-node" is the open() of the node alone. */
+export type Answers = Record<Route | "device-node", string>;
+/** What the checks learn and share. */
+type Learnt = { answers: Answers | null; route: Route | null; features: bigint | null; qemu: Qemu | null };
+export type Probe = Learnt & { sys: Sys; facts: Facts; opts: Options };
 
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
-/** A new uffd through one route; the device's own fd is closed before returning. */
-function openRoute(sys: Sys, route: Route): R {
+/** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
+function openRoute(sys: Sys, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
   const dev = sys.open(DEVICE, K.O_RDWR | K.O_CLOEXEC);
+  node?.(dev);
   if (dev.ret < 0) return dev;
   try {
     return sys.ioctl(dev.ret, K.USERFAULTFD_IOC_NEW, UFFD_FLAGS);
@@ -124,14 +192,11 @@ function openRoute(sys: Sys, route: Route): R {
     sys.close(dev.ret);
   }
 }
-/** The route faults can be served on: QEMU's, else a user-mode-only uffd (which shows what it lacks). */
-const servingRoute = (p: Probe): Route | null => p.route ?? (p.umo ? "user-mode-only" : null);
 /** A check's extra field by the check's id: uffd-open's `routes`, round-trip's `trips`. */
-const extra = <T>(checks: Check[], id: string, key: string) => (checks.find((c) => c.id === id)?.[key] ?? {}) as T;
-/** What uffd-open found for each route: "ok" or an errno name. */
-const routesOf = (checks: Check[]) => extra<Record<string, string>>(checks, "uffd-open", "routes");
-/** The round trips' results by key. */
-const tripsOf = (checks: Check[]) => extra<Record<string, TripResult>>(checks, "round-trip", "trips");
+const extra = <T>(checks: Check[], id: string, key: string) => checks.find((c) => c.id === id)?.[key] as T | undefined;
+const tripsOf = (checks: Check[]) => extra<Record<string, TripResult>>(checks, "round-trip", "trips") ?? {};
+/** What each route answered, as uffd-open found it; null when it did not run. */
+const answersOf = (checks: Check[]) => extra<Answers>(checks, "uffd-open", "routes") ?? null;
 
 /** A uffdio_api struct asking for `features`. */
 const apiStruct = (features: bigint) => new BigUint64Array([K.UFFD_API, features, 0n]);
@@ -145,13 +210,20 @@ const missingFeatures = (offered: bigint, wanted: bigint) =>
     .map(([n]) => `UFFD_FEATURE_${n}`);
 const featureMask = (...names: string[]) => names.reduce((m, n) => m | K.UFFD_FEATURE[n], 0n);
 
+/** Errors that are limits of the probe's own process, not answers about the host. */
+const LIMITS = ["EMFILE", "ENFILE", "ENOMEM", "EAGAIN"];
+const limited = (detail: string) => LIMITS.some((e) => detail.endsWith(`: ${e}`));
+const OWN_LIMIT = "(a limit of the probe's own process, not an answer about the host)";
 type Head = Pick<Check, "id" | "title">;
 const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => {
   return { id: head.id, title: head.title, status, detail, ...more };
 };
-/** A failed call as a check result: `UFFDIO_REGISTER: EINVAL`. */
-const failed = (head: Head, call: string, r: R, more: Partial<Check> = {}) =>
-  result(head, "fail", `${call}: ${errnoName(r.errno)}`, { errno: errnoName(r.errno), ...more });
+/** A failed call as a check result, `UFFDIO_REGISTER: EINVAL`; a limit of the probe's own is a check it could not run. */
+function failed(head: Head, call: string, r: R) {
+  const detail = `${call}: ${errnoName(r.errno)}`;
+  if (limited(detail)) return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`, { limit: true });
+  return result(head, "fail", detail, { errno: errnoName(r.errno) });
+}
 /** The failed check when the kernel lacks features of `wanted` (QEMU's "Missing userfault features"), or null. */
 function lacking(head: Head, offered: bigint, wanted: bigint) {
   const missing = missingFeatures(offered, wanted);
@@ -167,21 +239,48 @@ function checkPageSize(p: Probe, head: Head): Check {
 }
 
 function checkOpen(p: Probe, head: Head): Check {
-  const routes: Record<string, string> = {};
-  for (const route of ["device", "syscall", "user-mode-only"] as const) {
-    const r = openRoute(p.sys, route);
-    routes[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
+  const a: Answers = { "device-node": "", device: "", syscall: "", "user-mode-only": "" };
+  for (const route of ROUTES) {
+    const r = openRoute(p.sys, route, (node) => (a["device-node"] = node.ret < 0 ? errnoName(node.errno) : "ok"));
+    a[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
     if (r.ret >= 0) p.sys.close(r.ret);
   }
-  const umo = routes["user-mode-only"];
-  const said = `${DEVICE}: ${routes.device}, userfaultfd(2): ${routes.syscall}, user-mode-only: ${umo}`;
-  p.route = routes.device === "ok" ? "device" : routes.syscall === "ok" ? "syscall" : null;
-  p.umo = routes["user-mode-only"] === "ok";
-  if (!p.route) return result(head, "fail", said, { routes, errno: routes.syscall });
-  if (routes.syscall === "ok") return result(head, "pass", said, { routes, route: p.route });
-  const older = "QEMU older than 8.0 only uses the syscall and will fail";
-  return result(head, "warn", `${said}; ${older}`, { routes, route: p.route });
+  p.answers = a;
+  // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
+  p.route = ROUTES.find((r) => a[r] === "ok") ?? null;
+  const said = `${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}, user-mode-only: ${a["user-mode-only"]}`;
+  const more = { routes: a, route: p.route };
+  const limit = Object.values(a).find((e) => LIMITS.includes(e));
+  if (limit) return result(head, "skip", `could not run: ${said} ${OWN_LIMIT}`, { ...more, limit: true });
+  if (p.route === "device" || p.route === "syscall")
+    return result(head, "pass", `${said}; checks use ${p.route}`, more);
+  return result(head, "fail", said, { ...more, errno: a.syscall });
 }
+
+/** The QEMU that will run, read only when it matters: its version splits the routes, or its file capability counts. */
+function checkQemuRoute(p: Probe, head: Head): Check {
+  const a = p.answers!;
+  const seenByQemu = qemuAnswers(a, p.facts, null);
+  const split = CONSUMERS["qemu<8.0"].answer(seenByQemu) !== CONSUMERS["qemu>=8.0"].answer(seenByQemu);
+  if (split || p.opts.qemu !== null || a.syscall === "EPERM") p.qemu = loadQemu().identify(p.sys, p.facts, p.opts);
+  const q = p.qemu;
+  const consumer = qemuConsumer(q);
+  const answer = CONSUMERS[consumer].answer(qemuAnswers(a, p.facts, q));
+  const route = CONSUMERS[consumer].routes(a).at(-1)!;
+  const via = answer === "ok" && a[route] !== "ok" ? " (by its cap_sys_ptrace file capability)" : "";
+  const who = q?.version ? `QEMU ${q.version} (${q.path})` : "QEMU";
+  if (split && !q?.version) {
+    const both = "yes for QEMU 8.0 and later, no before 8.0";
+    return result(
+      head,
+      "warn",
+      `${q?.error ?? "no QEMU found"}; ${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}: ${both}`,
+    );
+  }
+  return result(head, answer === "ok" ? "pass" : "fail", `${who} uses ${route}: ${answer}${via}`, { route, consumer });
+}
+/** qemu.ts, loaded on first use only: a run that never needs to know its QEMU does not pay for it. */
+const loadQemu = () => require("./qemu.ts") as typeof import("./qemu.ts");
 
 /** UFFDIO_API asking for `features` on a throw-away uffd: the reply, or the failed check. */
 function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"): BigUint64Array | Check {
@@ -210,7 +309,8 @@ function checkApi(p: Probe, head: Head): Check {
   const api = handshake(p, head, 0n);
   if (!(api instanceof BigUint64Array)) return api;
   p.features = api[1];
-  return registerIoctls(head, api, `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}`);
+  const on = p.route === "user-mode-only" ? " on a user-mode-only uffd, the only one here" : "";
+  return registerIoctls(head, api, `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}${on}`);
 }
 
 function checkFeatures(p: Probe, head: Head): Check {
@@ -238,8 +338,8 @@ function checkCriu(p: Probe, head: Head): Check {
 const ANON = K.MAP_PRIVATE | K.MAP_ANONYMOUS;
 const MEMORY = { anon: ANON, hugetlb: ANON | K.MAP_HUGETLB | K.MAP_NORESERVE, shmem: K.MAP_SHARED };
 const [MISSING, WP] = [K.UFFDIO_REGISTER_MODE_MISSING, K.UFFDIO_REGISTER_MODE_WP];
-/** One registration test: the seed's sequence on one kind of memory, in one mode, needing one feature. */
-type Registration = Head & { kind: keyof typeof MEMORY; mode: bigint; feature?: string };
+/** One registration test: the seed's sequence on one kind of memory, in one mode. */
+type Registration = Head & { kind: keyof typeof MEMORY; mode: bigint };
 const REGISTRATIONS: Registration[] = [
   { id: "register-anon", title: "UFFDIO_REGISTER MISSING on anonymous memory", kind: "anon", mode: MISSING },
   { id: "register-hugetlb", title: "UFFDIO_REGISTER MISSING on hugetlbfs memory", kind: "hugetlb", mode: MISSING },
@@ -290,10 +390,9 @@ function register(p: Probe, spec: Registration): Check {
     if (r.ret < 0) return failed(head, "UFFDIO_UNREGISTER", r);
     const missing = missingIoctls(reg[3], ioctls);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
-    if (missing.length) {
+    if (missing.length)
       return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
-    }
-    if (spec.kind === "hugetlb" && !facts.nrHugepages) {
+    if (spec.kind === "hugetlb" && facts.nrHugepages === 0) {
       return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
     }
     return result(head, "pass", detail);
@@ -312,33 +411,35 @@ function checkRunAs(p: Probe, head: Head): Check {
   return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
 }
 
-/** The checks in report order; those after uffd-open need a uffd, most also the feature mask. */
-type Step = Head & { needs?: "route" | "features"; run: (p: Probe, head: Head) => Check };
+/** The checks in report order: id, title, what must be learnt first, and how it runs. */
+type Run = (p: Probe, head: Head) => Check | Promise<Check>;
+type Step = [id: string, title: string, needs: keyof typeof UNMET | null, run: Run];
+const UNMET = {
+  answers: "uffd-open could not run",
+  route: "no userfaultfd could be opened, not even user-mode-only",
+  features: "UFFDIO_API did not answer",
+};
 const CHECKS: Step[] = [
-  { id: "page-size", title: "host page size >= target page size", run: checkPageSize },
-  { id: "uffd-open", title: "a userfaultfd (/dev/userfaultfd, then the syscall)", run: checkOpen },
-  { id: "uffd-api", title: "UFFDIO_API handshake and REGISTER/UNREGISTER", needs: "route", run: checkApi },
-  {
-    id: "uffd-features",
-    title: "userfault features as QEMU applies them (THREAD_ID)",
-    needs: "features",
-    run: checkFeatures,
-  },
-  ...REGISTRATIONS.map((spec): Step => ({ ...spec, needs: "features", run: (p) => register(p, spec) })),
-  { id: "criu-events", title: "non-cooperative events (CRIU lazy pages)", needs: "features", run: checkCriu },
-  { id: "round-trip", title: "real faults served with UFFDIO_COPY, bytes verified", run: checkRoundTrip },
-  { id: "run-as", title: "the user QEMU runs as", run: checkRunAs },
+  ["page-size", "host page size >= target page size", null, checkPageSize],
+  ["uffd-open", "a userfaultfd (/dev/userfaultfd, then the syscall)", null, checkOpen],
+  ["qemu-route", "the way the QEMU that will run opens its userfaultfd", "answers", checkQemuRoute],
+  ["uffd-api", "UFFDIO_API handshake and REGISTER/UNREGISTER", "route", checkApi],
+  ["uffd-features", "userfault features as QEMU applies them (THREAD_ID)", "features", checkFeatures],
+  ...REGISTRATIONS.map((spec): Step => [spec.id, spec.title, "features", (p) => register(p, spec)]),
+  ["criu-events", "non-cooperative events (CRIU lazy pages)", "features", checkCriu],
+  ["round-trip", "real faults served with UFFDIO_COPY, bytes verified", "route", checkRoundTrip],
+  ["run-as", "the user QEMU runs as", null, checkRunAs],
 ];
 
-/** Runs every check in order; a check whose prerequisite failed is skipped, saying which. */
-export function runChecks(sys: Sys, facts: Facts, opts: Options): { checks: Check[]; probe: Probe } {
-  const probe: Probe = { sys, facts, opts, route: null, umo: false, features: null };
-  const checks = CHECKS.map(({ id, title, needs, run }) => {
-    const head = { id, title };
-    if (needs && !probe.route) return result(head, "skip", "no userfaultfd could be opened");
-    if (needs === "features" && probe.features === null) return result(head, "skip", "UFFDIO_API did not answer");
-    return run(probe, head);
-  });
+/** Runs every check in order; a check whose prerequisite is missing is skipped, saying which. */
+export async function runChecks(sys: Sys, facts: Facts, opts: Options): Promise<{ checks: Check[]; probe: Probe }> {
+  const probe: Probe = { sys, facts, opts, answers: null, route: null, features: null, qemu: null };
+  const checks: Check[] = [];
+  const learnt = { answers: () => probe.answers, route: () => probe.route, features: () => probe.features };
+  for (const [id, title, needs, run] of CHECKS) {
+    const unmet = needs !== null && learnt[needs]() === null;
+    checks.push(unmet ? result({ id, title }, "skip", UNMET[needs!]) : await run(probe, { id, title }));
+  }
   return { checks, probe };
 }
 
@@ -355,35 +456,30 @@ export function decodeFeatures(mask: bigint | null): Record<string, boolean | st
 /** How long any wait for a fault may take, and the slice between looks at the faulting thread. */
 export const BOUND_MS = 1000;
 const SLICE_MS = 5;
-const EAGAIN = K.errnoOf("EAGAIN");
 const NS_PER_US = 1000;
-type Progress = (done: number) => void;
+const EAGAIN = K.errnoOf("EAGAIN");
+type Progress = (done: number) => Promise<void>;
 
-/** A thread that faults, and how its faults are served: what the round trips and --bench share. */
-type Faulting<T> = {
-  len: number;
-  flags: number;
-  mode: bigint;
-  /** The libc function the thread runs on the area: strlen reads in user mode, uname writes in kernel mode. */
-  fn: string;
-  count: number;
-  /** Makes the registered area ready before the thread starts, or says why it could not. */
+/**
+ * A thread that faults and how its faults are served: `fn` is the libc function the thread runs on
+ * the area (strlen reads in user mode, uname writes in kernel mode); `prepare` readies the area before
+ * it starts, `serve` answers the fault in `msg`, `finish` judges the thread's return value and the area.
+ */
+type Faulting<T> = { len: number; flags: number; mode: bigint; fn: string; count: number } & {
   prepare?: (fd: number, area: number) => string | null;
-  /** Serves the fault described in `msg`: null when served, else why not. */
-  serve: (fd: number, msg: BigUint64Array, n: number) => string | null;
-  /** Judges the thread's return value and the area once every fault was served. */
+  serve: (fd: number, msg: BigUint64Array) => string | null;
   finish: (ret: number, area: number, served: Float64Array) => T | string;
-  progress?: Progress;
 };
 
 /**
  * Registers fresh memory on a new uffd, starts a native thread on it and serves its faults, each
  * wait bounded by boundMs: poll a slice at a time, looking at the thread between slices, so a thread
- * that returns without faulting (EFAULT under user-mode-only) is seen at once. Owns the uffd, the
- * mapping and the thread; the cleanup closes the uffd first, which frees a thread stuck in a fault
- * nobody served, so the join after it is bounded too. Returns `finish`'s answer or why it stopped.
+ * that returns without faulting (EFAULT under user-mode-only) is seen at once. `pause`, when given,
+ * runs every 1024 faults (the --bench progress line, and a turn of the event loop for signals).
+ * Owns the uffd, the mapping and the thread; the cleanup closes the uffd first, which frees a thread
+ * stuck in a fault nobody served, so the join after it is bounded too.
  */
-function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>): T | string {
+async function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress): Promise<T | string> {
   const { sys } = p;
   const fd = openRoute(sys, route);
   if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
@@ -407,15 +503,15 @@ function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>): T | string {
     const after = (n: number) => (n ? ` after ${n} faults` : "");
     let deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
     for (let n = 0; n < f.count; ) {
-      // Read first: in --bench the next fault is usually already waiting, and poll would cost a syscall.
-      const r = sys.read(fd.ret, msg);
+      // Read first: in --bench the next fault is usually already waiting, and a poll would cost a syscall.
+      r = sys.read(fd.ret, msg);
       if (r.ret === msg.byteLength) {
         if ((msg[0] & 0xffn) !== K.UFFD_EVENT_PAGEFAULT) continue;
-        const unserved = f.serve(fd.ret, msg, n);
+        const unserved = f.serve(fd.ret, msg);
         if (unserved) return unserved;
         served[n++] = Bun.nanoseconds();
         deadline = served[n - 1] + p.opts.boundMs * 1e6;
-        if (f.progress && (n & 1023) === 0) f.progress(n);
+        if (pause && (n & 1023) === 0) await pause(n);
         continue;
       }
       if (r.errno !== EAGAIN) return `read: ${errnoName(r.errno)}`;
@@ -468,29 +564,21 @@ function verify(t: Trip, ret: number, page: Uint8Array) {
 export type TripResult = { ok: boolean; ns: number; detail: string };
 
 /** One round trip: a thread faults on one fresh page, the fault is served, the bytes are checked. */
-function roundTrip(p: Probe, route: Route, t: Trip): TripResult {
+async function roundTrip(p: Probe, route: Route, t: Trip): Promise<TripResult> {
   const { sys } = p;
   const len = p.facts.pageSize;
   const start = Bun.nanoseconds();
-  // The kernel copies from `src` during UFFDIO_COPY: the closures below keep it alive until then.
+  // The kernel copies from `src` during UFFDIO_COPY: `serve` below holds it until then.
   const src = new Uint8Array(len).fill(0x50);
   src[PATTERN_NUL] = 0;
   let page = 0n;
-  const served = serveFaults(p, route, {
-    len,
-    flags: ANON,
-    mode: t.mode,
-    fn: t.fn,
-    count: 1,
+  const served = await serveFaults(p, route, {
+    ...{ len, flags: ANON, mode: t.mode, fn: t.fn, count: 1 },
     prepare(fd, area) {
       page = BigInt(area);
       if (t.mode !== WP) return null;
       K.memory(area, len)[0] = 1; // write-protect guards present pages only
-      const r = sys.ioctl(
-        fd,
-        WRITEPROTECT,
-        new BigUint64Array([BigInt(area), BigInt(len), K.UFFDIO_WRITEPROTECT_MODE_WP]),
-      );
+      const r = sys.ioctl(fd, WRITEPROTECT, new BigUint64Array([page, BigInt(len), K.UFFDIO_WRITEPROTECT_MODE_WP]));
       return r.ret < 0 ? `UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}` : null;
     },
     serve(fd, msg) {
@@ -512,30 +600,21 @@ function resolution(t: Trip, page: bigint, len: number, src: Uint8Array) {
   return new BigUint64Array([page, BigInt(len), 0n]); // mode 0: clear WP and wake
 }
 
-function checkRoundTrip(p: Probe, head: Head): Check {
-  const route = servingRoute(p);
-  if (!route) return result(head, "skip", "no userfaultfd could be opened");
+async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
+  const route = p.route!;
   const wp = p.features !== null && (p.features & K.UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
-  const trips = Object.fromEntries(
-    TRIPS.filter((t) => wp || t.mode !== WP).map((t) => [t.key, roundTrip(p, route, t)]),
-  );
+  const trips: Record<string, TripResult> = {};
+  for (const t of TRIPS.filter((t) => wp || t.mode !== WP)) trips[t.key] = await roundTrip(p, route, t);
   const all = Object.values(trips);
   const detail = all.map((t) => t.detail).join(", ");
+  const limit = all.find((t) => limited(t.detail));
+  if (limit) return result(head, "skip", `could not run: ${limit.detail} ${OWN_LIMIT}`, { trips, route, limit: true });
   if (route === "user-mode-only") {
     const why = "QEMU cannot serve KVM's and vhost's kernel-mode faults with it";
     return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips, route });
   }
   return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips, route });
 }
-
-export type Bench = {
-  faults: number;
-  pageSize: number;
-  p50Ns: number;
-  p99Ns: number;
-  pagesPerSec: number;
-  bytesPerSec: number;
-};
 
 /**
  * --bench: one native thread runs strlen across `faults` registered pages, each missing, and the
@@ -550,40 +629,66 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
   last[pageSize - 1] = 0; // strlen stops at the very end of the last page
   const copy = new BigUint64Array([0n, 0n, BigInt(pageSize), 0n, 0n]);
   const mask = ~BigInt(pageSize - 1);
-  let lastPage = 0n;
-  let start = 0;
-  return serveFaults(p, route, {
-    len,
-    flags,
-    mode: MISSING,
-    fn: "strlen",
-    count: faults,
+  let [lastPage, start] = [0n, 0];
+  const prepare = (_: number, area: number) => {
+    [lastPage, start] = [BigInt(area + len - pageSize), Bun.nanoseconds()];
+    return null;
+  };
+  const serve = (fd: number, msg: BigUint64Array) => {
+    copy[0] = msg[2] & mask;
+    copy[1] = BigInt(K.addressOf(copy[0] === lastPage ? last : fill));
+    const c = p.sys.ioctl(fd, COPY, copy);
+    return c.ret < 0 ? `UFFDIO_COPY: ${errnoName(c.errno)}` : null;
+  };
+  const finish = (ret: number, _: number, served: Float64Array) => {
+    // The join reads 32 bits of strlen's size_t: compare those (huge pages can pass 2 GiB).
+    if (ret !== Number(BigInt.asIntN(32, BigInt(len - 1)))) return `strlen returned ${ret}, not ${len - 1}`;
+    // Each fault's time is the gap between two served faults; the first also holds the thread's start.
+    const gaps = served.subarray(1).map((t, i) => t - served[i]);
+    gaps.sort();
+    const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
+    const pagesPerSec = Math.round(faults / ((served[faults - 1] - start) / 1e9));
+    return {
+      faults,
+      pageSize,
+      route,
+      p50Ns: at(0.5),
+      p99Ns: at(0.99),
+      pagesPerSec,
+      bytesPerSec: pagesPerSec * pageSize,
+    };
+  };
+  return serveFaults(
+    p,
+    route,
+    { len, flags, mode: MISSING, fn: "strlen", count: faults, prepare, serve, finish },
     progress,
-    prepare(_, area) {
-      lastPage = BigInt(area + len - pageSize);
-      start = Bun.nanoseconds();
-      return null;
-    },
-    serve(fd, msg) {
-      copy[0] = msg[2] & mask;
-      copy[1] = BigInt(K.addressOf(copy[0] === lastPage ? last : fill));
-      const c = p.sys.ioctl(fd, COPY, copy);
-      return c.ret < 0 ? `UFFDIO_COPY: ${errnoName(c.errno)}` : null;
-    },
-    finish(ret, _, served): Bench | string {
-      // The join reads 32 bits of strlen's size_t: compare those (huge pages can pass 2 GiB).
-      if (ret !== Number(BigInt.asIntN(32, BigInt(len - 1)))) return `strlen returned ${ret}, not ${len - 1}`;
-      // Each fault's time is the gap between two served faults; the first also holds the thread's start.
-      const gaps = served.subarray(1).map((t, i) => t - served[i]);
-      gaps.sort();
-      const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
-      const pagesPerSec = Math.round(faults / ((served[faults - 1] - start) / 1e9));
-      return { faults, pageSize, p50Ns: at(0.5), p99Ns: at(0.99), pagesPerSec, bytesPerSec: pagesPerSec * pageSize };
-    },
-  });
+  );
 }
+export type Bench = Exclude<Awaited<ReturnType<typeof bench>>, string>;
 
-// ── Capabilities: what each consumer can do here ──
+// ── Capabilities: each consumer, on the route it takes ──
+
+/** How a consumer gets its uffd: what it would get from the routes' answers, and the routes a fix could open. */
+type Consumer = { answer: (a: Answers) => string; routes: (a: Answers) => Route[] };
+/** /dev/userfaultfd first; when the node's open() fails as `fallsBack` says, the syscall instead. */
+const deviceFirst = (fallsBack: (node: string) => boolean): Consumer => ({
+  answer: (a) => (fallsBack(a["device-node"]) ? a.syscall : a.device),
+  routes: (a) => (fallsBack(a["device-node"]) ? ["device", "syscall"] : ["device"]),
+});
+const syscallOnly: Consumer = { answer: (a) => a.syscall, routes: () => ["syscall"] };
+/** The route each consumer takes (README: "Which route each consumer takes"). */
+export const CONSUMERS = {
+  // QEMU before 8.0 only calls userfaultfd(2).
+  "qemu<8.0": syscallOnly,
+  // QEMU 8.0+ (util/userfaultfd.c): the device when its open() succeeds, with no way back; else the syscall.
+  "qemu>=8.0": deviceFirst((node) => node !== "ok"),
+  // CRIU's lazy pages (criu/uffd.c) only call userfaultfd(2).
+  criu: syscallOnly,
+  // Firecracker's userfaultfd-rs 0.9: the device unless it is absent (ENOENT), then the syscall.
+  firecracker: deviceFirst((node) => node === "ENOENT"),
+};
+type ConsumerName = keyof typeof CONSUMERS;
 
 export const CAPABILITIES = [
   ...["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"],
@@ -591,262 +696,450 @@ export const CAPABILITIES = [
 ] as const;
 export type Capability = (typeof CAPABILITIES)[number];
 
-/** What each consumer can do here: a pure function of the checks and the feature mask. */
-export function capabilities(checks: Check[], features: bigint | null): Record<Capability, boolean> {
-  const ok = (...ids: string[]) =>
-    ids.every((id) => ["pass", "warn"].includes(checks.find((c) => c.id === id)?.status ?? ""));
-  const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
+/** Each capability: whose it is, the checks it needs passed, the faults it needs served, the features it needs. */
+type Need = { consumer: "qemu" | ConsumerName; checks: string[]; trips: string[]; features?: string[] };
+const RAM = {
+  checks: ["page-size", "uffd-api", "uffd-features", "register-anon"],
+  trips: ["user-read", "kernel-write"],
+};
+const NEEDS: Record<Capability, Need> = {
+  "postcopy-ram": { consumer: "qemu", ...RAM },
+  "postcopy-hugetlbfs": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-hugetlb"] },
+  "postcopy-shmem": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-shmem"] },
+  "background-snapshot": { consumer: "qemu", checks: ["uffd-api", "write-protect"], trips: ["write-protect"] },
+  "postcopy-blocktime": { consumer: "qemu", ...RAM, features: ["THREAD_ID"] },
+  "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
+  "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
+};
+
+/** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
+function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
+  const onlySysctl = a.syscall === "EPERM" && !GATES.seccompFilterDeniesSyscall(seen(f, a)) && !f.noNewPrivs;
+  const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
+  // libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists.
+  const device = GATES.libvirtAclLacksDevice(seen(f, a)) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
+  return { ...a, syscall, ...device };
+}
+/** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
+const qemuConsumer = (q: Qemu | null): ConsumerName =>
+  q?.major !== undefined && q.major < 8 ? "qemu<8.0" : "qemu>=8.0";
+const consumerOf = (cap: Capability, q: Qemu | null) =>
+  NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : NEEDS[cap].consumer;
+
+/** What each consumer can do here, and the capabilities a limit of the probe's own left undetermined. */
+export function capabilities(checks: Check[], features: bigint | null, f: Facts, qemu: Qemu | null = null) {
+  const a = answersOf(checks);
+  const check = (id: string) => checks.find((c) => c.id === id);
   const trips = tripsOf(checks);
-  const served = (...keys: string[]) => keys.every((key) => trips[key]?.ok === true);
-  // QEMU needs user-mode and kernel-mode (KVM, vhost) missing faults served.
-  const ram =
-    ok("page-size", "uffd-open", "uffd-api", "uffd-features", "register-anon") && served("user-read", "kernel-write");
-  return {
-    "postcopy-ram": ram,
-    "postcopy-hugetlbfs": ram && ok("register-hugetlb"),
-    "postcopy-shmem": ram && ok("register-shmem"),
-    "background-snapshot": ok("uffd-open", "uffd-api", "write-protect") && served("write-protect"),
-    "postcopy-blocktime": ram && has("THREAD_ID"),
-    "criu-lazy-pages": ok("criu-events"),
-    "firecracker-uffd": ok("uffd-open", "register-anon") && has("EVENT_REMOVE"),
-  };
+  const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
+  const kernelMode = extra(checks, "round-trip", "route") !== "user-mode-only";
+  const ok = {} as Record<Capability, boolean>;
+  const undetermined: Capability[] = [];
+  for (const cap of CAPABILITIES) {
+    const need = NEEDS[cap];
+    const consumer = consumerOf(cap, qemu);
+    const answer = a && CONSUMERS[consumer].answer(need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
+    const opens = answer === "ok";
+    // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability) when ours is not.
+    const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
+    const passed = need.checks.every((id) => ["pass", "warn"].includes(check(id)?.status ?? ""));
+    ok[cap] = opens && passed && served && (need.features ?? []).every(has);
+    const limit = LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => check(id)?.limit);
+    if (!ok[cap] && limit) undetermined.push(cap);
+  }
+  return { ok, undetermined };
 }
 
 // ── Diagnosis: gates as named predicates, causes and fixes ──
 
-export type Diagnosis = { cause: string; summary: string; evidence: string[]; fix: string[] };
-/** What the diagnosis sees: the facts, what each route answered, and the checks. */
-type Seen = { f: Facts; r: Record<string, string>; checks: Check[] };
+export type Diagnosis = { cause: string; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
+/** What the diagnosis sees: the facts, what each route answered, the checks, what failed, and the deciding QEMU. */
+type Seen = { f: Facts; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
+const seen = (
+  f: Facts,
+  a: Answers,
+  checks: Check[] = [],
+  failing = [...CAPABILITIES],
+  qemu: Qemu | null = null,
+): Seen => {
+  return { f, a, checks, failing, qemu };
+};
 type Gate = (s: Seen) => boolean;
 
-const syscallRefused: Gate = ({ r }) => r.syscall !== "ok";
-const userModeOnlyOpens: Gate = ({ r }) => r["user-mode-only"] === "ok";
-const underSeccompFilter: Gate = ({ f }) => f.seccomp === 2;
-const ptraceOnlyInUserNamespace: Gate = ({ f }) => f.userNamespace && f.capSysPtrace;
-/** The capability/sysctl gate refused: EPERM that a filter does not explain (a filter refuses user-mode-only too). */
-const permissionRefused: Gate = (s) => s.r.syscall === "EPERM" && (userModeOnlyOpens(s) || !underSeccompFilter(s));
+const refused = (answer: string) => answer !== "ok";
+const privileged: Gate = ({ f }) => f.capSysPtrace === true && f.userNamespace === false;
+const filtered: Gate = ({ f }) => f.seccomp === 2 && !f.gvisor;
+/** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's (older kernels check the sysctl first). */
+const userModeOnlyExists: Gate = ({ f }) => kernelAtLeast(f.kernel, "5.11");
 const missingOf = (checks: Check[]) => checks.flatMap((c) => (c.missing as string[] | undefined) ?? []);
-/** The gates between this context and what it needs, each a sentence over the facts and the routes' answers. */
+/** The gates between this context and a uffd, each judged on its own from the facts and the routes' answers. */
 export const GATES = {
-  gvisorLacksUserfaultfd: (s: Seen) => s.f.gvisor && syscallRefused(s),
+  kernelLacksUserfaultfd: (s: Seen) =>
+    s.a.syscall === "ENOSYS" &&
+    !filtered(s) &&
+    !s.f.gvisor &&
+    s.a.device !== "ok" &&
+    s.f.unprivilegedUserfaultfd === null,
+  gvisorLacksUserfaultfd: (s: Seen) => s.f.gvisor && refused(s.a.syscall),
+  selinuxDenies: (s: Seen) => s.f.selinux === "enforcing" && [s.a.syscall, s.a["device-node"]].includes("EACCES"),
+  deviceNotInThisKernel: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor === null,
+  deviceNotInThisDev: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor !== null,
+  libvirtAclLacksDevice: (s: Seen) => !!s.f.libvirt?.deviceAcl && !s.f.libvirt.deviceAcl.includes(DEVICE),
+  modeRefusesThisUser: (s: Seen) => s.a["device-node"] === "EACCES" && !GATES.selinuxDenies(s),
+  deviceCgroupDenies: (s: Seen) => s.a["device-node"] === "EPERM" || s.f.deviceCgroup?.allows === false,
   seccompFilterDeniesSyscall: (s: Seen) =>
-    underSeccompFilter(s) && !s.f.gvisor && syscallRefused(s) && !userModeOnlyOpens(s),
-  kernelLacksUserfaultfd: (s: Seen) => s.r.syscall === "ENOSYS" && !underSeccompFilter(s) && !s.f.gvisor,
-  ptraceIgnoredInUserNamespace: (s: Seen) => permissionRefused(s) && ptraceOnlyInUserNamespace(s),
-  sysctlRefusesThisUser: (s: Seen) => permissionRefused(s) && !ptraceOnlyInUserNamespace(s),
-  selinuxDenies: (s: Seen) => s.f.selinux === "enforcing" && [s.r.syscall, s.r.device].includes("EACCES"),
-  deviceMissingAndSyscallRefused: (s: Seen) => s.r.device === "ENOENT" && syscallRefused(s),
-  deviceRefusesUserAndSyscallRefused: (s: Seen) =>
-    ["EACCES", "EPERM"].includes(s.r.device) && syscallRefused(s) && !!s.f.devnode,
+    filtered(s) &&
+    (s.a.syscall === "ENOSYS" ||
+      (s.a.syscall === "EPERM" && (privileged(s) || (s.a["user-mode-only"] === "EPERM" && userModeOnlyExists(s))))),
+  ptraceIgnoredInUserNamespace: (s: Seen) =>
+    s.f.unprivilegedUserfaultfd === 0 && s.f.capSysPtrace === true && s.f.userNamespace === true,
+  sysctlRefusesThisUser: (s: Seen) =>
+    s.f.unprivilegedUserfaultfd === 0
+      ? s.f.capSysPtrace === false
+      : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace,
+  qemuPredatesDevice: (s: Seen) => qemuConsumer(s.qemu) === "qemu<8.0" && refused(s.a.syscall) && s.a.device === "ok",
   kernelLacksAFeature: (s: Seen) => missingOf(s.checks).length > 0,
   noHugePagesReserved: (s: Seen) => s.checks.some((c) => c.id === "register-hugetlb" && c.status === "warn"),
 };
 
-/** The first kernel with each feature or ioctl the capabilities need. */
-const SINCE: Record<string, string> = {
-  ...Object.fromEntries(
-    ["EVENT_FORK", "EVENT_REMAP", "EVENT_REMOVE", "EVENT_UNMAP"].map((n) => [`UFFD_FEATURE_${n}`, "4.11"]),
-  ),
-  ...{ UFFD_FEATURE_MISSING_HUGETLBFS: "4.11", UFFD_FEATURE_MISSING_SHMEM: "4.11", UFFD_FEATURE_THREAD_ID: "4.14" },
-  ...{ UFFD_FEATURE_PAGEFAULT_FLAG_WP: "5.7", UFFDIO_WRITEPROTECT: "5.7" },
+/** Whether release `kernel` (6.1.0-50-amd64) is at least `version` (5.11). */
+function kernelAtLeast(kernel: string, version: string) {
+  const [a, b] = [kernel, version].map((v) => v.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0));
+  return a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]);
+}
+/** The first kernel with each flag, feature or ioctl, per architecture where they differ. */
+const SINCE: Record<string, string | Record<string, string>> = {
+  UFFD_FEATURE_THREAD_ID: "4.14",
+  // Write-protect needs the architecture's page-table bit: x86_64 had it first.
+  UFFD_FEATURE_PAGEFAULT_FLAG_WP: { x86_64: "5.7", aarch64: "6.10" },
+  UFFDIO_WRITEPROTECT: { x86_64: "5.7", aarch64: "6.10" },
+  UFFD_USER_MODE_ONLY: "5.11",
+  [DEVICE]: "6.1",
+};
+/** How to get `name`: the first Linux release with it on this architecture (4.11 for the events and shmem/hugetlbfs). */
+function boot(name: string, f: Facts) {
+  const v = SINCE[name] ?? "4.11";
+  const at = typeof v === "string" ? v : v[f.arch];
+  return at
+    ? `boot Linux ${at} or later for ${name} (this is ${f.kernel})`
+    : `no Linux release for ${f.arch} has ${name} yet`;
+}
+
+/** Which failing capabilities a gate stands in the way of, by where it stands. */
+/** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
+const through =
+  (route: Route) =>
+  ({ f, a, failing, qemu }: Seen) =>
+    failing.filter((cap) => {
+      const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
+      return CONSUMERS[consumerOf(cap, qemu)].routes(answers).includes(route) && refused(answers[route]);
+    });
+const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
+const ON: Record<string, (s: Seen) => Capability[]> = {
+  kernel: (s) => s.failing,
+  device: through("device"),
+  syscall: through("syscall"),
+  "qemu-device": (s) => ofQemu(through("device")(s)),
+  qemu: (s) => ofQemu(s.failing),
+  features: ({ checks, failing }) => failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
+  note: () => [],
+};
+/** The feature and ioctl names a capability's checks ask for. */
+const needed = (cap: Capability) => [
+  ...(NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`),
+  ...REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).flatMap((r) => [
+    ...missingFeatures(0n, needs(r).feature),
+    ...needs(r).ioctls.map((n) => `UFFDIO_${n}`),
+  ]),
+];
+
+/** The decision table: each cause, the gate that names it, and where it stands. In the order to act on them. */
+const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
+  ["no-kernel-support", GATES.kernelLacksUserfaultfd, "kernel"],
+  ["gvisor", GATES.gvisorLacksUserfaultfd, "kernel"],
+  ["selinux", GATES.selinuxDenies, "kernel"],
+  ["devnode-missing", (s) => GATES.deviceNotInThisKernel(s) || GATES.deviceNotInThisDev(s), "device"],
+  ["libvirt-device-acl", GATES.libvirtAclLacksDevice, "qemu-device"],
+  ["devnode-permission", GATES.modeRefusesThisUser, "device"],
+  ["device-cgroup", GATES.deviceCgroupDenies, "device"],
+  ["seccomp", GATES.seccompFilterDeniesSyscall, "syscall"],
+  ["user-namespace", GATES.ptraceIgnoredInUserNamespace, "syscall"],
+  [
+    "unprivileged-userfaultfd",
+    (s) => GATES.sysctlRefusesThisUser(s) && !GATES.ptraceIgnoredInUserNamespace(s),
+    "syscall",
+  ],
+  ["qemu-before-8.0", GATES.qemuPredatesDevice, "qemu"],
+  ["missing-feature", GATES.kernelLacksAFeature, "features"],
+  ["hugepages-not-reserved", GATES.noHugePagesReserved, "note"],
+];
+
+const said = ({ a }: Seen) => {
+  const umo = a["user-mode-only"];
+  return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${umo === "EINVAL" ? " (the flag came in Linux 5.11)" : ""}`;
 };
 const SYSCTL = "sysctl -w vm.unprivileged_userfaultfd=1";
-const PERSIST = "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf";
-const CONTAINER_DEVICE = `docker run --device ${DEVICE} ...   # or podman run --device: QEMU 8.0+ opens it first`;
-const SECCOMP_PROFILE = "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd";
-const KUBE_SECCOMP = "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}";
-const GVISOR = [
-  "docker run --runtime=runc ...   # not --runtime=runsc",
-  "kubectl edit pod ...   # drop runtimeClassName: gvisor",
+const SECCOMP = [
+  "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
+  "podman run --security-opt seccomp=PROFILE.json ...",
+  "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
 ];
-const UDEV_RULE = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
-const UDEV = `${UDEV_RULE} && udevadm control --reload && udevadm trigger --subsystem-match=misc`;
-const AUDIT = "ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp";
-const HUGEPAGES = "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM";
-const acl = (f: Facts) => `setfacl -m u:${f.user}:rw ${DEVICE}   # QEMU 8.0+ opens ${DEVICE} first`;
-const setcap = (f: Facts) =>
-  `setcap cap_sys_ptrace+ep "$(command -v qemu-system-${f.arch})"   # broad: also lets QEMU ptrace`;
-const denied = ({ r }: Seen) => `userfaultfd(2): ${r.syscall}, with UFFD_USER_MODE_ONLY: ${r["user-mode-only"]}`;
-const misc = ({ f }: Seen) =>
-  f.miscMinor === null
-    ? "no userfaultfd in /proc/misc: the device came in Linux 6.1"
-    : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev does not`;
+const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
+const CONTAINER = `docker run --device ${DEVICE} ...   # a container: or podman run --device`;
 
-type Cause = {
-  cause: string;
-  when: Gate;
-  summary: string;
-  evidence: (s: Seen) => string[];
-  fix: (s: Seen) => string[];
-};
-/** Root causes, in the order a reader should act on them: each is named when its gate holds. */
-const CAUSES: Cause[] = [
-  {
-    cause: "gvisor",
-    when: GATES.gvisorLacksUserfaultfd,
-    summary: "gVisor's kernel does not implement userfaultfd",
-    evidence: (s) => [`/proc/version: gVisor (release ${s.f.kernel})`, denied(s)],
-    fix: () => GVISOR,
-  },
-  {
-    cause: "seccomp",
-    when: GATES.seccompFilterDeniesSyscall,
-    summary: "a seccomp filter denies userfaultfd(2)",
-    evidence: (s) => [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, denied(s)],
-    fix: () => [CONTAINER_DEVICE, SECCOMP_PROFILE, "podman run --security-opt seccomp=PROFILE.json ...", KUBE_SECCOMP],
-  },
-  {
-    cause: "no-kernel-support",
-    when: GATES.kernelLacksUserfaultfd,
+/** The file that makes the sysctl stick: named to sort after the file that sets it now, so it wins. */
+function persistSysctl({ f }: Seen) {
+  const from = f.sysctlSource?.file;
+  if (from === "/etc/sysctl.conf")
+    return "sed -i 's/^\\s*vm.unprivileged_userfaultfd\\s*=.*/vm.unprivileged_userfaultfd = 1/' /etc/sysctl.conf";
+  const last = from?.split("/").at(-1) ?? "";
+  return `echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/${"99-userfaultfd.conf" > last ? "99-userfaultfd.conf" : `${last}-userfaultfd.conf`}`;
+}
+/** Lets QEMU's user into the device, least privilege first, with the commands this host has. */
+function deviceAccess({ f }: Seen) {
+  const user = f.uid === 0 && f.qemuUser ? f.qemuUser : f.user;
+  const now = f.tools.includes("setfacl") ? [`setfacl -m u:${user}:rw ${DEVICE}   # now; lost at reboot`] : [];
+  const group = [
+    ...(f.kvmGroup ? [] : ["groupadd -r kvm"]),
+    `usermod -aG kvm ${user}   # QEMU started after this gets it`,
+  ];
+  const persist = f.tools.includes("udevadm")
+    ? [UDEV, "udevadm control --reload && udevadm trigger --subsystem-match=misc"]
+    : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
+  return [...now, ...group, ...persist];
+}
+
+/** What each cause says and the commands that fix it here, least privilege first. */
+const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; fix: string[] }> = {
+  "no-kernel-support": ({ f }) => ({
     summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
-    evidence: ({ f }) => [
+    evidence: [
       "userfaultfd(2): ENOSYS without a seccomp filter",
-      `kernel ${f.kernel}`,
-      `vm.unprivileged_userfaultfd: ${f.unprivilegedUserfaultfd ?? "absent"}`,
+      `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
     ],
-    fix: () => [
-      "grep USERFAULTFD /boot/config-$(uname -r)   # want CONFIG_USERFAULTFD=y",
-      "boot a kernel built with CONFIG_USERFAULTFD=y",
+    fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
+  }),
+  gvisor: (s) => ({
+    summary: "gVisor's kernel does not implement userfaultfd",
+    evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, said(s)],
+    fix: [
+      "docker run --runtime=runc ...   # not --runtime=runsc",
+      "kubectl edit pod ...   # drop runtimeClassName: gvisor",
     ],
-  },
-  {
-    cause: "user-namespace",
-    when: GATES.ptraceIgnoredInUserNamespace,
-    summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
-    evidence: (s) => [`/proc/self/uid_map: ${s.f.uidMap}`, denied(s)],
-    fix: () => [CONTAINER_DEVICE, `${SYSCTL}   # on the host`, PERSIST],
-  },
-  {
-    cause: "unprivileged-userfaultfd",
-    when: GATES.sysctlRefusesThisUser,
-    summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
-    evidence: (s) => [
-      denied(s),
-      `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd}`,
-      `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
-    ],
-    fix: ({ f, r }) => [...(f.devnode && r.device !== "ok" ? [acl(f)] : []), SYSCTL, PERSIST, setcap(f)],
-  },
-  {
-    cause: "selinux",
-    when: GATES.selinuxDenies,
-    summary: "SELinux is enforcing and denied userfaultfd",
-    evidence: (s) => ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.r.device}`, denied(s)],
-    fix: () => ["ausearch -m avc -ts recent | grep userfaultfd", AUDIT],
-  },
-  {
-    cause: "devnode-missing",
-    when: GATES.deviceMissingAndSyscallRefused,
-    summary: `${DEVICE} is not there, and the syscall is refused`,
-    evidence: (s) => [`${DEVICE}: ENOENT`, misc(s)],
-    fix: ({ f }) =>
+  }),
+  selinux: (s) => ({
+    summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
+    evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, said(s)],
+    fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
+  }),
+  "devnode-missing": ({ f }) => ({
+    summary: `${DEVICE} is not there`,
+    evidence: [
       f.miscMinor === null
-        ? [`${SYSCTL}   # before 6.1 the syscall is the only way`, PERSIST]
-        : [`mknod -m 0660 ${DEVICE} c 10 ${f.miscMinor} && chgrp kvm ${DEVICE}`, CONTAINER_DEVICE],
-  },
-  {
-    cause: "devnode-permission",
-    when: GATES.deviceRefusesUserAndSyscallRefused,
-    summary: `${DEVICE} does not let this user in, and the syscall is refused`,
-    evidence: ({ f, r }) => [
-      `${DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`,
-      `open as ${f.user} (uid ${f.uid}): ${r.device}`,
+        ? "no userfaultfd in /proc/misc: this kernel has no such device"
+        : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev not`,
     ],
-    fix: ({ f }) => [acl(f), UDEV, `usermod -aG kvm ${f.user}`],
-  },
-  {
-    cause: "missing-feature",
-    when: GATES.kernelLacksAFeature,
+    fix:
+      f.miscMinor === null
+        ? [`${boot(DEVICE, f)}   # the upgrade path`]
+        : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
+  }),
+  "libvirt-device-acl": ({ f }) => ({
+    summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
+    evidence: [`/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
+    fix: [
+      `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
+      `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
+    ],
+  }),
+  "devnode-permission": (s) => ({
+    summary: `${DEVICE}'s mode and owner do not let this user in`,
+    evidence: [
+      `${DEVICE}: ${s.f.devnode?.mode} ${s.f.devnode?.owner} ${s.f.devnode?.group}`,
+      `open as ${s.f.user}: ${s.a["device-node"]}`,
+    ],
+    fix: deviceAccess(s),
+  }),
+  "device-cgroup": ({ f, a }) => ({
+    summary: `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
+    evidence: [
+      `open as ${f.user}: ${a["device-node"]}`,
+      f.deviceCgroup
+        ? `${f.deviceCgroup.dir}/devices.list: no c 10:${f.miscMinor} rw`
+        : "cgroup v2: a BPF device program",
+    ],
+    fix: [
+      ...(f.deviceCgroup
+        ? [`echo 'c 10:${f.miscMinor} rw' > ${f.deviceCgroup.dir}/devices.allow   # this cgroup, now`]
+        : []),
+      CONTAINER,
+      `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
+    ],
+  }),
+  seccomp: (s) => ({
+    summary: "a seccomp filter denies userfaultfd(2)",
+    evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, said(s)],
+    fix: SECCOMP,
+  }),
+  "user-namespace": (s) => ({
+    summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+    evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, said(s)],
+    fix: [`${SYSCTL}   # on the host`, `${persistSysctl(s)}   # on the host`],
+  }),
+  "unprivileged-userfaultfd": (s) => ({
+    summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+    evidence: [
+      said(s),
+      `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"}${s.f.sysctlSource ? ` (${s.f.sysctlSource.file})` : ""}`,
+      `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
+      ...(filtered(s) && !GATES.seccompFilterDeniesSyscall(s)
+        ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]
+        : []),
+    ],
+    fix: [
+      SYSCTL,
+      persistSysctl(s),
+      ...(s.f.tools.includes("setcap") && ofQemu(ON.syscall(s)).length ? [setcap(s)] : []),
+    ],
+  }),
+  "qemu-before-8.0": (s) => ({
+    summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
+    evidence: [`${DEVICE}: ok`, said(s)],
+    fix: [`install QEMU 8.0 or later in place of ${s.qemu?.path}   # the upgrade path`],
+  }),
+  "missing-feature": ({ f, checks }) => ({
     summary: "the kernel lacks a feature or ioctl a capability needs",
-    evidence: ({ checks }) => checks.filter((c) => missingOf([c]).length).map((c) => `${c.id}: ${c.detail}`),
-    fix: ({ f, checks }) =>
-      [...new Set(missingOf(checks))].map(
-        (n) => `boot Linux ${SINCE[n] ?? "4.3"} or later for ${n} (this is ${f.kernel})`,
-      ),
-  },
-  {
-    cause: "hugepages-not-reserved",
-    when: GATES.noHugePagesReserved,
+    evidence: checks.filter((c) => missingOf([c]).length).map((c) => `${c.id}: ${c.detail}`),
+    fix: [...new Set(missingOf(checks))].map((n) => boot(n, f)),
+  }),
+  "hugepages-not-reserved": ({ f }) => ({
     summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
-    evidence: ({ f }) => [`vm.nr_hugepages = ${f.nrHugepages}`],
-    fix: () => [HUGEPAGES, "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf"],
-  },
-];
+    evidence: [`vm.nr_hugepages = ${f.nrHugepages}`],
+    fix: [
+      "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
+      "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
+    ],
+  }),
+};
+const setcap = ({ f, qemu }: Seen) =>
+  `setcap cap_sys_ptrace+ep ${qemu?.path ?? `"$(command -v qemu-system-${f.arch})"`}   # broad: also lets QEMU ptrace`;
 
-/** Why, and what to run: a pure function of the facts and the checks. */
-export function diagnose(facts: Facts, checks: Check[]): Diagnosis[] {
-  const seen = { f: facts, r: routesOf(checks), checks };
-  return CAUSES.filter((c) => c.when(seen)).map(({ cause, summary, evidence, fix }) => {
-    return { cause, summary, evidence: evidence(seen), fix: fix(seen) };
+/**
+ * Why, and what to run: every gate that holds and stands in the way of a capability that failed, in
+ * the order to fix them, each fix once. Nothing that blocks nothing is a cause, only a note (huge pages).
+ */
+export function diagnose(facts: Facts, checks: Check[], failing = [...CAPABILITIES], qemu: Qemu | null = null) {
+  const a = answersOf(checks);
+  if (!a) return [];
+  const s = seen(facts, a, checks, failing, qemu);
+  const given = new Set<string>();
+  return CAUSES.flatMap(([cause, when, on]): Diagnosis[] => {
+    const blocks = when(s) ? ON[on](s) : [];
+    if (!blocks.length && on !== "note") return [];
+    if (on === "note" && !when(s)) return [];
+    const { summary, evidence, fix } = TELL[cause](s);
+    return [{ cause, summary, blocks, evidence, fix: fix.filter((x) => !given.has(x) && given.add(x)) }];
   });
 }
 
 // ── Report: the whole probe as data, then one renderer ──
 
-export type Report = {
-  schema: string;
-  version: string;
-  postcopy: boolean;
-  host: Record<string, unknown>;
-  checks: Check[];
-  features: Record<string, boolean | string>;
-  capabilities: Record<Capability, boolean>;
-  diagnosis: Diagnosis[];
-  /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
-  required: { capabilities: Capability[]; ok: boolean };
-  roundTrip?: { ok: boolean; ns: number };
-  qemu?: import("./qemu.ts").QemuAnswer;
-  bench?: Bench | Bench[] | { error: string };
-};
-
 /** The kernel-mode write trip decides for QEMU: its result and time, when the check ran. */
-function roundTripSummary(checks: Check[]): Report["roundTrip"] {
+function roundTripSummary(checks: Check[]) {
   const trips = tripsOf(checks);
   const served = trips["kernel-write"];
   return served && { ok: Boolean(trips["user-read"]?.ok && served.ok), ns: served.ns };
 }
 
 /** --bench on base pages, and on huge pages when enough are free; an error names what stopped it. */
-function benchAll(p: Probe, progress?: Progress): Report["bench"] {
-  const route = servingRoute(p);
+async function benchAll(p: Probe, progress?: Progress): Promise<Bench | Bench[] | { error: string }> {
+  const route = p.route;
   if (!route) return { error: "no userfaultfd could be opened" };
-  const base = bench(p, route, p.opts.bench, p.facts.pageSize, ANON, progress);
+  const base = await bench(p, route, p.opts.bench, p.facts.pageSize, ANON, progress);
   if (typeof base === "string") return { error: base };
-  const { hugePageSize, freeHugepages } = p.facts;
-  if (!hugePageSize || !freeHugepages || freeHugepages < 2) return base;
-  const huge = bench(p, route, Math.min(p.opts.bench, freeHugepages), hugePageSize, ANON | K.MAP_HUGETLB, progress);
-  return typeof huge === "string" ? [base] : [base, huge];
+  const { hugePageSize: huge, freeHugepages: free } = p.facts;
+  if (!huge || !free || free < 2) return base;
+  const more = await bench(p, route, Math.min(p.opts.bench, free), huge, ANON | K.MAP_HUGETLB, progress);
+  return typeof more === "string" ? [base] : [base, more];
 }
 
-/** The whole probe, without printing: the report the renderers turn into text. */
-export function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress): Report {
-  const { checks, probe: p } = runChecks(sys, facts, opts);
-  const caps = capabilities(checks, p.features);
-  const qemu = opts.qemu === null ? undefined : loadQemu().checkQemu(sys, facts, routesOf(checks), caps, opts);
-  if (qemu) checks.push(qemu.check);
-  // What will happen decides the exit status: QEMU's answer, when it gave one.
-  const decisive = { ...caps, "postcopy-ram": qemu?.answer?.accepts ?? caps["postcopy-ram"] };
+/** The whole probe, without printing: the report the renderers turn into text (the postcopy-probe/1 document). */
+export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress) {
+  const { checks, probe: p } = await runChecks(sys, facts, opts);
+  const a = p.answers;
+  // Read only when a gate needs them: where the sysctl is set, how the kernel was built.
+  if (a?.syscall === "EPERM") facts.sysctlSource = sysctlSource(sys);
+  if (a?.syscall === "ENOSYS") facts.kernelConfig = kernelConfig(sys, facts.kernel);
+  const { ok: caps, undetermined } = capabilities(checks, p.features, facts, p.qemu);
+  const forQemu = (major: number) => {
+    const { ok, undetermined } = capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu);
+    return undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
+  };
+  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, caps["postcopy-ram"]));
+  const answer = p.qemu?.answer;
+  // What will happen decides: QEMU's own answer, when it gave one.
+  const decisive = { ...caps, "postcopy-ram": answer?.accepts ?? caps["postcopy-ram"] };
+  const unanswered = [
+    ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
+    ...opts.require.filter((c) => undetermined.includes(c)).map((c) => `${c}: ${OWN_LIMIT}`),
+  ];
   return {
     schema: SCHEMA,
     version: VERSION,
-    postcopy: caps["postcopy-ram"],
-    host: { ...facts },
+    /** The headline: QEMU's own answer when --qemu got one, else the probe's answer for the QEMU that will run. */
+    postcopy: decisive["postcopy-ram"],
+    /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
+    probe: {
+      postcopy: caps["postcopy-ram"],
+      qemu: p.qemu?.version ? `QEMU ${p.qemu.version}` : "QEMU",
+      route: extra<string>(checks, "qemu-route", "route") ?? null,
+      "qemu<8.0": forQemu(7),
+      "qemu>=8.0": forQemu(8),
+    },
+    host: { ...facts } as Record<string, unknown>,
     checks,
     features: decodeFeatures(p.features),
     capabilities: caps,
+    /** Capabilities a limit of the probe's own process kept it from judging. */
+    undetermined,
+    diagnosis: diagnose(
+      facts,
+      checks,
+      CAPABILITIES.filter((c) => !caps[c]),
+      p.qemu,
+    ),
+    /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
     required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
-    diagnosis: diagnose(facts, checks),
     roundTrip: roundTripSummary(checks),
-    ...(qemu?.answer ? { qemu: qemu.answer } : {}),
-    ...(opts.bench ? { bench: benchAll(p, progress) } : {}),
+    ...(answer ? { qemu: answer } : {}),
+    ...(opts.bench ? { bench: await benchAll(p, progress) } : {}),
+    /** Set when the probe could not answer what was asked: the exit status is then 2. */
+    ...(unanswered.length ? { error: `could not answer what was asked: ${unanswered.join("; ")}` } : {}),
   };
 }
-/** qemu.ts, loaded on first use only: a run without --qemu does not pay for it. */
-const loadQemu = () => require("./qemu.ts") as typeof import("./qemu.ts");
+export type Report = Awaited<ReturnType<typeof probe>>;
 
 const COLORS: Record<Status, number> = { pass: 32, warn: 33, fail: 31, skip: 90 };
 const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
 const WIDTH = 72;
+
+/** The verdict as a sentence: whose answer, for which QEMU, yes or no, for whom. */
+function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
+  const { host, probe: own, qemu } = report;
+  const word = (yes: boolean) => yesNo(yes, yes ? "SUPPORTED" : "NOT SUPPORTED");
+  const forWhom = `for ${host.user} (uid ${host.uid})`;
+  if (qemu) return [`Postcopy live migration (QEMU ${qemu.version}'s own answer): ${word(report.postcopy)} ${forWhom}`];
+  const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
+  if (before === null || after === null)
+    return [`Postcopy live migration (${own.qemu} postcopy-ram): ${word(report.postcopy)} ${forWhom}`];
+  if (before !== after && own.qemu === "QEMU") {
+    const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known)`;
+    return [`Postcopy live migration (QEMU postcopy-ram): ${both}, ${forWhom}`];
+  }
+  const line = `Postcopy live migration (${own.qemu} postcopy-ram): ${word(report.postcopy)} ${forWhom}`;
+  const other = Number(own.qemu.split(" ")[1]?.split(".")[0]) < 8 ? ["8.0 and later", after] : ["before 8.0", before];
+  return before === after ? [line] : [line, `  QEMU ${other[0]} would be ${word(other[1] as boolean)} here`];
+}
 
 /** The human report, in the style of virt-host-validate. */
 export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color">): string {
@@ -860,25 +1153,23 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
     const status = paint(opts.color, COLORS[c.status], c.status.toUpperCase());
     lines.push(`${`Checking for ${c.title}`.padEnd(WIDTH)}: ${status}${c.detail ? ` (${c.detail})` : ""}`);
   }
-  if (!opts.quiet) {
-    lines.push("", "Capabilities:");
-    for (const [name, yes] of Object.entries(report.capabilities))
-      lines.push(`  ${name.padEnd(22)}${yesNo(yes, yes ? "yes" : "no")}`);
-    for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
-    lines.push("", ["pass", "warn", "fail", "skip"].map((s) => count(s as Status)).join(", "));
+  if (!opts.quiet) lines.push("", "Capabilities:");
+  for (const [name, yes] of opts.quiet ? [] : Object.entries(report.capabilities)) {
+    const unknown = report.undetermined.includes(name as Capability);
+    lines.push(`  ${name.padEnd(22)}${unknown ? "unknown" : yesNo(yes, yes ? "yes" : "no")}`);
   }
+  for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
+  if (!opts.quiet) lines.push("", ["pass", "warn", "fail", "skip"].map((s) => count(s as Status)).join(", "));
   if (report.diagnosis.length) lines.push("", "Why / Fix:");
   for (const d of report.diagnosis) {
-    lines.push(
-      `  ${d.cause}: ${d.summary}`,
-      ...d.evidence.map((e) => `    because ${e}`),
-      ...d.fix.map((f) => `    $ ${f}`),
-    );
+    const blocks = d.blocks.length ? ` [blocks ${d.blocks.join(", ")}]` : " [a note: it blocks nothing]";
+    lines.push(`  ${d.cause}: ${d.summary}${blocks}`, ...d.evidence.map((e) => `    because ${e}`));
+    lines.push(...d.fix.map((f) => `    $ ${f}`));
   }
-  const verdict = yesNo(report.postcopy, report.postcopy ? "SUPPORTED" : "NOT SUPPORTED");
-  lines.push(`Postcopy live migration (QEMU postcopy-ram): ${verdict} for ${host.user} (uid ${host.uid})`);
+  lines.push(...verdict(report, yesNo));
   if (qemu?.agrees === false) {
-    lines.push(yesNo(false, `QEMU ${qemu.version} (${qemu.path}) DISAGREES and decides the exit status: ${qemu.why}`));
+    const own = `The probe's own answer: ${report.probe.postcopy ? "SUPPORTED" : "NOT SUPPORTED"}`;
+    lines.push(yesNo(false, `${own}; QEMU ${qemu.version} (${qemu.path}) disagrees and decides: ${qemu.why}`));
   }
   const { capabilities: wanted, ok } = report.required;
   if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${yesNo(ok, ok ? "YES" : "NO")}`);
@@ -889,7 +1180,7 @@ const us = (ns: number) => `${(ns / NS_PER_US).toFixed(1)} µs`;
 const benchLine = (b: Bench | { error: string }) => {
   if ("error" in b) return `Benchmark: could not run (${b.error})`;
   const rate = `${b.pagesPerSec} pages/s, ${((b.pagesPerSec * b.pageSize) / 2 ** 20).toFixed(0)} MiB/s`;
-  return `Benchmark (${b.faults} faults on ${b.pageSize} B pages): p50 ${us(b.p50Ns)}, p99 ${us(b.p99Ns)}, ${rate}`;
+  return `Benchmark (${b.faults} faults on ${b.pageSize} B pages, ${b.route}): p50 ${us(b.p50Ns)}, p99 ${us(b.p99Ns)}, ${rate}`;
 };
 
 /** The report as the postcopy-probe/1 JSON document. */
@@ -906,19 +1197,31 @@ const bool = (b: unknown) => (b === true ? 1 : 0);
 type Sample = [string, number];
 const byStatus = (c: Check) =>
   ["pass", "warn", "fail", "skip"].map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
+const known = (r: Report) => Object.entries(r.capabilities).filter(([c]) => !r.undetermined.includes(c as Capability));
+const bits = (r: Report) => Object.entries(r.features).filter(([n]) => n !== "unknown");
 /** The gauges: name, help, and the samples a report gives it (none: the gauge is left out). */
-const METRICS: Array<[string, string, (r: Report) => Sample[]]> = [
-  ["supported", "1 when QEMU can use postcopy-ram here, in the probed context.", (r) => [["", bool(r.postcopy)]]],
+const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample[]]> = [
+  ["up", "1 when the probe answered what was asked, 0 when it could not.", (r) => [["", r.error ? 0 : 1]]],
+  [
+    "supported",
+    "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer).",
+    (r) => (r.error ? [] : [["", bool(r.postcopy)]]),
+  ],
+  [
+    "probe_supported",
+    "1 when the probe's own checks say the QEMU that will run can.",
+    (r) => [["", bool(r.probe.postcopy)]],
+  ],
   [
     "capability",
     "1 when a userfaultfd consumer can work here.",
-    (r) => Object.entries(r.capabilities).map(([c, ok]) => [labels({ capability: c }), bool(ok)]),
+    (r) => known(r).map(([c, ok]) => [labels({ capability: c }), bool(ok)]),
   ],
   ["check", "1 on the status each check has, 0 on the others.", (r) => r.checks.flatMap(byStatus)],
   [
     "feature",
     "1 when the kernel offers the UFFD_FEATURE_* bit.",
-    (r) => Object.entries(r.features).flatMap(([n, on]) => (n === "unknown" ? [] : [[labels({ name: n }), bool(on)]])),
+    (r) => bits(r).map(([n, on]) => [labels({ name: n }), bool(on)]),
   ],
   [
     "round_trip_seconds",
@@ -927,7 +1230,7 @@ const METRICS: Array<[string, string, (r: Report) => Sample[]]> = [
   ],
   [
     "qemu_accepts",
-    "1 when the installed QEMU itself accepts postcopy-ram.",
+    "1 when the QEMU asked (--qemu) accepts postcopy-ram.",
     ({ qemu: q }) => (q ? [[labels({ version: q.version, path: q.path }), bool(q.accepts)]] : []),
   ],
   [
@@ -937,46 +1240,70 @@ const METRICS: Array<[string, string, (r: Report) => Sample[]]> = [
   ],
 ];
 
-/** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0. */
-export function renderPrometheus(report: Report): string {
-  const lines = METRICS.flatMap(([name, help, of]) => {
+/** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0 or postcopy_probe_up == 0. */
+export function renderPrometheus(report: Report, metrics = METRICS): string {
+  const gauge = ([name, help, of]: (typeof METRICS)[number]) => {
     const samples = of(report);
     const metric = `postcopy_probe_${name}`;
-    if (!samples.length) return [];
-    return [`# HELP ${metric} ${help}`, `# TYPE ${metric} gauge`, ...samples.map(([l, v]) => `${metric}${l} ${v}`)];
-  });
-  return `${lines.join("\n")}\n`;
+    return samples.length
+      ? [`# HELP ${metric} ${help}`, `# TYPE ${metric} gauge`, ...samples.map(([l, v]) => `${metric}${l} ${v}`)]
+      : [];
+  };
+  return `${metrics.flatMap(gauge).join("\n")}\n`;
 }
 
-const RENDERERS = { human: renderHuman, json: renderJson, prometheus: renderPrometheus };
+type Format = "human" | "json" | "prometheus";
+const RENDERERS: Record<Format, (report: Report, opts: Options) => string> = {
+  human: renderHuman,
+  json: renderJson,
+  prometheus: (report) => renderPrometheus(report),
+};
+
+/** The document of a run that could not answer: JSON and Prometheus readers still get one; a human gets stderr. */
+export function errorDocument(format: Format, error: string) {
+  const partial = { schema: SCHEMA, version: VERSION, error } as unknown as Report;
+  return format === "json"
+    ? renderJson(partial)
+    : format === "prometheus"
+      ? renderPrometheus(partial, METRICS.slice(0, 1))
+      : "";
+}
 
 // ── Command line: options as data, main() and the exit status ──
 
 const BENCH_FAULTS = 10000;
 /** At most 2 GiB of 4 KiB pages in one --bench. */
 const BENCH_MAX = 500000;
-/** How long QEMU gets to greet and answer before it is killed. */
-const QEMU_MS = 5000;
 
 /** A wrong command line: exit 2 with the message and the usage line. */
 export class UsageError extends Error {}
+/** An argument as a message shows it: quoted, control characters escaped, cut at 60 characters. */
+const quoted = (arg: string) => JSON.stringify(arg.length > 60 ? `${arg.slice(0, 60)}…` : arg);
 /** `value` if it is one of `valid`, else a UsageError naming the valid ones. */
 function oneOf<T extends string>(value: string, valid: readonly T[], what: string): T {
-  if (!valid.includes(value as T)) throw new UsageError(`Unknown ${what} "${value}": use ${valid.join(", ")}`);
+  if (!valid.includes(value as T)) throw new UsageError(`Unknown ${what} ${quoted(value)}: use ${valid.join(", ")}`);
   return value as T;
 }
-/** A whole number that `ok` accepts, else a UsageError saying what `what` must be. */
-function whole(value: string, ok: (n: number) => boolean, what: string, must: string) {
-  if (!/^[0-9]+$/.test(value) || !ok(Number(value))) throw new UsageError(`Invalid ${what} "${value}": ${must}`);
-  return Number(value);
+/** A whole number `ok` accepts, exact for any input (BigInt: no 32-bit wrap), else a UsageError saying what it must be. */
+function number(value: string, what: string, must: string, ok: (n: bigint) => boolean) {
+  const n = /^[0-9]{1,20}$/.test(value) ? BigInt(value) : -1n;
+  if (n < 0n || !ok(n)) throw new UsageError(`Invalid ${what} ${quoted(value)}: ${must}`);
+  return Number(n);
 }
 const pageSizeOf = (v: string) =>
-  whole(v, (n) => n > 0 && (n & (n - 1)) === 0, "target page size", "a power of two in bytes, such as 4096");
+  number(
+    v,
+    "target page size",
+    "a power of two in bytes, such as 4096",
+    (n) => n > 0n && n <= 1n << 30n && !(n & (n - 1n)),
+  );
 const faultsOf = (v: string) =>
-  v ? whole(v, (n) => n >= 2 && n <= BENCH_MAX, "fault count", `a whole number from 2 to ${BENCH_MAX}`) : BENCH_FAULTS;
+  v
+    ? number(v, "fault count", `a whole number from 2 to ${BENCH_MAX}`, (n) => n >= 2n && n <= BENCH_MAX)
+    : BENCH_FAULTS;
 
 const defaults = () => ({
-  format: "human" as keyof typeof RENDERERS,
+  format: "human" as Format,
   require: ["postcopy-ram"] as Capability[], // the capabilities the exit status stands for
   quiet: false,
   targetPageSize: 4096,
@@ -985,159 +1312,200 @@ const defaults = () => ({
   bench: 0, // faults to serve in --bench; 0 when not benchmarking
   user: null as string | null, // --user: answer for this user, from a child with its ids
   qemu: null as string | true | null, // --qemu [PATH]: ask that QEMU too (true: look for one)
-  qemuMs: QEMU_MS,
+  qemuMs: 5000, // how long QEMU gets to answer before it is killed
+  output: null as string | null, // --output FILE: the report goes there, whole or not at all
   help: false,
   version: false,
 });
 
+type Parsed = ReturnType<typeof defaults>;
 /** One option: its names, its value (in brackets when optional), the help, and what it sets. */
-type Option = {
-  names: string[];
-  value?: string;
-  help: string;
-  set: (o: ReturnType<typeof defaults>, v: string) => unknown;
-};
-const FORMATS = Object.keys(RENDERERS) as Array<keyof typeof RENDERERS>;
+type Option = [names: string, value: string, help: string, set: (o: Parsed, v: string) => unknown];
+const FORMATS: Format[] = ["human", "json", "prometheus"];
+const capabilityList = (v: string) => [...new Set(v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability")))];
 /** The command line, as data. */
 const OPTIONS: Option[] = [
-  {
-    names: ["--json"],
-    help: "print the postcopy-probe/1 JSON document, nothing else",
-    set: (o) => (o.format = "json"),
-  },
-  {
-    names: ["--format"],
-    value: "FORMAT",
-    help: "human (default), json, or prometheus (node_exporter textfile collector)",
-    set: (o, v) => (o.format = oneOf(v, FORMATS, "format")),
-  },
-  {
-    names: ["--require"],
-    value: "CAP[,CAP...]",
-    help: "exit status for these capabilities instead of postcopy-ram alone",
-    set: (o, v) => (o.require = v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability"))),
-  },
-  {
-    names: ["-q", "--quiet"],
-    help: "print only warnings, failures, why and the verdict",
-    set: (o) => (o.quiet = true),
-  },
-  {
-    names: ["--user"],
-    value: "NAME|UID",
-    help: "answer for that user (as root): QEMU's user, not root",
-    set: (o, v) => (o.user = v),
-  },
-  {
-    names: ["--qemu"],
-    value: "[PATH]",
-    help: "also ask the installed QEMU (or PATH) over QMP, in the same context",
-    set: (o, v) => (o.qemu = v || true),
-  },
-  {
-    names: ["--target-page-size"],
-    value: "N",
-    help: "the guest's target page size in bytes (default 4096)",
-    set: (o, v) => (o.targetPageSize = pageSizeOf(v)),
-  },
-  {
-    names: ["--bench"],
-    value: "[N]",
-    help: `also serve N faults (default ${BENCH_FAULTS}) as fast as possible: p50, p99, pages/s`,
-    set: (o, v) => (o.bench = faultsOf(v)),
-  },
-  { names: ["-h", "--help"], help: "this text", set: (o) => (o.help = true) },
-  { names: ["-V", "--version"], help: "the version", set: (o) => (o.version = true) },
+  ["--json", "", "print the postcopy-probe/1 JSON document, nothing else", (o) => (o.format = "json")],
+  ["--format", "FORMAT", "human (default), json, or prometheus", (o, v) => (o.format = oneOf(v, FORMATS, "format"))],
+  ["--output", "FILE", "write the report to FILE whole (a temporary file, renamed)", (o, v) => (o.output = v)],
+  ["--require", "CAP[,CAP...]", "exit status for these capabilities", (o, v) => (o.require = capabilityList(v))],
+  ["-q, --quiet", "", "print only warnings, failures, why and the verdict", (o) => (o.quiet = true)],
+  ["--user", "NAME|UID", "answer for that user (as root): QEMU's user", (o, v) => (o.user = v)],
+  ["--qemu", "[PATH]", "ask the installed QEMU (or PATH) over QMP too", (o, v) => (o.qemu = v || true)],
+  ["--target-page-size", "N", "the guest's page size (default 4096)", (o, v) => (o.targetPageSize = pageSizeOf(v))],
+  ["--bench", "[N]", `also serve N faults (default ${BENCH_FAULTS}) at full speed`, (o, v) => (o.bench = faultsOf(v))],
+  ["-h, --help", "", "this text", (o) => (o.help = true)],
+  ["-V, --version", "", "the version", (o) => (o.version = true)],
 ];
-const synopsis = (o: Option) => `[${o.names.at(-1)}${o.value ? ` ${o.value}` : ""}]`;
-const USAGE = `Usage: postcopy-probe ${OPTIONS.map(synopsis).join(" ")}`;
+const USAGE = `Usage: postcopy-probe ${OPTIONS.map(([n, v]) => `[${n.split(", ").at(-1)}${v ? ` ${v}` : ""}]`).join(" ")}`;
 const HELP = [
   USAGE,
   "",
   "Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.",
   "",
-  ...OPTIONS.map((o) => `  ${`${o.names.join(", ")} ${o.value ?? ""}`.padEnd(24)}${o.help}`),
+  ...OPTIONS.map(([names, value, help]) => `  ${`${names} ${value}`.padEnd(24)}${help}`),
   "",
-  "Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not run.",
+  "Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not answer what was asked.",
 ].join("\n");
 
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
-  const opts = { ...defaults(), color: tty && !env.NO_COLOR };
+  const opts = { ...defaults(), color: tty && !env.NO_COLOR && env.TERM !== "dumb" };
   for (let i = 0; i < argv.length; i++) {
     const split = argv[i].startsWith("--") && argv[i].includes("=");
     const [name, inline] = split ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
-    const option = OPTIONS.find((o) => o.names.includes(name));
-    if (!option) throw new UsageError(`Unknown option "${argv[i]}"`);
-    const optional = option.value?.startsWith("[");
+    const option = OPTIONS.find(([names]) => names.split(", ").includes(name));
+    if (!option) throw new UsageError(`Unknown option ${quoted(argv[i])}`);
+    const [, value, , set] = option;
+    if (!value && inline !== undefined) throw new UsageError(`Option "${name}" takes no value: ${quoted(argv[i])}`);
     // An optional value is the next argument only when that is not an option itself.
-    const takesNext = option.value && inline === undefined && !(optional && argv[i + 1]?.startsWith("-"));
-    const next = takesNext ? argv[++i] : undefined;
-    if (option.value && !optional && (inline ?? next) === undefined)
-      throw new UsageError(`Option "${name}" needs a value`);
-    option.set(opts, inline ?? next ?? "");
+    const optional = value.startsWith("[");
+    const next = value && inline === undefined && !(optional && argv[i + 1]?.startsWith("-")) ? argv[++i] : undefined;
+    if (value && !optional && (inline ?? next) === undefined) throw new UsageError(`Option "${name}" needs a value`);
+    set(opts, inline ?? next ?? "");
   }
   return opts;
 }
 
-/** Carries --user's ids from the parent probe to the child that drops to them: name:uid:gid:groups. */
-const AS_USER = "POSTCOPY_PROBE_AS_USER";
+/** The format asked for, read leniently: an error document must match it even when the command line is wrong. */
+function formatAsked(argv: string[]): Format {
+  const at = argv.findLastIndex((a) => a.startsWith("--json") || a.startsWith("--format"));
+  const value = argv[at]?.startsWith("--json")
+    ? "json"
+    : argv[at]?.includes("=")
+      ? argv[at].split("=")[1]
+      : argv[at + 1];
+  return FORMATS.includes(value as Format) ? (value as Format) : "human";
+}
 
-/** name:uid:gid:groups for --user NAME|UID, from /etc/passwd and /etc/group. */
+/** Tells the --user child which process started it: the parent's pid, which must be its getppid(). */
+const CHILD = "POSTCOPY_PROBE_PARENT";
+const MAX_ID = 4294967294; // (uid_t)-1 means "no change", not an id
+
+/** uid, gid and groups for --user NAME|UID, from /etc/passwd and /etc/group; a UsageError for anything unsound. */
 function userIds(sys: Sys, who: string) {
   if (process.getuid!() !== 0) throw new UsageError(`--user needs root: this is uid ${process.getuid!()}`);
+  if (!who) throw new UsageError(`Invalid user "": give a name or a uid`);
   const entry = rows(sys, "/etc/passwd").find((r) => r.length > 3 && (r[0] === who || r[2] === who));
-  if (!entry) throw new UsageError(`Unknown user "${who}": not in /etc/passwd`);
-  const [name, , uid, gid] = entry;
-  const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name));
-  return `${name}:${uid}:${gid}:${[gid, ...groups.map((g) => g[2])].join(",")}`;
+  if (!entry) throw new UsageError(`Unknown user ${quoted(who)}: not in /etc/passwd`);
+  const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) : null);
+  const [name, , uid, gid] = [entry[0], entry[1], id(entry[2]), id(entry[3])];
+  if (uid === null || gid === null) throw new UsageError(`User ${quoted(who)} has no sound uid and gid in /etc/passwd`);
+  const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name) && id(g[2]) !== null);
+  return { name, uid, gid, groups: [gid, ...groups.map((g) => id(g[2])!)] };
 }
 
-/** The whole probe again in a child that becomes the user first; its output and status are the answer. */
-function runAs(ids: string, argv: string[]) {
+/** The whole probe again in a child that becomes the user first; signals go on to it, and its status is the answer. */
+async function runAs(argv: string[]) {
   // A compiled binary is its own script; `bun probe.ts` needs the script named.
   const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
-  const env = { ...process.env, [AS_USER]: ids };
-  return Bun.spawnSync([...self, ...argv], { env, stdio: ["inherit", "inherit", "inherit"] }).exitCode ?? 2;
+  const env = { ...process.env, [CHILD]: String(process.pid) };
+  const child = Bun.spawn([...self, ...argv], { env, stdio: ["inherit", "inherit", "inherit"] });
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
+  await child.exited;
+  return child.exitCode ?? 2;
 }
 
-/** In the --user child: become the user before any fact is read. Throws when the kernel refuses. */
-function becomeUser(sys: Sys, ids: string) {
-  const [name, uid, gid, groups] = ids.split(":");
-  const r = sys.become(Number(uid), Number(gid), groups.split(",").map(Number));
+/** In the --user child: become the user before any fact is read, and die with the parent. */
+function becomeUser(sys: Sys, who: string) {
+  const { name, uid, gid, groups } = userIds(sys, who);
+  const r = sys.become(uid, gid, groups);
   if (r.ret < 0) throw new Error(`Cannot become ${name} (uid ${uid}): ${errnoName(r.errno)}`);
+  // Set after the ids change (which clears it), then checked: the parent may have gone in between.
+  sys.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL);
+  if (String(sys.getppid()) !== process.env[CHILD]) throw new Error("The parent probe is gone");
   return name;
 }
 
+/** Writes the whole document to stdout, or to `output` through a temporary file renamed over it; throws when it cannot. */
+function emit(sys: Sys | null, text: string, output: string | null) {
+  if (!text) return;
+  if (output) {
+    const fs = require("node:fs") as typeof import("node:fs");
+    const tmp = `${output}.${process.pid}.tmp`;
+    try {
+      fs.writeFileSync(tmp, text, { flag: "wx", mode: 0o644 });
+      fs.renameSync(tmp, output);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw new Error(`Cannot write ${quoted(output)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  } else if (!sys) {
+    console.log(text.trimEnd());
+  } else {
+    // Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout we inherited ever is.
+    const flags = field(sys.readText("/proc/self/fdinfo/1"), "flags");
+    if (flags && (Number.parseInt(flags, 8) & K.O_CLOEXEC) !== 0)
+      throw new Error("Cannot write the report: stdout is closed");
+    const bytes = new TextEncoder().encode(text);
+    for (let at = 0, tries = 0; at < bytes.length; ) {
+      const r = sys.write(1, bytes.subarray(at));
+      if (r.ret > 0) at += r.ret;
+      else if (["EINTR", "EAGAIN"].includes(errnoName(r.errno)) && tries++ < 1000) Bun.sleepSync(1);
+      else throw new Error(`Cannot write the report to stdout: ${errnoName(r.errno)}`);
+    }
+  }
+}
+
+/** A progress line on a terminal that goes away on every way out, signals included. */
+function progressLine(sys: Sys, total: number) {
+  const erase = () => sys.write(2, "\r\x1b[K");
+  for (const [signal, n] of [
+    ["SIGINT", 2],
+    ["SIGTERM", 15],
+    ["SIGHUP", 1],
+  ] as const) {
+    process.on(signal, () => {
+      erase();
+      process.exit(128 + n);
+    });
+  }
+  // The await lets the event loop run the signal handlers above during a long --bench.
+  const show = async (n: number) => {
+    sys.write(2, `\rbench: ${n}/${total} faults`);
+    await Bun.sleep(0);
+  };
+  return { show, erase };
+}
+
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status. */
-export function main(argv = process.argv.slice(2)) {
-  // console.* and not process.stdout: Bun takes ~20 ms to set up process.stdout.
-  let opts: ReturnType<typeof parseArgs>;
-  let sys: Sys;
+export async function main(argv = process.argv.slice(2)) {
+  const format = formatAsked(argv);
+  let [sys, output]: [Sys | null, string | null] = [null, null];
+  let line: ReturnType<typeof progressLine> | undefined;
   try {
-    opts = parseArgs(argv, process.env);
-    if (opts.help || opts.version) return void console.log(opts.help ? HELP : VERSION);
+    const opts = parseArgs(argv, process.env);
+    output = opts.output;
     if (process.platform !== "linux")
       throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = K.loadSys();
-    const as = process.env[AS_USER];
-    if (opts.user && !as) {
-      process.exitCode = runAs(userIds(sys, opts.user), argv);
+    if (opts.help || opts.version) return emit(sys, `${opts.help ? HELP : VERSION}\n`, null);
+    // The child is only the child when its parent really started it: a variable set by hand changes nothing.
+    const isChild = opts.user !== null && String(sys.getppid()) === process.env[CHILD];
+    if (opts.user !== null && !isChild) {
+      userIds(sys, opts.user);
+      process.exitCode = await runAs(argv);
       return;
     }
-    if (as) opts.user = becomeUser(sys, as);
+    if (opts.user !== null) opts.user = becomeUser(sys, opts.user);
+    opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
+    line = opts.bench && sys.isatty(2) ? progressLine(sys, opts.bench) : undefined;
+    const report = await probe(sys, readFacts(sys), opts, line?.show);
+    line?.erase();
+    line = undefined;
+    emit(sys, RENDERERS[opts.format](report, opts), output);
+    if (report.error) console.error(`postcopy-probe: ${report.error}`);
+    process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
+    line?.erase();
     console.error(`postcopy-probe: ${(e as Error).message}${e instanceof UsageError ? `\n${USAGE}` : ""}`);
+    try {
+      emit(sys, errorDocument(format, (e as Error).message), output);
+    } catch {
+      // the message above already says why
+    }
     process.exitCode = 2;
-    return;
   }
-  opts.color = !process.env.NO_COLOR && sys.isatty(1) === 1;
-  const tty = opts.bench && sys.isatty(2);
-  const progress = tty ? (n: number) => sys.write(2, `\rbench: ${n}/${opts.bench} faults`) : undefined;
-  const report = probe(sys, readFacts(sys), opts, progress);
-  if (progress) sys.write(2, "\r\x1b[K");
-  console.log(RENDERERS[opts.format](report, opts).trimEnd());
-  process.exitCode = report.required.ok ? 0 : 1;
 }
 
 if (import.meta.main) main();
