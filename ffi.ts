@@ -76,7 +76,7 @@ export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
   ).map(([name, i]) => [name, 1n << BigInt(i)]),
 );
 // include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h, poll.h (ppc's MAP_NORESERVE differs)
-export const [O_RDONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC] = [0, 2, 0x800, 0x80000];
+export const [O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC, O_PATH] = [0, 1, 2, 0x800, 0x80000, 0x200000];
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
 // include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h

@@ -22,7 +22,7 @@
  */
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Qemu } from "./qemu.ts";
+import type { Context, Qemu } from "./qemu.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
@@ -62,15 +62,15 @@ const capBit = (mask: string | null, bit: bigint) =>
 /** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
 
-/** Reads the facts the checks and the diagnosis need. */
-export function readFacts(sys: Sys) {
+/** Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it (--pid: through its root). */
+export function readFacts(sys: Sys, device = DEVICE) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
   const status = sys.readText("/proc/self/status");
   const capEff = field(status, "CapEff");
   const uid = process.getuid!();
   const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
-  const node = sys.stat(DEVICE);
+  const node = sys.stat(device);
   const minor = whole(sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1]);
   const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
   const version = sys.readText("/proc/version") ?? "";
@@ -79,6 +79,7 @@ export function readFacts(sys: Sys) {
   const owners = { owner: nameOf(passwd, node.uid), group: nameOf(groups, node.gid), uid: node.uid, gid: node.gid };
   return {
     kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
+    device,
     arch: K.arch!.name,
     pageSize: sys.pageSize(),
     hugePageSize: hugeKb === null ? null : hugeKb * 1024,
@@ -180,10 +181,10 @@ export type Probe = Learnt & { sys: Sys; facts: Facts; opts: Options };
 
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
 /** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
-function openRoute(sys: Sys, route: Route, node?: (r: R) => void): R {
+function openRoute({ sys, facts }: Probe, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
-  const dev = sys.open(DEVICE, K.O_RDWR | K.O_CLOEXEC);
+  const dev = sys.open(facts.device, K.O_RDWR | K.O_CLOEXEC);
   node?.(dev);
   if (dev.ret < 0) return dev;
   try {
@@ -218,11 +219,12 @@ type Head = Pick<Check, "id" | "title">;
 const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => {
   return { id: head.id, title: head.title, status, detail, ...more };
 };
-/** A failed call as a check result, `UFFDIO_REGISTER: EINVAL`; a limit of the probe's own is a check it could not run. */
-function failed(head: Head, call: string, r: R) {
-  const detail = `${call}: ${errnoName(r.errno)}`;
+/** A failed call, `UFFDIO_REGISTER: EINVAL`. */
+const said = (call: string, r: R) => `${call}: ${errnoName(r.errno)}`;
+/** A failed call as a check result; a limit of the probe's own is a check it could not run. */
+function failed(head: Head, detail: string) {
   if (limited(detail)) return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`, { limit: true });
-  return result(head, "fail", detail, { errno: errnoName(r.errno) });
+  return result(head, "fail", detail, { errno: detail.split(": ").at(-1) });
 }
 /** The failed check when the kernel lacks features of `wanted` (QEMU's "Missing userfault features"), or null. */
 function lacking(head: Head, offered: bigint, wanted: bigint) {
@@ -241,7 +243,7 @@ function checkPageSize(p: Probe, head: Head): Check {
 function checkOpen(p: Probe, head: Head): Check {
   const a: Answers = { "device-node": "", device: "", syscall: "", "user-mode-only": "" };
   for (const route of ROUTES) {
-    const r = openRoute(p.sys, route, (node) => (a["device-node"] = node.ret < 0 ? errnoName(node.errno) : "ok"));
+    const r = openRoute(p, route, (node) => (a["device-node"] = node.ret < 0 ? errnoName(node.errno) : "ok"));
     a[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
     if (r.ret >= 0) p.sys.close(r.ret);
   }
@@ -262,7 +264,8 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const a = p.answers!;
   const seenByQemu = qemuAnswers(a, p.facts, null);
   const split = CONSUMERS["qemu<8.0"].answer(seenByQemu) !== CONSUMERS["qemu>=8.0"].answer(seenByQemu);
-  if (split || p.opts.qemu !== null || a.syscall === "EPERM") p.qemu = loadQemu().identify(p.sys, p.facts, p.opts);
+  const wanted = split || p.opts.qemu !== null || a.syscall === "EPERM";
+  if (wanted && !p.qemu) p.qemu = loadQemu().identify(p.sys, p.facts, p.opts);
   const q = p.qemu;
   const consumer = qemuConsumer(q);
   const answer = CONSUMERS[consumer].answer(qemuAnswers(a, p.facts, q));
@@ -286,12 +289,12 @@ const loadQemu = () => require("./qemu.ts") as typeof import("./qemu.ts");
 function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"): BigUint64Array | Check {
   const absent = lacking(head, p.features ?? features, features);
   if (absent) return absent;
-  const fd = openRoute(p.sys, p.route!);
-  if (fd.ret < 0) return failed(head, "userfaultfd", fd);
+  const fd = openRoute(p, p.route!);
+  if (fd.ret < 0) return failed(head, said("userfaultfd", fd));
   try {
     const api = apiStruct(features);
     const r = p.sys.ioctl(fd.ret, K.UFFDIO_API, api);
-    return r.ret < 0 ? failed(head, call, r) : api;
+    return r.ret < 0 ? failed(head, said(call, r)) : api;
   } finally {
     p.sys.close(fd.ret);
   }
@@ -354,58 +357,75 @@ function needs(spec: Registration) {
   return { feature, ioctls: spec.kind === "hugetlb" ? ["WAKE", "COPY"] : ["WAKE", "COPY", "ZEROPAGE"] };
 }
 
+/** Memory to register: its kind and length, the mode, and the features the uffd asks for. */
+type Range = { kind: keyof typeof MEMORY; len: number; mode: bigint; features: bigint };
+
 /**
- * QEMU's postcopy_ram_supported_by_host(), generalised over the kind of memory: open, API, map,
- * register, unregister, check the ioctls the registration offers, clean up (its `goto out`).
+ * QEMU's postcopy_ram_supported_by_host() up to its registration, generalised over the kind of memory:
+ * a new uffd on `route`, UFFDIO_API, the memory mapped (a memfd behind shmem), UFFDIO_REGISTER; then
+ * `use`. Owns the uffd, the memfd and the mapping, released in its `finally` (the seed's `goto out`);
+ * `use` may close the uffd first with `release`, which frees a thread stuck in a fault nobody served.
+ * Returns use's answer, or the failed call as `UFFDIO_REGISTER: EINVAL`.
  */
-function register(p: Probe, spec: Registration): Check {
-  const { sys, facts } = p;
+async function registered<T>(p: Probe, route: Route, m: Range, use: Use<T>): Promise<T | string> {
+  const { sys } = p;
+  const fd = openRoute(p, route);
+  if (fd.ret < 0) return said("userfaultfd", fd);
+  let [memfd, area, open] = [-1, -1, true];
+  const release = () => {
+    if (open) sys.close(fd.ret);
+    open = false;
+  };
+  try {
+    let r = sys.ioctl(fd.ret, K.UFFDIO_API, apiStruct(m.features));
+    if (r.ret < 0) return said("UFFDIO_API", r);
+    if (m.kind === "shmem") {
+      r = sys.memfdCreate("postcopy-probe", K.MFD_CLOEXEC);
+      if (r.ret < 0) return said("memfd_create", r);
+      memfd = r.ret;
+      r = sys.ftruncate(memfd, m.len);
+      if (r.ret < 0) return said("ftruncate", r);
+    }
+    r = sys.mmap(0, m.len, K.PROT_READ | K.PROT_WRITE, MEMORY[m.kind], memfd);
+    if (r.ret === -1) return said("mmap", r);
+    area = r.ret;
+    const reg = new BigUint64Array([BigInt(area), BigInt(m.len), m.mode, 0n]);
+    r = sys.ioctl(fd.ret, K.UFFDIO_REGISTER, reg);
+    if (r.ret < 0) return said("UFFDIO_REGISTER", r); // QEMU: "UFFDIO_REGISTER failed"
+    return await use(fd.ret, area, reg, release);
+  } finally {
+    release();
+    if (area !== -1) sys.munmap(area, m.len);
+    if (memfd >= 0) sys.close(memfd);
+  }
+}
+type Use<T> = (fd: number, area: number, reg: BigUint64Array, release: () => void) => T | Promise<T>;
+
+/** One registration test: register, unregister, and the ioctls the range offers (QEMU's "Missing userfault map features"). */
+async function register(p: Probe, spec: Registration): Promise<Check> {
   const head = { id: spec.id, title: spec.title };
   const { feature, ioctls } = needs(spec);
   const absent = lacking(head, p.features!, feature);
   if (absent) return absent;
-  const len = spec.kind === "hugetlb" ? facts.hugePageSize : facts.pageSize;
+  const len = spec.kind === "hugetlb" ? p.facts.hugePageSize : p.facts.pageSize;
   if (!len) return result(head, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
-  const fd = openRoute(sys, p.route!);
-  if (fd.ret < 0) return failed(head, "userfaultfd", fd);
-  let memfd = -1;
-  let area = -1;
-  try {
-    let r = sys.ioctl(fd.ret, K.UFFDIO_API, apiStruct(feature));
-    if (r.ret < 0) return failed(head, "UFFDIO_API", r);
-    if (spec.kind === "shmem") {
-      r = sys.memfdCreate("postcopy-probe", K.MFD_CLOEXEC);
-      if (r.ret < 0) return failed(head, "memfd_create", r);
-      memfd = r.ret;
-      r = sys.ftruncate(memfd, len);
-      if (r.ret < 0) return failed(head, "ftruncate", r);
-    }
-    r = sys.mmap(0, len, K.PROT_READ | K.PROT_WRITE, MEMORY[spec.kind], memfd);
-    if (r.ret === -1) return failed(head, "mmap", r);
-    area = r.ret;
-    const reg = new BigUint64Array([BigInt(area), BigInt(len), spec.mode, 0n]);
-    r = sys.ioctl(fd.ret, K.UFFDIO_REGISTER, reg);
-    if (r.ret < 0) return failed(head, "UFFDIO_REGISTER", r); // QEMU: "UFFDIO_REGISTER failed"
-    r = sys.ioctl(fd.ret, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
-    if (r.ret < 0) return failed(head, "UFFDIO_UNREGISTER", r);
+  const checked = await registered(p, p.route!, { ...spec, len, features: feature }, (fd, _, reg) => {
+    const r = p.sys.ioctl(fd, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
+    if (r.ret < 0) return failed(head, said("UFFDIO_UNREGISTER", r));
     const missing = missingIoctls(reg[3], ioctls);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
     if (missing.length)
       return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
-    if (spec.kind === "hugetlb" && facts.nrHugepages === 0) {
-      return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
-    }
-    return result(head, "pass", detail);
-  } finally {
-    if (area !== -1) sys.munmap(area, len);
-    if (memfd >= 0) sys.close(memfd);
-    sys.close(fd.ret);
-  }
+    if (spec.kind !== "hugetlb" || p.facts.nrHugepages !== 0) return result(head, "pass", detail);
+    return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
+  });
+  return typeof checked === "string" ? failed(head, checked) : checked;
 }
 
 function checkRunAs(p: Probe, head: Head): Check {
   const { uid, user, qemuUser } = p.facts;
-  if (p.opts.user) return result(head, "pass", `probing as ${user} (uid ${uid}), as --user asked`);
+  if (p.opts.user)
+    return result(head, "pass", `probing as ${user} (uid ${uid}), as --${p.opts.pid ? "pid" : "user"} asked`);
   if (uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})`);
   const hint = `postcopy-probe --user ${qemuUser}`;
   return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
@@ -432,15 +452,16 @@ const CHECKS: Step[] = [
 ];
 
 /** Runs every check in order; a check whose prerequisite is missing is skipped, saying which. */
-export async function runChecks(sys: Sys, facts: Facts, opts: Options): Promise<{ checks: Check[]; probe: Probe }> {
-  const probe: Probe = { sys, facts, opts, answers: null, route: null, features: null, qemu: null };
+export async function runChecks(sys: Sys, facts: Facts, opts: Options, context?: Context) {
+  const probe: Probe = { sys, facts, opts, answers: null, route: null, features: null, qemu: context?.qemu ?? null };
   const checks: Check[] = [];
   const learnt = { answers: () => probe.answers, route: () => probe.route, features: () => probe.features };
   for (const [id, title, needs, run] of CHECKS) {
     const unmet = needs !== null && learnt[needs]() === null;
     checks.push(unmet ? result({ id, title }, "skip", UNMET[needs!]) : await run(probe, { id, title }));
   }
-  return { checks, probe };
+  // --pid: the running process's own context and its VM's configuration, read by qemu.ts.
+  return { checks: [...checks, ...(context?.checks ?? [])], probe };
 }
 
 /** Every kernel feature bit by name; bits the probe does not know go under `unknown` in hex. */
@@ -465,73 +486,63 @@ type Progress = (done: number) => Promise<void>;
  * the area (strlen reads in user mode, uname writes in kernel mode); `prepare` readies the area before
  * it starts, `serve` answers the fault in `msg`, `finish` judges the thread's return value and the area.
  */
-type Faulting<T> = { len: number; flags: number; mode: bigint; fn: string; count: number } & {
+type Faulting<T> = { kind: "anon" | "hugetlb"; len: number; mode: bigint; fn: string; count: number } & {
   prepare?: (fd: number, area: number) => string | null;
   serve: (fd: number, msg: BigUint64Array) => string | null;
   finish: (ret: number, area: number, served: Float64Array) => T | string;
 };
 
 /**
- * Registers fresh memory on a new uffd, starts a native thread on it and serves its faults, each
- * wait bounded by boundMs: poll a slice at a time, looking at the thread between slices, so a thread
- * that returns without faulting (EFAULT under user-mode-only) is seen at once. `pause`, when given,
- * runs every 1024 faults (the --bench progress line, and a turn of the event loop for signals).
- * Owns the uffd, the mapping and the thread; the cleanup closes the uffd first, which frees a thread
- * stuck in a fault nobody served, so the join after it is bounded too.
+ * Starts a native thread on freshly registered memory and serves its faults, each wait bounded by
+ * boundMs: poll a slice at a time, looking at the thread between slices, so a thread that returns
+ * without faulting (EFAULT under user-mode-only) is seen at once. `pause`, when given, runs every 1024
+ * faults (the --bench progress line, and a turn of the event loop for signals). Owns the thread: its
+ * cleanup closes the uffd before the join, which frees a thread stuck in a fault nobody served.
  */
-async function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress): Promise<T | string> {
+function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress): Promise<T | string> {
   const { sys } = p;
-  const fd = openRoute(sys, route);
-  if (fd.ret < 0) return `userfaultfd: ${errnoName(fd.errno)}`;
-  let area = -1;
-  let thread = -1;
-  try {
-    let r = sys.ioctl(fd.ret, K.UFFDIO_API, apiStruct(f.mode === WP ? K.UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n));
-    if (r.ret < 0) return `UFFDIO_API: ${errnoName(r.errno)}`;
-    r = sys.mmap(0, f.len, K.PROT_READ | K.PROT_WRITE, f.flags, -1);
-    if (r.ret === -1) return `mmap ${f.len} B: ${errnoName(r.errno)}`;
-    area = r.ret;
-    r = sys.ioctl(fd.ret, K.UFFDIO_REGISTER, new BigUint64Array([BigInt(area), BigInt(f.len), f.mode, 0n]));
-    if (r.ret < 0) return `UFFDIO_REGISTER: ${errnoName(r.errno)}`;
-    const unready = f.prepare?.(fd.ret, area);
+  const features = f.mode === WP ? K.UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n;
+  return registered(p, route, { ...f, features }, async (fd, area, _, release) => {
+    const unready = f.prepare?.(fd, area);
     if (unready) return unready;
     const t = sys.thread(f.fn, area);
-    if (t.ret === -1) return `pthread_create(${f.fn}): ${errnoName(t.errno)}`;
-    thread = t.ret;
-    const msg = new BigUint64Array(4);
-    const served = new Float64Array(f.count);
-    const after = (n: number) => (n ? ` after ${n} faults` : "");
-    let deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
-    for (let n = 0; n < f.count; ) {
-      // Read first: in --bench the next fault is usually already waiting, and a poll would cost a syscall.
-      r = sys.read(fd.ret, msg);
-      if (r.ret === msg.byteLength) {
-        if ((msg[0] & 0xffn) !== K.UFFD_EVENT_PAGEFAULT) continue;
-        const unserved = f.serve(fd.ret, msg);
-        if (unserved) return unserved;
-        served[n++] = Bun.nanoseconds();
-        deadline = served[n - 1] + p.opts.boundMs * 1e6;
-        if (pause && (n & 1023) === 0) await pause(n);
-        continue;
+    if (t.ret === -1) return said(`pthread_create(${f.fn})`, t);
+    let thread = t.ret;
+    try {
+      const msg = new BigUint64Array(4);
+      const served = new Float64Array(f.count);
+      const after = (n: number) => (n ? ` after ${n} faults` : "");
+      let deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
+      for (let n = 0; n < f.count; ) {
+        // Read first: in --bench the next fault is usually already waiting, and a poll would cost a syscall.
+        const r = sys.read(fd, msg);
+        if (r.ret === msg.byteLength) {
+          if ((msg[0] & 0xffn) !== K.UFFD_EVENT_PAGEFAULT) continue;
+          const unserved = f.serve(fd, msg);
+          if (unserved) return unserved;
+          served[n++] = Bun.nanoseconds();
+          deadline = served[n - 1] + p.opts.boundMs * 1e6;
+          if (pause && (n & 1023) === 0) await pause(n);
+          continue;
+        }
+        if (r.errno !== EAGAIN) return said("read", r);
+        if (sys.poll(fd, SLICE_MS).ret > 0) continue;
+        const done = sys.tryJoin(thread);
+        if (done.errno === 0) {
+          thread = -1; // reaped: the cleanup must not join it again
+          const efault = done.ret === -1 ? " (EFAULT: the fault was not delivered)" : "";
+          return `no fault event${after(n)}; ${f.fn} returned ${done.ret}${efault}`;
+        }
+        if (Bun.nanoseconds() > deadline) return `no fault event within ${p.opts.boundMs} ms${after(n)}`;
       }
-      if (r.errno !== EAGAIN) return `read: ${errnoName(r.errno)}`;
-      if (sys.poll(fd.ret, SLICE_MS).ret > 0) continue;
-      const done = sys.tryJoin(thread);
-      if (done.errno === 0) {
-        thread = -1; // reaped: the cleanup must not join it again
-        const efault = done.ret === -1 ? " (EFAULT: the fault was not delivered)" : "";
-        return `no fault event${after(n)}; ${f.fn} returned ${done.ret}${efault}`;
-      }
-      if (Bun.nanoseconds() > deadline) return `no fault event within ${p.opts.boundMs} ms${after(n)}`;
+      const done = sys.join(thread);
+      thread = -1;
+      return f.finish(done.ret, area, served);
+    } finally {
+      release();
+      if (thread !== -1) sys.join(thread);
     }
-    const done = sys.join(thread);
-    thread = -1;
-    return f.finish(done.ret, area, served);
-  } finally {
-    sys.close(fd.ret);
-    if (thread !== -1) sys.join(thread);
-    if (area !== -1) sys.munmap(area, f.len);
-  }
+  });
 }
 
 /** A round trip: a libc function on a native thread faults on a fresh page, the probe serves it. */
@@ -573,7 +584,7 @@ async function roundTrip(p: Probe, route: Route, t: Trip): Promise<TripResult> {
   src[PATTERN_NUL] = 0;
   let page = 0n;
   const served = await serveFaults(p, route, {
-    ...{ len, flags: ANON, mode: t.mode, fn: t.fn, count: 1 },
+    ...{ kind: "anon", len, mode: t.mode, fn: t.fn, count: 1 },
     prepare(fd, area) {
       page = BigInt(area);
       if (t.mode !== WP) return null;
@@ -621,7 +632,8 @@ async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
  * main thread serves every fault with UFFDIO_COPY as fast as it can. The hot loop allocates nothing
  * but the Sys's answers: the copy struct and the time table are made once.
  */
-export function bench(p: Probe, route: Route, faults: number, pageSize: number, flags: number, progress?: Progress) {
+export function bench(p: Probe, route: Route, faults: number, kind: "anon" | "hugetlb", progress?: Progress) {
+  const pageSize = kind === "anon" ? p.facts.pageSize : p.facts.hugePageSize!;
   const len = faults * pageSize;
   // The kernel copies from `fill` and `last` on every fault: `serve` holds them until the last one.
   const fill = new Uint8Array(pageSize).fill(0x50);
@@ -661,7 +673,7 @@ export function bench(p: Probe, route: Route, faults: number, pageSize: number, 
   return serveFaults(
     p,
     route,
-    { len, flags, mode: MISSING, fn: "strlen", count: faults, prepare, serve, finish },
+    { kind, len, mode: MISSING, fn: "strlen", count: faults, prepare, serve, finish },
     progress,
   );
 }
@@ -727,7 +739,13 @@ const consumerOf = (cap: Capability, q: Qemu | null) =>
   NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : NEEDS[cap].consumer;
 
 /** What each consumer can do here, and the capabilities a limit of the probe's own left undetermined. */
-export function capabilities(checks: Check[], features: bigint | null, f: Facts, qemu: Qemu | null = null) {
+export function capabilities(
+  checks: Check[],
+  features: bigint | null,
+  f: Facts,
+  qemu: Qemu | null = null,
+  vm?: Context,
+) {
   const a = answersOf(checks);
   const check = (id: string) => checks.find((c) => c.id === id);
   const trips = tripsOf(checks);
@@ -747,6 +765,10 @@ export function capabilities(checks: Check[], features: bigint | null, f: Facts,
     const limit = LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => check(id)?.limit);
     if (!ok[cap] && limit) undetermined.push(cap);
   }
+  // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
+  const vmRefuses = checks.some((c) => c.vm && c.status === "fail");
+  for (const cap of CAPABILITIES) if (NEEDS[cap].consumer === "qemu") ok[cap] &&= !vmRefuses;
+  ok["postcopy-ram"] &&= (vm?.needs ?? []).every((cap) => ok[cap]);
   return { ok, undetermined };
 }
 
@@ -798,6 +820,7 @@ export const GATES = {
       ? s.f.capSysPtrace === false
       : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace,
   qemuPredatesDevice: (s: Seen) => qemuConsumer(s.qemu) === "qemu<8.0" && refused(s.a.syscall) && s.a.device === "ok",
+  vmConfigRefuses: (s: Seen) => s.checks.some((c) => c.vm && c.status === "fail"),
   kernelLacksAFeature: (s: Seen) => missingOf(s.checks).length > 0,
   noHugePagesReserved: (s: Seen) => s.checks.some((c) => c.id === "register-hugetlb" && c.status === "warn"),
 };
@@ -870,11 +893,12 @@ const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
     "syscall",
   ],
   ["qemu-before-8.0", GATES.qemuPredatesDevice, "qemu"],
+  ["vm-config", GATES.vmConfigRefuses, "qemu"],
   ["missing-feature", GATES.kernelLacksAFeature, "features"],
   ["hugepages-not-reserved", GATES.noHugePagesReserved, "note"],
 ];
 
-const said = ({ a }: Seen) => {
+const answered = ({ a }: Seen) => {
   const umo = a["user-mode-only"];
   return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${umo === "EINVAL" ? " (the flag came in Linux 5.11)" : ""}`;
 };
@@ -921,7 +945,7 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
   }),
   gvisor: (s) => ({
     summary: "gVisor's kernel does not implement userfaultfd",
-    evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, said(s)],
+    evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, answered(s)],
     fix: [
       "docker run --runtime=runc ...   # not --runtime=runsc",
       "kubectl edit pod ...   # drop runtimeClassName: gvisor",
@@ -929,7 +953,7 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
   }),
   selinux: (s) => ({
     summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
-    evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, said(s)],
+    evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, answered(s)],
     fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
   }),
   "devnode-missing": ({ f }) => ({
@@ -978,18 +1002,18 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
   }),
   seccomp: (s) => ({
     summary: "a seccomp filter denies userfaultfd(2)",
-    evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, said(s)],
+    evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, answered(s)],
     fix: SECCOMP,
   }),
   "user-namespace": (s) => ({
     summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
-    evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, said(s)],
+    evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, answered(s)],
     fix: [`${SYSCTL}   # on the host`, `${persistSysctl(s)}   # on the host`],
   }),
   "unprivileged-userfaultfd": (s) => ({
     summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     evidence: [
-      said(s),
+      answered(s),
       `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"}${s.f.sysctlSource ? ` (${s.f.sysctlSource.file})` : ""}`,
       `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
       ...(filtered(s) && !GATES.seccompFilterDeniesSyscall(s)
@@ -1004,8 +1028,13 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
   }),
   "qemu-before-8.0": (s) => ({
     summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
-    evidence: [`${DEVICE}: ok`, said(s)],
+    evidence: [`${DEVICE}: ok`, answered(s)],
     fix: [`install QEMU 8.0 or later in place of ${s.qemu?.path}   # the upgrade path`],
+  }),
+  "vm-config": ({ checks }) => ({
+    summary: "this VM's own configuration refuses postcopy, whatever the host allows",
+    evidence: checks.filter((c) => c.vm && c.status === "fail").map((c) => `${c.id}: ${c.detail}`),
+    fix: checks.flatMap((c) => (c.vm && c.status === "fail" && c.hint ? [String(c.hint)] : [])),
   }),
   "missing-feature": ({ f, checks }) => ({
     summary: "the kernel lacks a feature or ioctl a capability needs",
@@ -1055,24 +1084,24 @@ function roundTripSummary(checks: Check[]) {
 async function benchAll(p: Probe, progress?: Progress): Promise<Bench | Bench[] | { error: string }> {
   const route = p.route;
   if (!route) return { error: "no userfaultfd could be opened" };
-  const base = await bench(p, route, p.opts.bench, p.facts.pageSize, ANON, progress);
+  const base = await bench(p, route, p.opts.bench, "anon", progress);
   if (typeof base === "string") return { error: base };
   const { hugePageSize: huge, freeHugepages: free } = p.facts;
   if (!huge || !free || free < 2) return base;
-  const more = await bench(p, route, Math.min(p.opts.bench, free), huge, ANON | K.MAP_HUGETLB, progress);
+  const more = await bench(p, route, Math.min(p.opts.bench, free), "hugetlb", progress);
   return typeof more === "string" ? [base] : [base, more];
 }
 
 /** The whole probe, without printing: the report the renderers turn into text (the postcopy-probe/1 document). */
-export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress) {
-  const { checks, probe: p } = await runChecks(sys, facts, opts);
+export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress, context?: Context) {
+  const { checks, probe: p } = await runChecks(sys, facts, opts, context);
   const a = p.answers;
   // Read only when a gate needs them: where the sysctl is set, how the kernel was built.
   if (a?.syscall === "EPERM") facts.sysctlSource = sysctlSource(sys);
   if (a?.syscall === "ENOSYS") facts.kernelConfig = kernelConfig(sys, facts.kernel);
-  const { ok: caps, undetermined } = capabilities(checks, p.features, facts, p.qemu);
+  const { ok: caps, undetermined } = capabilities(checks, p.features, facts, p.qemu, context);
   const forQemu = (major: number) => {
-    const { ok, undetermined } = capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu);
+    const { ok, undetermined } = capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu, context);
     return undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
   };
   if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, caps["postcopy-ram"]));
@@ -1112,6 +1141,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
     roundTrip: roundTripSummary(checks),
     ...(answer ? { qemu: answer } : {}),
+    ...(context?.process ? { context: { ...context.process, cmdline: undefined, user: context.name } } : {}),
     ...(opts.bench ? { bench: await benchAll(p, progress) } : {}),
     /** Set when the probe could not answer what was asked: the exit status is then 2. */
     ...(unanswered.length ? { error: `could not answer what was asked: ${unanswered.join("; ")}` } : {}),
@@ -1120,6 +1150,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
 export type Report = Awaited<ReturnType<typeof probe>>;
 
 const COLORS: Record<Status, number> = { pass: 32, warn: 33, fail: 31, skip: 90 };
+const STATUSES = Object.keys(COLORS) as Status[];
 const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
 const WIDTH = 72;
 
@@ -1159,7 +1190,7 @@ export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color
     lines.push(`  ${name.padEnd(22)}${unknown ? "unknown" : yesNo(yes, yes ? "yes" : "no")}`);
   }
   for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
-  if (!opts.quiet) lines.push("", ["pass", "warn", "fail", "skip"].map((s) => count(s as Status)).join(", "));
+  if (!opts.quiet) lines.push("", STATUSES.map(count).join(", "));
   if (report.diagnosis.length) lines.push("", "Why / Fix:");
   for (const d of report.diagnosis) {
     const blocks = d.blocks.length ? ` [blocks ${d.blocks.join(", ")}]` : " [a note: it blocks nothing]";
@@ -1189,55 +1220,39 @@ export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)
 /** Labels in the exposition format: backslash, quote and newline escaped. */
 const labels = (pairs: Record<string, unknown>) => {
   const quote = (v: unknown) => String(v).replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
-  return `{${Object.entries(pairs)
-    .map(([k, v]) => `${k}="${quote(v)}"`)
-    .join(",")}}`;
+  return `{${Object.entries(pairs).map(([k, v]) => `${k}="${quote(v)}"`)}}`;
 };
+type Sample = [labels: string, value: number];
 const bool = (b: unknown) => (b === true ? 1 : 0);
-type Sample = [string, number];
-const byStatus = (c: Check) =>
-  ["pass", "warn", "fail", "skip"].map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
+const one = (value: number): Sample[] => [["", value]];
+const up = (r: Report) => one(r.error ? 0 : 1);
+const supported = (r: Report) => (r.error ? [] : one(bool(r.postcopy)));
 const known = (r: Report) => Object.entries(r.capabilities).filter(([c]) => !r.undetermined.includes(c as Capability));
+const capability = (r: Report) => known(r).map(([c, ok]): Sample => [labels({ capability: c }), bool(ok)]);
+const byStatus = (c: Check) => STATUSES.map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
 const bits = (r: Report) => Object.entries(r.features).filter(([n]) => n !== "unknown");
+const feature = (r: Report) => bits(r).map(([n, on]): Sample => [labels({ name: n }), bool(on)]);
+const roundTripSeconds = (r: Report) => (r.roundTrip ? one(r.roundTrip.ns / 1e9) : []);
+const qemuAccepts = ({ qemu: q }: Report) =>
+  q ? [[labels({ version: q.version, path: q.path }), bool(q.accepts)] as Sample] : [];
+const info = ({ version, host: h }: Report): Sample[] => [
+  [labels({ version, kernel: h.kernel, user: h.user, uid: h.uid }), 1],
+];
 /** The gauges: name, help, and the samples a report gives it (none: the gauge is left out). */
 const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample[]]> = [
-  ["up", "1 when the probe answered what was asked, 0 when it could not.", (r) => [["", r.error ? 0 : 1]]],
-  [
-    "supported",
-    "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer).",
-    (r) => (r.error ? [] : [["", bool(r.postcopy)]]),
-  ],
+  ["up", "1 when the probe answered what was asked, 0 when it could not.", up],
+  ["supported", "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer).", supported],
   [
     "probe_supported",
     "1 when the probe's own checks say the QEMU that will run can.",
-    (r) => [["", bool(r.probe.postcopy)]],
+    (r) => one(bool(r.probe.postcopy)),
   ],
-  [
-    "capability",
-    "1 when a userfaultfd consumer can work here.",
-    (r) => known(r).map(([c, ok]) => [labels({ capability: c }), bool(ok)]),
-  ],
+  ["capability", "1 when a userfaultfd consumer can work here.", capability],
   ["check", "1 on the status each check has, 0 on the others.", (r) => r.checks.flatMap(byStatus)],
-  [
-    "feature",
-    "1 when the kernel offers the UFFD_FEATURE_* bit.",
-    (r) => bits(r).map(([n, on]) => [labels({ name: n }), bool(on)]),
-  ],
-  [
-    "round_trip_seconds",
-    "The kernel-mode write fault round trip, thread start to join.",
-    (r) => (r.roundTrip ? [["", r.roundTrip.ns / 1e9]] : []),
-  ],
-  [
-    "qemu_accepts",
-    "1 when the QEMU asked (--qemu) accepts postcopy-ram.",
-    ({ qemu: q }) => (q ? [[labels({ version: q.version, path: q.path }), bool(q.accepts)]] : []),
-  ],
-  [
-    "info",
-    "The probe's version and the context it answered for.",
-    ({ version, host: h }) => [[labels({ version, kernel: h.kernel, user: h.user, uid: h.uid }), 1]],
-  ],
+  ["feature", "1 when the kernel offers the UFFD_FEATURE_* bit.", feature],
+  ["round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", roundTripSeconds],
+  ["qemu_accepts", "1 when the QEMU asked (--qemu) accepts postcopy-ram.", qemuAccepts],
+  ["info", "The probe's version and the context it answered for.", info],
 ];
 
 /** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0 or postcopy_probe_up == 0. */
@@ -1297,6 +1312,7 @@ const pageSizeOf = (v: string) =>
     "a power of two in bytes, such as 4096",
     (n) => n > 0n && n <= 1n << 30n && !(n & (n - 1n)),
   );
+const pidOf = (v: string) => number(v, "pid", "a process id", (n) => n > 0n && n < 1n << 22n);
 const faultsOf = (v: string) =>
   v
     ? number(v, "fault count", `a whole number from 2 to ${BENCH_MAX}`, (n) => n >= 2n && n <= BENCH_MAX)
@@ -1311,6 +1327,7 @@ const defaults = () => ({
   boundMs: BOUND_MS,
   bench: 0, // faults to serve in --bench; 0 when not benchmarking
   user: null as string | null, // --user: answer for this user, from a child with its ids
+  pid: null as number | null, // --pid: answer for this running QEMU, from a child in its context
   qemu: null as string | true | null, // --qemu [PATH]: ask that QEMU too (true: look for one)
   qemuMs: 5000, // how long QEMU gets to answer before it is killed
   output: null as string | null, // --output FILE: the report goes there, whole or not at all
@@ -1331,6 +1348,7 @@ const OPTIONS: Option[] = [
   ["--require", "CAP[,CAP...]", "exit status for these capabilities", (o, v) => (o.require = capabilityList(v))],
   ["-q, --quiet", "", "print only warnings, failures, why and the verdict", (o) => (o.quiet = true)],
   ["--user", "NAME|UID", "answer for that user (as root): QEMU's user", (o, v) => (o.user = v)],
+  ["--pid", "PID", "answer for that running QEMU and its VM (as root)", (o, v) => (o.pid = pidOf(v))],
   ["--qemu", "[PATH]", "ask the installed QEMU (or PATH) over QMP too", (o, v) => (o.qemu = v || true)],
   ["--target-page-size", "N", "the guest's page size (default 4096)", (o, v) => (o.targetPageSize = pageSizeOf(v))],
   ["--bench", "[N]", `also serve N faults (default ${BENCH_FAULTS}) at full speed`, (o, v) => (o.bench = faultsOf(v))],
@@ -1376,45 +1394,6 @@ function formatAsked(argv: string[]): Format {
       ? argv[at].split("=")[1]
       : argv[at + 1];
   return FORMATS.includes(value as Format) ? (value as Format) : "human";
-}
-
-/** Tells the --user child which process started it: the parent's pid, which must be its getppid(). */
-const CHILD = "POSTCOPY_PROBE_PARENT";
-const MAX_ID = 4294967294; // (uid_t)-1 means "no change", not an id
-
-/** uid, gid and groups for --user NAME|UID, from /etc/passwd and /etc/group; a UsageError for anything unsound. */
-function userIds(sys: Sys, who: string) {
-  if (process.getuid!() !== 0) throw new UsageError(`--user needs root: this is uid ${process.getuid!()}`);
-  if (!who) throw new UsageError(`Invalid user "": give a name or a uid`);
-  const entry = rows(sys, "/etc/passwd").find((r) => r.length > 3 && (r[0] === who || r[2] === who));
-  if (!entry) throw new UsageError(`Unknown user ${quoted(who)}: not in /etc/passwd`);
-  const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) : null);
-  const [name, , uid, gid] = [entry[0], entry[1], id(entry[2]), id(entry[3])];
-  if (uid === null || gid === null) throw new UsageError(`User ${quoted(who)} has no sound uid and gid in /etc/passwd`);
-  const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name) && id(g[2]) !== null);
-  return { name, uid, gid, groups: [gid, ...groups.map((g) => id(g[2])!)] };
-}
-
-/** The whole probe again in a child that becomes the user first; signals go on to it, and its status is the answer. */
-async function runAs(argv: string[]) {
-  // A compiled binary is its own script; `bun probe.ts` needs the script named.
-  const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
-  const env = { ...process.env, [CHILD]: String(process.pid) };
-  const child = Bun.spawn([...self, ...argv], { env, stdio: ["inherit", "inherit", "inherit"] });
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
-  await child.exited;
-  return child.exitCode ?? 2;
-}
-
-/** In the --user child: become the user before any fact is read, and die with the parent. */
-function becomeUser(sys: Sys, who: string) {
-  const { name, uid, gid, groups } = userIds(sys, who);
-  const r = sys.become(uid, gid, groups);
-  if (r.ret < 0) throw new Error(`Cannot become ${name} (uid ${uid}): ${errnoName(r.errno)}`);
-  // Set after the ids change (which clears it), then checked: the parent may have gone in between.
-  sys.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL);
-  if (String(sys.getppid()) !== process.env[CHILD]) throw new Error("The parent probe is gone");
-  return name;
 }
 
 /** Writes the whole document to stdout, or to `output` through a temporary file renamed over it; throws when it cannot. */
@@ -1480,17 +1459,18 @@ export async function main(argv = process.argv.slice(2)) {
       throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = K.loadSys();
     if (opts.help || opts.version) return emit(sys, `${opts.help ? HELP : VERSION}\n`, null);
-    // The child is only the child when its parent really started it: a variable set by hand changes nothing.
-    const isChild = opts.user !== null && String(sys.getppid()) === process.env[CHILD];
-    if (opts.user !== null && !isChild) {
-      userIds(sys, opts.user);
-      process.exitCode = await runAs(argv);
+    // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (qemu.ts).
+    const elsewhere = opts.user !== null || opts.pid !== null ? loadQemu() : null;
+    if (elsewhere && !elsewhere.isChild(sys)) {
+      elsewhere.contextOf(sys, opts);
+      process.exitCode = await elsewhere.runInContext(argv);
       return;
     }
-    if (opts.user !== null) opts.user = becomeUser(sys, opts.user);
+    const context = elsewhere?.enterContext(sys, opts);
+    if (context) opts.user = context.name;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
     line = opts.bench && sys.isatty(2) ? progressLine(sys, opts.bench) : undefined;
-    const report = await probe(sys, readFacts(sys), opts, line?.show);
+    const report = await probe(sys, readFacts(sys, context?.device), opts, line?.show, context);
     line?.erase();
     line = undefined;
     emit(sys, RENDERERS[opts.format](report, opts), output);
@@ -1498,7 +1478,8 @@ export async function main(argv = process.argv.slice(2)) {
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
     line?.erase();
-    console.error(`postcopy-probe: ${(e as Error).message}${e instanceof UsageError ? `\n${USAGE}` : ""}`);
+    const usage = (e as Error).name === "UsageError" || e instanceof UsageError;
+    console.error(`postcopy-probe: ${(e as Error).message}${usage ? `\n${USAGE}` : ""}`);
     try {
       emit(sys, errorDocument(format, (e as Error).message), output);
     } catch {
