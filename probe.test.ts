@@ -77,6 +77,15 @@ const noLeak = (before: ReturnType<typeof count>, after: ReturnType<typeof count
   expect(after.threads).toBeLessThanOrEqual(before.threads);
 };
 
+/** A process's command line, or "" once it is gone. */
+const cmdlineOf = (pid: string) => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "latin1");
+  } catch {
+    return "";
+  }
+};
+const pids = () => readdirSync("/proc").filter((p) => /^\d+$/.test(p));
 /** A world-readable directory for this run: bun, the probe, fake QEMUs; uid 65534 can reach it. */
 const world = mkdtempSync(`${tmpdir()}/postcopy-probe-test-`);
 chmodSync(world, 0o755);
@@ -492,11 +501,7 @@ describe("round trips", () => {
       await Bun.sleep(50);
       const text = existsSync(out) ? readFileSync(out, "latin1") : "";
       if (!text.includes("bench: ")) continue;
-      child = Number(
-        readdirSync("/proc").find(
-          (p) => /^\d+$/.test(p) && readFileSync(`/proc/${p}/cmdline`, "latin1").includes("--bench\x00500000"),
-        ),
-      );
+      child = Number(pids().find((p) => cmdlineOf(p).includes("--bench\x00500000")));
     }
     process.kill(child, "SIGINT");
     await pty.exited;
@@ -1050,12 +1055,7 @@ describe("--qemu: the QEMU's own answer is the headline", () => {
     expect(Date.now() - start).toBeLessThan(4000);
     expect(answer).toMatchObject({ version: "7.2.0", accepts: false, message: "Postcopy is not supported" });
     Bun.sleepSync(100);
-    const left = readdirSync("/proc").filter(
-      (p) =>
-        /^\d+$/.test(p) &&
-        existsSync(`/proc/${p}/cmdline`) &&
-        readFileSync(`/proc/${p}/cmdline`, "latin1").includes(marker),
-    );
+    const left = pids().filter((p) => cmdlineOf(p).includes(marker));
     expect(left).toEqual([]);
   });
 
@@ -1200,6 +1200,285 @@ describe("the output contract and the exit status", () => {
       { capabilities: ["postcopy-ram", "criu-lazy-pages"], ok: true },
     ]);
   });
+});
+
+/** Where QEMUs of any user can make their QMP sockets. */
+const sockets = `${world}/sockets`;
+mkdirSync(sockets, { mode: 0o1777 });
+chmodSync(sockets, 0o1777);
+type Reply = { return?: { status?: string }; error?: { desc: string } };
+/** A tiny QMP client on a unix socket: each command's reply, or an error after 3 s. */
+async function qmp(path: string) {
+  for (let i = 0; i < 100 && !existsSync(path); i++) await Bun.sleep(50);
+  const { connect } = await import("node:net");
+  const socket = connect(path);
+  const waiting: Array<(reply: Reply) => void> = [];
+  let buffer = "";
+  socket.on("data", (data) => {
+    buffer += data.toString();
+    for (let at = buffer.indexOf("\n"); at >= 0; at = buffer.indexOf("\n")) {
+      const line = JSON.parse(buffer.slice(0, at));
+      buffer = buffer.slice(at + 1);
+      if ("return" in line || "error" in line) waiting.shift()?.(line);
+    }
+  });
+  await new Promise((ready) => socket.once("connect", ready));
+  const cmd = (execute: string, args?: object) =>
+    Promise.race([
+      new Promise<Reply>((reply) => {
+        waiting.push(reply);
+        socket.write(`${JSON.stringify({ execute, arguments: args })}\n`);
+      }),
+      Bun.sleep(3000).then((): Reply => ({ error: { desc: "no answer" } })),
+    ]);
+  await cmd("qmp_capabilities");
+  return { cmd, close: () => socket.destroy() };
+}
+const POSTCOPY = { capabilities: [{ capability: "postcopy-ram", state: true }] };
+const VM = ["-machine", "pc", "-m", "64", "-nodefaults", "-display", "none"];
+
+/** A real incoming QEMU started behind `prefix` (another user, a namespace, a cgroup), with its QMP socket. */
+async function withQemu<T>(
+  qemu: string,
+  prefix: string[],
+  args: string[],
+  use: (pid: number, ask: () => Promise<string>) => Promise<T>,
+) {
+  const socket = `${sockets}/qmp-${Math.random().toString(36).slice(2)}.sock`;
+  const child = Bun.spawn(
+    [...prefix, qemu, ...VM, "-S", ...args, "-incoming", "defer", "-qmp", `unix:${socket},server=on,wait=off`],
+    {
+      stdio: ["ignore", "ignore", "ignore"],
+    },
+  );
+  try {
+    const monitor = await qmp(socket);
+    // The QEMU itself: the newest process whose command line holds our socket (the prefix may be a shell).
+    const qemus = pids().filter((p) => cmdlineOf(p).includes(socket) && cmdlineOf(p).split("\0")[0].includes("qemu"));
+    const pid = Number(qemus.sort((a, b) => Number(b) - Number(a))[0]);
+    const ask = async () => {
+      const reply = await monitor.cmd("migrate-set-capabilities", POSTCOPY);
+      return reply.error ? `no: ${reply.error.desc}` : "yes";
+    };
+    try {
+      return await use(pid, ask);
+    } finally {
+      monitor.close();
+    }
+  } finally {
+    // The prefix may have started QEMU as a child of its own (the seccomp one does): QEMU goes by its pid too.
+    for (const p of pids()) if (cmdlineOf(p).includes(socket)) process.kill(Number(p), "SIGKILL");
+    child.kill("SIGKILL");
+    await child.exited;
+  }
+}
+
+/** A real postcopy migration between two local QEMUs over a unix socket: "completed", or how it ended. */
+async function migrate(qemu: string, args: (side: string) => string[]) {
+  const dir = mkdtempSync(`${world}/migration-`);
+  const start = (side: string, more: string[]) =>
+    Bun.spawn([qemu, ...VM, ...args(side), ...more, "-qmp", `unix:${dir}/${side}.sock,server=on,wait=off`], {
+      stdio: ["ignore", "ignore", "ignore"],
+    });
+  const [dst, src] = [start("dst", ["-incoming", "defer"]), start("src", [])];
+  try {
+    const [d, s] = [await qmp(`${dir}/dst.sock`), await qmp(`${dir}/src.sock`)];
+    const refused = (await d.cmd("migrate-set-capabilities", POSTCOPY)).error;
+    if (refused) return `refused: ${refused.desc}`;
+    await s.cmd("migrate-set-capabilities", POSTCOPY);
+    await s.cmd("migrate-set-parameters", { "max-bandwidth": 1 << 20 }); // slow precopy: postcopy takes over
+    await d.cmd("migrate-incoming", { uri: `unix:${dir}/migration.sock` });
+    await s.cmd("migrate", { uri: `unix:${dir}/migration.sock` });
+    await Bun.sleep(300);
+    await s.cmd("migrate-start-postcopy");
+    for (let i = 0; i < 150; i++) {
+      await Bun.sleep(100);
+      const status = (await s.cmd("query-migrate")).return?.status ?? "";
+      if (["completed", "failed", "postcopy-paused", "cancelled"].includes(status)) return status as string;
+    }
+    return "timeout";
+  } finally {
+    for (const q of [src, dst]) q.kill("SIGKILL");
+    await Promise.all([src.exited, dst.exited]);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe("--pid: this VM, in its QEMU's own context, judged as that QEMU judges it", () => {
+  const skip = !isRoot || !realQemu;
+  const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+  const byPid = (pid: number) => cli(["--json", "--pid", String(pid)]);
+
+  test.skipIf(skip)("as root: the probe and that QEMU both say yes", async () => {
+    await withQemu(realQemu!, [], [], async (pid, ask) => {
+      const { code, report } = byPid(pid);
+      expect([await ask(), code, report.postcopy]).toEqual(["yes", 0, true]);
+      expect(check(report, "context")).toMatchObject({ status: "pass" });
+      expect(check(report, "context").detail).toStartWith(`qemu-system-x86[${pid}] runs as root (uid 0), QEMU `);
+      expect([report.context?.pid, report.context?.user]).toEqual([pid, "root"]);
+    });
+  });
+
+  test.skipIf(skip || unprivileged !== "0")("as uid 65534: both say no, for the sysctl", async () => {
+    await withQemu(realQemu!, nobody, [], async (pid, ask) => {
+      const { code, report } = byPid(pid);
+      expect([(await ask()).startsWith("no: Postcopy is not supported"), code, report.postcopy]).toEqual([
+        true,
+        1,
+        false,
+      ]);
+      expect([report.host.user, causes(report)]).toEqual([
+        "nobody",
+        expect.arrayContaining(["unprivileged-userfaultfd"]),
+      ]);
+    });
+  });
+
+  test.skipIf(skip)(
+    "in a mount namespace whose /dev lacks userfaultfd: the device is missing for it, the syscall serves",
+    async () => {
+      const dev = `${world}/private-dev`;
+      mkdirSync(dev, { recursive: true });
+      const nodes = ["null c 1 3", "zero c 1 5", "urandom c 1 9"]
+        .map((n) => `mknod -m 666 ${dev}/${n.replace(" ", " ")}`)
+        .join(" && ");
+      const prefix = inNamespace(
+        `mount -t tmpfs none ${dev} && ${nodes} && mount --bind ${dev} /dev && exec "$@"`,
+      ).concat(["sh"]);
+      await withQemu(realQemu!, prefix, [], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        expect(check(report, "uffd-open").routes).toMatchObject({ "device-node": "ENOENT", syscall: "ok" });
+        expect(report.context?.ownMountNamespace).toBe(true);
+        expect([await ask(), code, report.postcopy]).toEqual(["yes", 0, true]);
+      });
+    },
+  );
+
+  test.skipIf(skip || !existsSync("/sys/fs/cgroup/devices") || facts.miscMinor === null)(
+    "in a devices cgroup that denies the minor: the probe joins it, and sees what QEMU sees",
+    async () => {
+      const cgroup = `/sys/fs/cgroup/devices/postcopy-probe-qemu-${process.pid}`;
+      mkdirSync(cgroup);
+      try {
+        writeFileSync(`${cgroup}/devices.deny`, `c 10:${facts.miscMinor} rwm`);
+        const prefix = ["/bin/sh", "-c", `echo $$ > ${cgroup}/cgroup.procs && exec "$@"`, "sh"];
+        await withQemu(realQemu!, prefix, [], async (pid, ask) => {
+          const { code, report } = byPid(pid);
+          expect(check(report, "uffd-open").routes).toMatchObject({ "device-node": "EPERM", syscall: "ok" });
+          expect(causes(report)).toContain("device-cgroup");
+          expect([await ask(), code, report.postcopy]).toEqual(["yes", 0, true]);
+        });
+        // The probe's child left with the process: only QEMU was ever in it, and it is gone.
+        expect(readFileSync(`${cgroup}/cgroup.procs`, "utf8")).toBe("");
+      } finally {
+        rmdirSync(cgroup);
+      }
+    },
+  );
+
+  test.skipIf(skip)(
+    "under a seccomp filter that is not QEMU's own: QEMU 7.2 says no, the probe will not say yes",
+    async () => {
+      const prefix = [`${world}/bun`, seccompScript("EPERM").replace("seccomp-EPERM.ts", "exec-under-seccomp.ts")];
+      writeFileSync(
+        prefix[1],
+        readFileSync(seccompScript("EPERM"), "utf8").replace(
+          "main(process.argv.slice(2));",
+          "Bun.spawnSync(process.argv.slice(2), { stdio: ['inherit', 'inherit', 'inherit'] });",
+        ),
+      );
+      await withQemu(realQemu!, prefix, [], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        expect((await ask()).startsWith("no:")).toBe(true);
+        expect(check(report, "context")).toMatchObject({ status: "warn", unknownFilter: true });
+        expect([code, report.error]).toEqual([
+          2,
+          "could not answer what was asked: --pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs",
+        ]);
+      });
+    },
+  );
+
+  test.skipIf(skip)(
+    "file-backed RAM on ext4: QEMU 7.2 accepts, the migration then fails, and the probe says no",
+    async () => {
+      const file = (side: string) => [
+        "-object",
+        `memory-backend-file,id=m0,size=64M,mem-path=${world}/ram-${side},share=on`,
+        "-machine",
+        "memory-backend=m0",
+      ];
+      await withQemu(realQemu!, [], file("probed"), async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        expect([await ask(), code, report.postcopy]).toEqual(["yes", 1, false]);
+        expect(check(report, "vm-memory").detail).toContain('"Host backend files need to be TMPFS or HUGETLBFS only"');
+        expect(causes(report)).toContain("vm-config");
+      });
+      expect(await migrate(realQemu!, file)).toBe("postcopy-paused");
+    },
+    30000,
+  );
+
+  test.skipIf(skip)(
+    "file-backed RAM on /dev/shm, in libvirt's JSON syntax: yes, and a migration completes",
+    async () => {
+      const shm = (side: string) => [
+        "-object",
+        JSON.stringify({
+          "qom-type": "memory-backend-file",
+          id: "m0",
+          size: 64 << 20,
+          "mem-path": `/dev/shm/postcopy-probe-${process.pid}-${side}`,
+          share: true,
+        }),
+        "-machine",
+        "memory-backend=m0",
+      ];
+      try {
+        await withQemu(realQemu!, [], shm("probed"), async (pid, ask) => {
+          const { code, report } = byPid(pid);
+          expect([await ask(), code, report.postcopy, check(report, "vm-memory").status]).toEqual([
+            "yes",
+            0,
+            true,
+            "pass",
+          ]);
+        });
+        expect(await migrate(realQemu!, shm)).toBe("completed");
+      } finally {
+        for (const side of ["probed", "src", "dst"])
+          rmSync(`/dev/shm/postcopy-probe-${process.pid}-${side}`, { force: true });
+      }
+    },
+    30000,
+  );
+
+  test.skipIf(skip)("virtio-balloon free-page-hint: QEMU accepts, the probe warns and says yes", async () => {
+    const args = ["-object", "iothread,id=io0", "-device", "virtio-balloon-pci,free-page-hint=on,iothread=io0"];
+    await withQemu(realQemu!, [], args, async (pid, ask) => {
+      const { code, report } = byPid(pid);
+      expect([await ask(), code, report.postcopy, check(report, "vm-devices").status]).toEqual([
+        "yes",
+        0,
+        true,
+        "warn",
+      ]);
+    });
+  });
+
+  test.skipIf(!isRoot)(
+    "a pid that is not QEMU is answered for its user, without QEMU's parts; a pid that is gone is exit 2",
+    () => {
+      const own = cli(["--json", "--pid", String(process.pid)]);
+      expect([own.report.context?.pid, check(own.report, "context").detail]).toEqual([
+        process.pid,
+        expect.stringContaining(`[${process.pid}] runs as root`),
+      ]);
+      expect(own.report.checks.map((c) => c.id)).not.toContain("vm-memory");
+      const gone = cli(["--json", "--pid", "4194000"]);
+      expect([gone.code, gone.report.error]).toEqual([2, "No process 4194000: /proc/4194000 is gone or unreadable"]);
+    },
+  );
 });
 
 describe("the package and the binary", () => {

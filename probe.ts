@@ -36,7 +36,7 @@ const { errnoName } = K;
 // ── Facts: read-only host context ──
 
 const DEVICE = "/dev/userfaultfd";
-const [CAP_DAC_OVERRIDE, CAP_SYS_PTRACE] = [1n, 19n];
+const CAP_SYS_PTRACE = 19n;
 const QEMU_USERS = ["qemu", "libvirt-qemu"];
 /** The tools a fix may use, when this host has them. */
 const TOOLS = ["setfacl", "udevadm", "setcap"];
@@ -90,7 +90,6 @@ export function readFacts(sys: Sys, device = DEVICE) {
     // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
     unprivilegedUserfaultfd: whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd")),
     capSysPtrace: capBit(capEff, CAP_SYS_PTRACE),
-    capDacOverride: capBit(capEff, CAP_DAC_OVERRIDE),
     noNewPrivs: whole(field(status, "NoNewPrivs")) === 1,
     seccomp: whole(field(status, "Seccomp")), // 0 none, 1 strict, 2 filter
     seccompFilters: whole(field(status, "Seccomp_filters")),
@@ -777,14 +776,8 @@ export function capabilities(
 export type Diagnosis = { cause: string; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
 /** What the diagnosis sees: the facts, what each route answered, the checks, what failed, and the deciding QEMU. */
 type Seen = { f: Facts; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
-const seen = (
-  f: Facts,
-  a: Answers,
-  checks: Check[] = [],
-  failing = [...CAPABILITIES],
-  qemu: Qemu | null = null,
-): Seen => {
-  return { f, a, checks, failing, qemu };
+const seen = (f: Facts, a: Answers, checks: Check[] = [], failing = [...CAPABILITIES], qemu: Qemu | null = null) => {
+  return { f, a, checks, failing, qemu } as Seen;
 };
 type Gate = (s: Seen) => boolean;
 
@@ -796,9 +789,10 @@ const userModeOnlyExists: Gate = ({ f }) => kernelAtLeast(f.kernel, "5.11");
 const missingOf = (checks: Check[]) => checks.flatMap((c) => (c.missing as string[] | undefined) ?? []);
 /** The gates between this context and a uffd, each judged on its own from the facts and the routes' answers. */
 export const GATES = {
+  // ENOSYS with no filter to explain it, no device that opened, and no sysctl (which exists with CONFIG_USERFAULTFD).
   kernelLacksUserfaultfd: (s: Seen) =>
     s.a.syscall === "ENOSYS" &&
-    !filtered(s) &&
+    !s.f.seccomp &&
     !s.f.gvisor &&
     s.a.device !== "ok" &&
     s.f.unprivilegedUserfaultfd === null,
@@ -868,13 +862,14 @@ const ON: Record<string, (s: Seen) => Capability[]> = {
   note: () => [],
 };
 /** The feature and ioctl names a capability's checks ask for. */
-const needed = (cap: Capability) => [
-  ...(NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`),
-  ...REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).flatMap((r) => [
-    ...missingFeatures(0n, needs(r).feature),
-    ...needs(r).ioctls.map((n) => `UFFDIO_${n}`),
-  ]),
-];
+const needed = (cap: Capability) => {
+  const registrations = REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).map(needs);
+  const features = (NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`);
+  return [
+    ...features,
+    ...registrations.flatMap((r) => [...missingFeatures(0n, r.feature), ...r.ioctls.map((n) => `UFFDIO_${n}`)]),
+  ];
+};
 
 /** The decision table: each cause, the gate that names it, and where it stands. In the order to act on them. */
 const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
@@ -1111,6 +1106,10 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
   const unanswered = [
     ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
     ...opts.require.filter((c) => undetermined.includes(c)).map((c) => `${c}: ${OWN_LIMIT}`),
+    // --pid: a filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
+    ...(checks.some((c) => c.unknownFilter) && extra(checks, "qemu-route", "route") === "syscall"
+      ? ["--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"]
+      : []),
   ];
   return {
     schema: SCHEMA,
@@ -1155,21 +1154,21 @@ const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m$
 const WIDTH = 72;
 
 /** The verdict as a sentence: whose answer, for which QEMU, yes or no, for whom. */
-function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
-  const { host, probe: own, qemu } = report;
-  const word = (yes: boolean) => yesNo(yes, yes ? "SUPPORTED" : "NOT SUPPORTED");
-  const forWhom = `for ${host.user} (uid ${host.uid})`;
-  if (qemu) return [`Postcopy live migration (QEMU ${qemu.version}'s own answer): ${word(report.postcopy)} ${forWhom}`];
-  const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
-  if (before === null || after === null)
-    return [`Postcopy live migration (${own.qemu} postcopy-ram): ${word(report.postcopy)} ${forWhom}`];
-  if (before !== after && own.qemu === "QEMU") {
-    const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known)`;
-    return [`Postcopy live migration (QEMU postcopy-ram): ${both}, ${forWhom}`];
-  }
-  const line = `Postcopy live migration (${own.qemu} postcopy-ram): ${word(report.postcopy)} ${forWhom}`;
-  const other = Number(own.qemu.split(" ")[1]?.split(".")[0]) < 8 ? ["8.0 and later", after] : ["before 8.0", before];
-  return before === after ? [line] : [line, `  QEMU ${other[0]} would be ${word(other[1] as boolean)} here`];
+function verdict({ host, probe: own, qemu, postcopy }: Report, yesNo: (yes: boolean, text: string) => string) {
+  const word = (yes: boolean | null) => yesNo(yes === true, yes ? "SUPPORTED" : "NOT SUPPORTED");
+  const [before, after, whose] = [
+    own["qemu<8.0"],
+    own["qemu>=8.0"],
+    qemu ? `QEMU ${qemu.version}'s own answer` : own.qemu,
+  ];
+  const unknown = own.qemu === "QEMU" && !qemu && before !== null && after !== null && before !== after;
+  const answer = unknown
+    ? `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`
+    : word(postcopy);
+  const line = `Postcopy live migration (${whose}${qemu ? "" : " postcopy-ram"}): ${answer} for ${host.user} (uid ${host.uid})`;
+  const [other, theirs] = /^QEMU [0-7]\./.test(own.qemu) ? ["8.0 and later", after] : ["before 8.0", before];
+  const differs = !qemu && !unknown && before !== null && after !== null && before !== after;
+  return differs ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
 }
 
 /** The human report, in the style of virt-host-validate. */

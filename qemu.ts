@@ -400,7 +400,7 @@ function contextCheck(f: ReturnType<typeof processFacts>, qemu: Qemu, name: stri
   if (sandbox && f.seccompFilters === 1)
     return { ...head, status: "pass", detail: `${what}; QEMU's own -sandbox filter does not deny userfaultfd` };
   const unknown = `${f.seccompFilters} seccomp filter(s) the probe cannot take on: if one denies userfaultfd(2), QEMU before 8.0 fails`;
-  return { ...head, status: "warn", detail: `${what}; ${unknown}` };
+  return { ...head, status: "warn", detail: `${what}; ${unknown}`, unknownFilter: true };
 }
 
 /** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */
