@@ -80,7 +80,11 @@ export const [O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC, O_PATH] = [0, 1
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
 // include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
-export const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP] = [1, 4, 38, 22];
+export const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP] = [
+  1, 4, 8, 38, 22,
+];
+// include/uapi/linux/capability.h
+export const [_LINUX_CAPABILITY_VERSION_3, CAP_SYS_PTRACE] = [0x20080522, 19];
 export const [SECCOMP_MODE_FILTER, SIGKILL] = [2, 9];
 export const [AT_FDCWD, STATX_BASIC_STATS] = [-100, 0x7ff];
 /** struct statx: stx_uid @20, stx_gid @24, stx_mode (u16) @28, 256 bytes in all. */
@@ -142,6 +146,7 @@ const SYMBOLS = {
   getxattr: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
   pipe2: { args: [T.ptr, T.i32], returns: T.i32 },
   getppid: { args: [], returns: T.i32 },
+  capset: { args: [T.ptr, T.ptr], returns: T.i32 },
   __errno_location: { args: [], returns: T.ptr },
 } as const;
 
@@ -221,13 +226,20 @@ export function loadSys() {
     join: (thread: number) => joined(c.pthread_join(thread, retval)),
     /** Joins a thread that has finished; errno EBUSY while it still runs. */
     tryJoin: (thread: number) => joined(c.pthread_tryjoin_np(thread, retval)),
-    /** Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. */
-    become(uid: number, gid: number, groups: number[]) {
+    /**
+     * Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. With
+     * `ptrace`, this thread keeps CAP_SYS_PTRACE alone, as a binary with that file capability would.
+     */
+    become(uid: number, gid: number, groups: number[], ptrace = false) {
       const set = r(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
       if (set.ret === -1) return set;
       const g = r(c.setresgid(gid, gid, gid));
-      const u = g.ret === -1 ? g : r(c.setresuid(uid, uid, uid));
-      return u.ret === -1 ? u : r(c.prctl(PR_SET_DUMPABLE, 1, null, 0, 0));
+      const keep = g.ret === -1 || !ptrace ? g : r(c.prctl(PR_SET_KEEPCAPS, 1, null, 0, 0));
+      const u = keep.ret === -1 ? keep : r(c.setresuid(uid, uid, uid));
+      // __user_cap_header_struct {version, pid} and two __user_cap_data_struct {effective, permitted, inheritable}.
+      const caps = new Uint32Array([1 << CAP_SYS_PTRACE, 1 << CAP_SYS_PTRACE, 0, 0, 0, 0]);
+      const kept = u.ret === -1 || !ptrace ? u : r(c.capset(new Uint32Array([_LINUX_CAPABILITY_VERSION_3, 0]), caps));
+      return kept.ret === -1 ? kept : r(c.prctl(PR_SET_DUMPABLE, 1, null, 0, 0));
     },
     pageSize: () => c.getpagesize(),
     /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */

@@ -782,7 +782,9 @@ const seen = (f: Facts, a: Answers, checks: Check[] = [], failing = [...CAPABILI
 type Gate = (s: Seen) => boolean;
 
 const refused = (answer: string) => answer !== "ok";
-const privileged: Gate = ({ f }) => f.capSysPtrace === true && f.userNamespace === false;
+/** The capability/sysctl gate is open: the kernel itself would not answer EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
+const permitted: Gate = ({ f }) =>
+  f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
 const filtered: Gate = ({ f }) => f.seccomp === 2 && !f.gvisor;
 /** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's (older kernels check the sysctl first). */
 const userModeOnlyExists: Gate = ({ f }) => kernelAtLeast(f.kernel, "5.11");
@@ -806,7 +808,7 @@ export const GATES = {
   seccompFilterDeniesSyscall: (s: Seen) =>
     filtered(s) &&
     (s.a.syscall === "ENOSYS" ||
-      (s.a.syscall === "EPERM" && (privileged(s) || (s.a["user-mode-only"] === "EPERM" && userModeOnlyExists(s))))),
+      (s.a.syscall === "EPERM" && (permitted(s) || (s.a["user-mode-only"] === "EPERM" && userModeOnlyExists(s))))),
   ptraceIgnoredInUserNamespace: (s: Seen) =>
     s.f.unprivilegedUserfaultfd === 0 && s.f.capSysPtrace === true && s.f.userNamespace === true,
   sysctlRefusesThisUser: (s: Seen) =>
@@ -906,6 +908,9 @@ const SECCOMP = [
 const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
 const CONTAINER = `docker run --device ${DEVICE} ...   # a container: or podman run --device`;
 
+/** Where the running value comes from at boot. */
+const sysctlFrom = ({ sysctlSource: from }: Facts) =>
+  from ? `${from.file} sets ${from.value}` : "no sysctl file sets it";
 /** The file that makes the sysctl stick: named to sort after the file that sets it now, so it wins. */
 function persistSysctl({ f }: Seen) {
   const from = f.sysctlSource?.file;
@@ -1009,7 +1014,7 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
     summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     evidence: [
       answered(s),
-      `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"}${s.f.sysctlSource ? ` (${s.f.sysctlSource.file})` : ""}`,
+      `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(s.f)})`,
       `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
       ...(filtered(s) && !GATES.seccompFilterDeniesSyscall(s)
         ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]

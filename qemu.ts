@@ -57,9 +57,9 @@ export const sanitize = (text: string) => {
 const latin1 = new TextDecoder("latin1");
 
 /** The QEMU that will run: --qemu's PATH, else qemu-system-ARCH on $PATH, else a distribution's place. */
-function find(sys: Sys, facts: Facts, given: string | true | null) {
+function find(sys: Sys, given: string | true | null) {
   if (typeof given === "string") return given;
-  const name = `qemu-system-${facts.arch}`;
+  const name = `qemu-system-${K.arch!.name}`;
   return Bun.which(name, { PATH: process.env.PATH ?? "" }) ?? QEMU_PLACES.find((q) => sys.stat(q).ret === 0) ?? null;
 }
 
@@ -109,7 +109,7 @@ function versionByRunning(path: string, timeoutMs: number) {
 
 /** The QEMU that will run, found and read: its path, version and file capability; with --qemu, its own answer. */
 export function identify(sys: Sys, facts: Facts, opts: Options): Qemu {
-  const path = find(sys, facts, opts.qemu);
+  const path = find(sys, opts.qemu);
   const looked = `qemu-system-${facts.arch} on $PATH, ${QEMU_PLACES.join(", ")}`;
   if (!path) return { path: null, version: null, ptrace: false, error: `no QEMU found: looked for ${looked}` };
   const ptrace = fileCapPtrace(sys, path);
@@ -293,7 +293,13 @@ export function enterContext(sys: Sys, opts: Options): Context {
     context.device = `/proc/self/fd/${root.ret}/dev/userfaultfd`;
     for (const dir of cgroupDirs(sys, pid)) joinCgroup(sys, dir);
   }
-  const r = sys.become(context.uid, context.gid, context.groups);
+  // QEMU's own CAP_SYS_PTRACE (its binary's file capability) comes along: the syscall's gate is then QEMU's.
+  const exe = pid === null ? find(sys, opts.qemu) : null;
+  const capEff = context.process?.capEff ?? "";
+  const ptrace = exe
+    ? fileCapPtrace(sys, exe)
+    : /^[0-9a-f]+$/i.test(capEff) && ((BigInt(`0x${capEff}`) >> 19n) & 1n) === 1n;
+  const r = sys.become(context.uid, context.gid, context.groups, ptrace);
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
   sys.prctl(K.PR_SET_PDEATHSIG, K.SIGKILL);
