@@ -323,6 +323,27 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
     expect([report.postcopy, report.features]).toEqual([false, {}]);
   });
 
+  test("QEMU's file capability opens a uffd where this run opens none (5.10): undetermined, so exit 2", async () => {
+    const old = { ...facts, kernel: "5.10.0", uid: 65534, user: "nobody", capSysPtrace: false, miscMinor: null };
+    const f = { ...old, unprivilegedUserfaultfd: 0, seccomp: 0, noNewPrivs: false, userNamespace: false };
+    const userfaultfd = (flags: number) => fail(flags & K.UFFD_USER_MODE_ONLY ? "EINVAL" : "EPERM");
+    const fake: Sys = { ...sys, userfaultfd, open: () => fail("ENOENT") };
+    const qemu = { path: "/usr/bin/qemu-system-x86_64", version: "7.2.0", major: 7, ptrace: true };
+    const report = await probe(fake, f, opts, undefined, { name: "nobody", uid: 65534, gid: 65534, groups: [], qemu });
+    expect(check(report, "qemu-route").detail).toBe(
+      "QEMU 7.2.0 (/usr/bin/qemu-system-x86_64) uses syscall: ok (by its cap_sys_ptrace file capability)",
+    );
+    expect(check(report, "uffd-api")).toMatchObject({ status: "skip" });
+    expect(report.undetermined as string[]).toEqual(QEMU_CAPS);
+    expect(renderHuman(report, { quiet: true, color: false }).split("\n").at(-2)).toBe(
+      "Postcopy live migration (QEMU 7.2.0 postcopy-ram): UNKNOWN for nobody (uid 65534)",
+    );
+    expect([report.postcopy, report.capabilities["criu-lazy-pages"]]).toEqual([false, false]);
+    expect(report.error).toBe(
+      "could not answer what was asked: postcopy-ram: QEMU opens its uffd by a file capability this run lacks; run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu",
+    );
+  });
+
   test("UFFDIO_API EINVAL fails uffd-api and skips what needs the features", async () => {
     const ioctl: Sys["ioctl"] = (fd, req, arg) => (req === K.UFFDIO_API ? fail("EINVAL") : sys.ioctl(fd, req, arg));
     const report = await probe({ ...sys, ioctl }, facts, opts);
@@ -596,6 +617,19 @@ describe("the QEMU that will run decides", () => {
       expect([code, report.postcopy, report.probe.postcopy]).toEqual([0, true, true]);
       expect(check(report, "qemu-route").detail).toEndWith("uses syscall: ok (by its cap_sys_ptrace file capability)");
       expect(report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd")?.blocks).toEqual(["criu-lazy-pages"]);
+      // This user's only uffd is user-mode-only: KVM's kernel-mode fault is QEMU's to serve, unproven by this run.
+      expect(check(report, "round-trip")).toMatchObject({ status: "warn", route: "user-mode-only" });
+      expect(check(report, "round-trip").detail).toEndWith(
+        "QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu",
+      );
+      // As root, --user keeps the binary's capability for the child: every check then runs on QEMU's own route.
+      const proven = cli(["--json", "--user", "nobody"], { path: pathWith(dir), env });
+      expect([proven.code, proven.report.postcopy, proven.report.host.user]).toEqual([0, true, "nobody"]);
+      expect(check(proven.report, "uffd-open").routes).toMatchObject({ syscall: "ok" });
+      expect([check(proven.report, "round-trip").status, check(proven.report, "round-trip").route]).toEqual([
+        "pass",
+        "syscall",
+      ]);
     },
   );
 

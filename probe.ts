@@ -176,7 +176,9 @@ const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 export type Answers = Record<Route | "device-node", string>;
 /** What the checks learn and share. */
 type Learnt = { answers: Answers | null; route: Route | null; features: bigint | null; qemu: Qemu | null };
-export type Probe = Learnt & { sys: Sys; facts: Facts; opts: Options };
+/** qemu-route's finding: QEMU opens a uffd only its cap_sys_ptrace file capability gives it. */
+type QemuRoute = { qemuByFileCap?: boolean };
+export type Probe = Learnt & QemuRoute & { sys: Sys; facts: Facts; opts: Options };
 
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
 /** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
@@ -269,7 +271,8 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const consumer = qemuConsumer(q);
   const answer = CONSUMERS[consumer].answer(qemuAnswers(a, p.facts, q));
   const route = CONSUMERS[consumer].routes(a).at(-1)!;
-  const via = answer === "ok" && a[route] !== "ok" ? " (by its cap_sys_ptrace file capability)" : "";
+  p.qemuByFileCap = answer === "ok" && a[route] !== "ok";
+  const via = p.qemuByFileCap ? " (by its cap_sys_ptrace file capability)" : "";
   const who = q?.version ? `QEMU ${q.version} (${q.path})` : "QEMU";
   if (split && !q?.version) {
     const both = "yes for QEMU 8.0 and later, no before 8.0";
@@ -619,6 +622,10 @@ async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
   const detail = all.map((t) => t.detail).join(", ");
   const limit = all.find((t) => limited(t.detail));
   if (limit) return result(head, "skip", `could not run: ${limit.detail} ${OWN_LIMIT}`, { trips, route, limit: true });
+  if (route === "user-mode-only" && p.qemuByFileCap) {
+    const why = `QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: ${AS_QEMU}`;
+    return result(head, "warn", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips, route });
+  }
   if (route === "user-mode-only") {
     const why = "QEMU cannot serve KVM's and vhost's kernel-mode faults with it";
     return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips, route });
@@ -762,7 +769,9 @@ export function capabilities(
     const passed = need.checks.every((id) => ["pass", "warn"].includes(check(id)?.status ?? ""));
     ok[cap] = opens && passed && served && (need.features ?? []).every(has);
     const limit = LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => check(id)?.limit);
-    if (!ok[cap] && limit) undetermined.push(cap);
+    // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
+    const untaken = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
+    if (!ok[cap] && (limit || untaken)) undetermined.push(cap);
   }
   // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
   const vmRefuses = checks.some((c) => c.vm && c.status === "fail");
@@ -1092,6 +1101,11 @@ async function benchAll(p: Probe, progress?: Progress): Promise<Bench | Bench[] 
   return typeof more === "string" ? [base] : [base, more];
 }
 
+/** Why a capability went unjudged: the probe's own limit, or a QEMU route this run cannot take. */
+const unjudged = (checks: Check[]) =>
+  checks.some((c) => c.limit) ? OWN_LIMIT : `QEMU opens its uffd by a file capability this run lacks; ${AS_QEMU}`;
+const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
+
 /** The whole probe, without printing: the report the renderers turn into text (the postcopy-probe/1 document). */
 export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress, context?: Context) {
   const { checks, probe: p } = await runChecks(sys, facts, opts, context);
@@ -1110,7 +1124,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
   const decisive = { ...caps, "postcopy-ram": answer?.accepts ?? caps["postcopy-ram"] };
   const unanswered = [
     ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
-    ...opts.require.filter((c) => undetermined.includes(c)).map((c) => `${c}: ${OWN_LIMIT}`),
+    ...opts.require.filter((c) => undetermined.includes(c)).map((c) => `${c}: ${unjudged(checks)}`),
     // --pid: a filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
     ...(checks.some((c) => c.unknownFilter) && extra(checks, "qemu-route", "route") === "syscall"
       ? ["--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"]
@@ -1159,7 +1173,8 @@ const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m$
 const WIDTH = 72;
 
 /** The verdict as a sentence: whose answer, for which QEMU, yes or no, for whom. */
-function verdict({ host, probe: own, qemu, postcopy }: Report, yesNo: (yes: boolean, text: string) => string) {
+function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
+  const { host, probe: own, qemu, postcopy } = report;
   const word = (yes: boolean | null) => yesNo(yes === true, yes ? "SUPPORTED" : "NOT SUPPORTED");
   const [before, after, whose] = [
     own["qemu<8.0"],
@@ -1167,9 +1182,12 @@ function verdict({ host, probe: own, qemu, postcopy }: Report, yesNo: (yes: bool
     qemu ? `QEMU ${qemu.version}'s own answer` : own.qemu,
   ];
   const unknown = own.qemu === "QEMU" && !qemu && before !== null && after !== null && before !== after;
+  const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
   const answer = unknown
     ? `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`
-    : word(postcopy);
+    : unjudged
+      ? "UNKNOWN"
+      : word(postcopy);
   const line = `Postcopy live migration (${whose}${qemu ? "" : " postcopy-ram"}): ${answer} for ${host.user} (uid ${host.uid})`;
   const [other, theirs] = /^QEMU [0-7]\./.test(own.qemu) ? ["8.0 and later", after] : ["before 8.0", before];
   const differs = !qemu && !unknown && before !== null && after !== null && before !== after;
