@@ -682,6 +682,54 @@ describe("diagnosis under real denials", () => {
     },
   );
 
+  test.skipIf(!isRoot || unprivileged !== "0")(
+    "the sysctl's boot source is the file that wins, and the persistent fix sorts after it",
+    () => {
+      // Our own sysctl directories and sysctl.conf in a private mount namespace: the host's stay as they are.
+      const boot = (files: Record<string, string>, conf = "") => {
+        const dir = `${world}/sysctl-${Object.keys(files).length}-${conf.length}`;
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(`${dir}/sysctl.conf`, conf);
+        const writes = Object.entries(files).map(([path, text]) =>
+          text === "/dev/null" ? `ln -s /dev/null ${path}` : `printf '%s\\n' '${text}' > ${path}`,
+        );
+        const mounts = ["/etc/sysctl.d", "/usr/lib/sysctl.d"].map((d) => `mount -t tmpfs none ${d}`);
+        const script = [...mounts, `mount --bind ${dir}/sysctl.conf /etc/sysctl.conf`, ...writes, 'exec "$@"'];
+        const { report } = cli(["--json"], {
+          nobody: true,
+          path: pathWith(QEMU7),
+          prefix: [...inNamespace(script.join(" && ")), "sh"],
+        });
+        const cause = report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd")!;
+        return [cause.evidence[1], cause.fix[1]];
+      };
+      const LIBVIRT = "/usr/lib/sysctl.d/60-qemu-postcopy-migration.conf";
+      expect(
+        boot({
+          [LIBVIRT]: "vm.unprivileged_userfaultfd = 1",
+          "/etc/sysctl.d/99-zz-hardening.conf": "vm.unprivileged_userfaultfd=0",
+        }),
+      ).toEqual([
+        "vm.unprivileged_userfaultfd = 0 (/etc/sysctl.d/99-zz-hardening.conf sets 0)",
+        "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-zz-hardening.conf-userfaultfd.conf",
+      ]);
+      // The same name in /etc masks libvirt's file: nothing sets it at boot.
+      expect(
+        boot({
+          [LIBVIRT]: "vm.unprivileged_userfaultfd = 1",
+          "/etc/sysctl.d/60-qemu-postcopy-migration.conf": "/dev/null",
+        }),
+      ).toEqual([
+        "vm.unprivileged_userfaultfd = 0 (no sysctl file sets it)",
+        "echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/99-userfaultfd.conf",
+      ]);
+      expect(boot({ [LIBVIRT]: "vm.unprivileged_userfaultfd = 1" }, "vm.unprivileged_userfaultfd = 0\n")).toEqual([
+        "vm.unprivileged_userfaultfd = 0 (/etc/sysctl.conf sets 0)",
+        "sed -i 's/^\\s*vm.unprivileged_userfaultfd\\s*=.*/vm.unprivileged_userfaultfd = 1/' /etc/sysctl.conf",
+      ]);
+    },
+  );
+
   test.skipIf(!isRoot || unprivileged !== "0")("--user nobody answers exactly as a process started as nobody", () => {
     const strip = (r: Report) =>
       JSON.stringify({
