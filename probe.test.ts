@@ -1596,6 +1596,21 @@ describe("the package and the binary", () => {
     expect(verdict(binary.stdout.toString())).toEqual(verdict(cli(["--json"]).stdout));
   });
 
+  const readelf = Bun.which("readelf");
+  test.skipIf(!readelf)(
+    "the musl binaries need exactly what the README says: musl and libstdc++.so.6 (needs readelf)",
+    () => {
+      const build = Bun.spawnSync(["bash", `${import.meta.dir}/.ci/build`, "linux-x64-musl"]);
+      expect([build.exitCode, build.stderr.toString()]).toEqual([0, ""]);
+      const dynamic = Bun.spawnSync([readelf!, "-d", `${import.meta.dir}/dist/postcopy-probe-linux-x64-musl`]);
+      const needed = [...dynamic.stdout.toString().matchAll(/\(NEEDED\)\s+Shared library: \[(.+)\]/g)].map((m) => m[1]);
+      expect(needed).toEqual(["libstdc++.so.6", "libc.musl-x86_64.so.1"]);
+      expect(readFileSync(`${import.meta.dir}/README.md`, "utf8")).toContain(
+        "`-linux-x64-musl` and `-linux-arm64-musl` are dynamically linked against musl and `libstdc++.so.6`\n(on Alpine: `apk add libstdc++`)",
+      );
+    },
+  );
+
   // Node 22.18+ runs .ts files; this Node may be older, then there is nothing to run.
   const node = Bun.which("node");
   const nodeRunsTs =
