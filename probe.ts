@@ -426,8 +426,9 @@ async function register(p: Probe, spec: Registration): Promise<Check> {
 
 function checkRunAs(p: Probe, head: Head): Check {
   const { uid, user, qemuUser } = p.facts;
+  const kept = uid !== 0 && p.facts.capSysPtrace ? ", keeping QEMU's CAP_SYS_PTRACE" : "";
   if (p.opts.user)
-    return result(head, "pass", `probing as ${user} (uid ${uid}), as --${p.opts.pid ? "pid" : "user"} asked`);
+    return result(head, "pass", `probing as ${user} (uid ${uid}), as --${p.opts.pid ? "pid" : "user"} asked${kept}`);
   if (uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})`);
   const hint = `postcopy-probe --user ${qemuUser}`;
   return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
@@ -771,7 +772,10 @@ export function capabilities(
     const limit = LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => check(id)?.limit);
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
     const untaken = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
-    if (!ok[cap] && (limit || untaken)) undetermined.push(cap);
+    // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
+    const borrowed = vm?.ptrace === true && need.consumer !== "qemu";
+    if (borrowed) ok[cap] = false;
+    if (!ok[cap] && (limit || untaken || borrowed)) undetermined.push(cap);
   }
   // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
   const vmRefuses = checks.some((c) => c.vm && c.status === "fail");
@@ -1483,6 +1487,8 @@ export async function main(argv = process.argv.slice(2)) {
     if (opts.help || opts.version) return emit(sys, `${opts.help ? HELP : VERSION}\n`, null);
     // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (qemu.ts).
     const elsewhere = opts.user !== null || opts.pid !== null ? loadQemu() : null;
+    // A child orphaned while it started must not start a child of its own: it ends here.
+    if (elsewhere?.isOrphan(sys)) throw new Error("The parent probe is gone");
     if (elsewhere && !elsewhere.isChild(sys)) {
       elsewhere.contextOf(sys, opts);
       process.exitCode = await elsewhere.runInContext(argv);

@@ -248,6 +248,8 @@ export type Context = {
   checks?: Check[];
   /** What the VM's memory needs of the host, beyond postcopy-ram. */
   needs?: Array<"postcopy-hugetlbfs" | "postcopy-shmem">;
+  /** CAP_SYS_PTRACE kept for QEMU's sake (its file capability, or the running process's): not CRIU's or Firecracker's. */
+  ptrace?: boolean;
 };
 
 /** The context asked for: --user NAME|UID from /etc/passwd and /etc/group, --pid PID from /proc; usage errors otherwise. */
@@ -267,6 +269,13 @@ export function contextOf(sys: Sys, opts: Options): Context {
 
 /** Whether this process is the child a parent probe started (a variable set by hand changes nothing). */
 export const isChild = (sys: Sys) => String(sys.getppid()) === process.env[CHILD];
+/** A child whose parent went before the child could tell: the variable names a process that is gone or dead. */
+export function isOrphan(sys: Sys) {
+  const parent = process.env[CHILD] ?? "";
+  if (!/^\d+$/.test(parent) || isChild(sys)) return false;
+  const stat = sys.readText(`/proc/${parent}/stat`);
+  return stat === null || /^\d+ \(.*\) [ZX] /s.test(stat);
+}
 
 /** The whole probe again in a child that takes on the context first; signals go on to it, and its status is the answer. */
 export async function runInContext(argv: string[]) {
@@ -299,6 +308,7 @@ export function enterContext(sys: Sys, opts: Options): Context {
   const ptrace = exe
     ? fileCapPtrace(sys, exe)
     : /^[0-9a-f]+$/i.test(capEff) && ((BigInt(`0x${capEff}`) >> 19n) & 1n) === 1n;
+  context.ptrace = ptrace && context.uid !== 0;
   const r = sys.become(context.uid, context.gid, context.groups, ptrace);
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
