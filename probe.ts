@@ -62,7 +62,10 @@ const capBit = (mask: string | null, bit: bigint) =>
 /** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
 
-/** Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it (--pid: through its root). */
+/**
+ * Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it
+ * (--pid: through its root).
+ */
 export function readFacts(sys: Sys, device = DEVICE) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
@@ -169,7 +172,7 @@ function kernelConfig(sys: Sys, release: string) {
 
 // ── Checks: QEMU's sequence, one row per check ──
 
-/** The three ways to a uffd: /dev/userfaultfd's USERFAULTFD_IOC_NEW, userfaultfd(2), and the syscall in user mode only. */
+/** The three ways to a uffd: /dev/userfaultfd's USERFAULTFD_IOC_NEW, userfaultfd(2), and user-mode-only. */
 type Route = "device" | "syscall" | "user-mode-only";
 const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 /** What each way answered, "ok" or an errno name; "device-node" is the open() of the node alone. */
@@ -403,7 +406,7 @@ async function registered<T>(p: Probe, route: Route, m: Range, use: Use<T>): Pro
 }
 type Use<T> = (fd: number, area: number, reg: BigUint64Array, release: () => void) => T | Promise<T>;
 
-/** One registration test: register, unregister, and the ioctls the range offers (QEMU's "Missing userfault map features"). */
+/** One registration: register, unregister, and the ioctls the range offers ("Missing userfault map features"). */
 async function register(p: Probe, spec: Registration): Promise<Check> {
   const head = { id: spec.id, title: spec.title };
   const { feature, ioctls } = needs(spec);
@@ -765,7 +768,8 @@ export function capabilities(
     const consumer = consumerOf(cap, qemu);
     const answer = a && CONSUMERS[consumer].answer(need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
     const opens = answer === "ok";
-    // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability) when ours is not.
+    // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
+    // when ours is not.
     const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
     const passed = need.checks.every((id) => ["pass", "warn"].includes(check(id)?.status ?? ""));
     ok[cap] = opens && passed && served && (need.features ?? []).every(has);
@@ -795,11 +799,14 @@ const seen = (f: Facts, a: Answers, checks: Check[] = [], failing = [...CAPABILI
 type Gate = (s: Seen) => boolean;
 
 const refused = (answer: string) => answer !== "ok";
-/** The capability/sysctl gate is open: the kernel itself would not answer EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
+/** The capability/sysctl gate is open: the kernel would not say EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
 const permitted: Gate = ({ f }) =>
   f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
 const filtered: Gate = ({ f }) => f.seccomp === 2 && !f.gvisor;
-/** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's (older kernels check the sysctl first). */
+/**
+ * UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's (older
+ * kernels check the sysctl first).
+ */
 const userModeOnlyExists: Gate = ({ f }) => kernelAtLeast(f.kernel, "5.11");
 const missingOf = (checks: Check[]) => checks.flatMap((c) => (c.missing as string[] | undefined) ?? []);
 /** The gates between this context and a uffd, each judged on its own from the facts and the routes' answers. */
@@ -848,7 +855,7 @@ const SINCE: Record<string, string | Record<string, string>> = {
   UFFD_USER_MODE_ONLY: "5.11",
   [DEVICE]: "6.1",
 };
-/** How to get `name`: the first Linux release with it on this architecture (4.11 for the events and shmem/hugetlbfs). */
+/** How to get `name`: the first Linux with it on this architecture (4.11 for the events and shmem/hugetlbfs). */
 function boot(name: string, f: Facts) {
   const v = SINCE[name] ?? "4.11";
   const at = typeof v === "string" ? v : v[f.arch];
@@ -910,7 +917,8 @@ const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
 
 const answered = ({ a }: Seen) => {
   const umo = a["user-mode-only"];
-  return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${umo === "EINVAL" ? " (the flag came in Linux 5.11)" : ""}`;
+  const old = umo === "EINVAL" ? " (the flag came in Linux 5.11)" : "";
+  return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${old}`;
 };
 const SYSCTL = "sysctl -w vm.unprivileged_userfaultfd=1";
 const SECCOMP = [
@@ -930,7 +938,8 @@ function persistSysctl({ f }: Seen) {
   if (from === "/etc/sysctl.conf")
     return "sed -i 's/^\\s*vm.unprivileged_userfaultfd\\s*=.*/vm.unprivileged_userfaultfd = 1/' /etc/sysctl.conf";
   const last = from?.split("/").at(-1) ?? "";
-  return `echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/${"99-userfaultfd.conf" > last ? "99-userfaultfd.conf" : `${last}-userfaultfd.conf`}`;
+  const name = "99-userfaultfd.conf" > last ? "99-userfaultfd.conf" : `${last}-userfaultfd.conf`;
+  return `echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/${name}`;
 }
 /** Lets QEMU's user into the device, least privilege first, with the commands this host has. */
 function deviceAccess({ f }: Seen) {
@@ -1192,7 +1201,8 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
     : unjudged
       ? "UNKNOWN"
       : word(postcopy);
-  const line = `Postcopy live migration (${whose}${qemu ? "" : " postcopy-ram"}): ${answer} for ${host.user} (uid ${host.uid})`;
+  const what = `${whose}${qemu ? "" : " postcopy-ram"}`;
+  const line = `Postcopy live migration (${what}): ${answer} for ${host.user} (uid ${host.uid})`;
   const [other, theirs] = /^QEMU [0-7]\./.test(own.qemu) ? ["8.0 and later", after] : ["before 8.0", before];
   const differs = !qemu && !unknown && before !== null && after !== null && before !== after;
   return differs ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
@@ -1237,7 +1247,8 @@ const us = (ns: number) => `${(ns / NS_PER_US).toFixed(1)} µs`;
 const benchLine = (b: Bench | { error: string }) => {
   if ("error" in b) return `Benchmark: could not run (${b.error})`;
   const rate = `${b.pagesPerSec} pages/s, ${((b.pagesPerSec * b.pageSize) / 2 ** 20).toFixed(0)} MiB/s`;
-  return `Benchmark (${b.faults} faults on ${b.pageSize} B pages, ${b.route}): p50 ${us(b.p50Ns)}, p99 ${us(b.p99Ns)}, ${rate}`;
+  const on = `${b.faults} faults on ${b.pageSize} B pages, ${b.route}`;
+  return `Benchmark (${on}): p50 ${us(b.p50Ns)}, p99 ${us(b.p99Ns)}, ${rate}`;
 };
 
 /** The report as the postcopy-probe/1 JSON document. */
@@ -1325,7 +1336,7 @@ function oneOf<T extends string>(value: string, valid: readonly T[], what: strin
   if (!valid.includes(value as T)) throw new UsageError(`Unknown ${what} ${quoted(value)}: use ${valid.join(", ")}`);
   return value as T;
 }
-/** A whole number `ok` accepts, exact for any input (BigInt: no 32-bit wrap), else a UsageError saying what it must be. */
+/** A whole number `ok` accepts, exact for any input (BigInt: no 32-bit wrap), else a UsageError saying why. */
 function number(value: string, what: string, must: string, ok: (n: bigint) => boolean) {
   const n = /^[0-9]{1,20}$/.test(value) ? BigInt(value) : -1n;
   if (n < 0n || !ok(n)) throw new UsageError(`Invalid ${what} ${quoted(value)}: ${must}`);
@@ -1381,7 +1392,9 @@ const OPTIONS: Option[] = [
   ["-h, --help", "", "this text", (o) => (o.help = true)],
   ["-V, --version", "", "the version", (o) => (o.version = true)],
 ];
-const USAGE = `Usage: postcopy-probe ${OPTIONS.map(([n, v]) => `[${n.split(", ").at(-1)}${v ? ` ${v}` : ""}]`).join(" ")}`;
+const usageOf = ([names, value]: (typeof OPTIONS)[number]) =>
+  `[${names.split(", ").at(-1)}${value ? ` ${value}` : ""}]`;
+const USAGE = `Usage: postcopy-probe ${OPTIONS.map(usageOf).join(" ")}`;
 const HELP = [
   USAGE,
   "",
@@ -1422,7 +1435,7 @@ function formatAsked(argv: string[]): Format {
   return FORMATS.includes(value as Format) ? (value as Format) : "human";
 }
 
-/** Writes the whole document to stdout, or to `output` through a temporary file renamed over it; throws when it cannot. */
+/** Writes the whole document to stdout, or to `output` by a temporary file renamed over it; throws when it cannot. */
 function emit(sys: Sys | null, text: string, output: string | null) {
   if (!text) return;
   if (output) {

@@ -73,7 +73,7 @@ export function fileCapPtrace(sys: Sys, path: string) {
   );
 }
 
-/** "QEMU emulator version X.Y.Z" from the binary itself, read in chunks; a script (#!) is run with --version instead. */
+/** "QEMU emulator version X.Y.Z" from the binary itself, read in chunks; a script (#!) is run with --version. */
 export function versionOf(path: string, timeoutMs: number): string | null {
   const fs = require("node:fs") as typeof import("node:fs");
   let fd = -1;
@@ -217,7 +217,8 @@ export function checkQemu(qemu: Qemu | null, probeSays: boolean): Check {
   if (!answer) return { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
   answer.agrees = answer.accepts === probeSays;
   if (!answer.agrees) answer.why = "the reason is not known to the probe: QEMU's answer decides";
-  const told = `QEMU ${answer.version} ${answer.accepts ? "accepts" : "rejects"} postcopy-ram${answer.accepts ? "" : `: ${answer.message}`}`;
+  const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
+  const told = `QEMU ${answer.version} ${verb}`;
   const differ = `THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
   const detail = answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`;
   return { ...head, status: answer.accepts && answer.agrees ? "pass" : "fail", detail };
@@ -248,11 +249,11 @@ export type Context = {
   checks?: Check[];
   /** What the VM's memory needs of the host, beyond postcopy-ram. */
   needs?: Array<"postcopy-hugetlbfs" | "postcopy-shmem">;
-  /** CAP_SYS_PTRACE kept for QEMU's sake (its file capability, or the running process's): not CRIU's or Firecracker's. */
+  /** CAP_SYS_PTRACE kept for QEMU's sake (its file capability, or the process's): not CRIU's or Firecracker's. */
   ptrace?: boolean;
 };
 
-/** The context asked for: --user NAME|UID from /etc/passwd and /etc/group, --pid PID from /proc; usage errors otherwise. */
+/** The context asked for: --user NAME|UID from /etc/passwd and /etc/group, --pid PID from /proc; else usage errors. */
 export function contextOf(sys: Sys, opts: Options): Context {
   if (process.getuid!() !== 0)
     throw usage(`--${opts.pid !== null ? "pid" : "user"} needs root: this is uid ${process.getuid!()}`);
@@ -277,7 +278,7 @@ export function isOrphan(sys: Sys) {
   return stat === null || /^\d+ \(.*\) [ZX] /s.test(stat);
 }
 
-/** The whole probe again in a child that takes on the context first; signals go on to it, and its status is the answer. */
+/** The whole probe again in a child that takes on the context first; signals go on to it; its status is the answer. */
 export async function runInContext(argv: string[]) {
   // A compiled binary is its own script; `bun probe.ts` needs the script named.
   const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
@@ -401,7 +402,7 @@ function pidContext(sys: Sys, pid: number): Context {
   };
 }
 
-/** What the child cannot take on of the process — its seccomp filter, its label, its namespaces — said with its known effect. */
+/** What the child cannot take on of the process (its seccomp filter, label, namespaces), with its known effect. */
 function contextCheck(f: ReturnType<typeof processFacts>, qemu: Qemu, name: string): Check {
   const head = { id: "context", title: "the running process's own context (--pid)", vm: true };
   const sandbox = f.cmdline.some((a, i) => f.cmdline[i - 1] === "-sandbox" && /^on\b/.test(a));
@@ -415,7 +416,8 @@ function contextCheck(f: ReturnType<typeof processFacts>, qemu: Qemu, name: stri
   // Measured with QEMU 7.2: postcopy-ram accepted as root under libvirt's -sandbox on,obsolete=deny,... filter.
   if (sandbox && f.seccompFilters === 1)
     return { ...head, status: "pass", detail: `${what}; QEMU's own -sandbox filter does not deny userfaultfd` };
-  const unknown = `${f.seccompFilters} seccomp filter(s) the probe cannot take on: if one denies userfaultfd(2), QEMU before 8.0 fails`;
+  const effect = "if one denies userfaultfd(2), QEMU before 8.0 fails";
+  const unknown = `${f.seccompFilters} seccomp filter(s) the probe cannot take on: ${effect}`;
   return { ...head, status: "warn", detail: `${what}; ${unknown}`, unknownFilter: true };
 }
 
@@ -474,9 +476,7 @@ function configChecks(f: ReturnType<typeof processFacts>, root: string) {
       status = "fail";
       const on =
         type === null ? "on a filesystem the probe could not read" : `on a filesystem of type 0x${type.toString(16)}`;
-      memory.push(
-        `mem-path ${path} is ${on}: "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
-      );
+      memory.push(`mem-path ${path} is ${on}: ${NOT_TMPFS}`);
     }
   }
   if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) needs.add("postcopy-shmem");
@@ -494,6 +494,10 @@ function configChecks(f: ReturnType<typeof processFacts>, root: string) {
   return { checks: [mem, devicesCheck(values("-device", "driver"), values("-netdev", "type"))], needs: [...needs] };
 }
 
+const NOT_TMPFS =
+  '"Host backend files need to be TMPFS or HUGETLBFS only" ' +
+  "(QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)";
+
 /** Devices that refuse or endanger postcopy, as QEMU says it (and as measured where QEMU accepts). */
 function devicesCheck(devices: Record<string, unknown>[], netdevs: Record<string, unknown>[]): Check {
   const drivers = devices.map((d) => String(d.driver));
@@ -507,15 +511,16 @@ function devicesCheck(devices: Record<string, unknown>[], netdevs: Record<string
     ...drivers.filter((d) => d.startsWith("vhost-user")),
     ...netdevs.filter((n) => n.type === "vhost-user").map(() => "netdev vhost-user"),
   ];
+  const refused = '"vhost-user backend not capable of postcopy"';
   if (vhostUser.length)
     found.push([
       "warn",
-      `${vhostUser.join(", ")}: the backend must offer VHOST_USER_PROTOCOL_F_PAGEFAULT, else "vhost-user backend not capable of postcopy"`,
+      `${vhostUser.join(", ")}: the backend must offer VHOST_USER_PROTOCOL_F_PAGEFAULT, else ${refused}`,
     ]);
   if (devices.some((d) => String(d.driver).startsWith("virtio-balloon") && on(d["free-page-hint"])))
     found.push([
       "warn",
-      "virtio-balloon free-page-hint: QEMU 7.2 and 10 accept postcopy with it, but hinted pages and postcopy do not mix",
+      "virtio-balloon free-page-hint: QEMU 7.2 and 10 accept postcopy with it; hinted pages and postcopy do not mix",
     ]);
   const status = found.some(([s]) => s === "fail") ? "fail" : found.length ? "warn" : "pass";
   const detail = found.length
