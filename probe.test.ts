@@ -339,9 +339,24 @@ describe("probe() with a fake Sys for what this machine cannot produce", () => {
       "Postcopy live migration (QEMU 7.2.0 postcopy-ram): UNKNOWN for nobody (uid 65534)",
     );
     expect([report.postcopy, report.capabilities["criu-lazy-pages"]]).toEqual([false, false]);
+    // The sysctl blocks CRIU and Firecracker here, not the QEMU that passes it by its capability.
+    expect(blocked(report)).toEqual([
+      ["unprivileged-userfaultfd", ["criu-lazy-pages", "firecracker-uffd"]],
+      ["devnode-missing", ["firecracker-uffd"]],
+    ]);
     expect(report.error).toBe(
       "could not answer what was asked: postcopy-ram: QEMU opens its uffd by a file capability this run lacks; run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu",
     );
+    // With QEMU's own answer (--qemu), nothing is left unanswered.
+    const answer = { path: qemu.path, version: qemu.version, accepts: true, message: "" };
+    const asked = { name: "nobody", uid: 65534, gid: 65534, groups: [], qemu: { ...qemu, answer } };
+    const answered = await probe(fake, f, { ...opts, qemu: true }, undefined, asked);
+    expect([answered.postcopy, answered.probe.postcopy, answered.error]).toEqual([true, false, undefined]);
+    expect([check(answered, "qemu").status, check(answered, "qemu").detail, answered.qemu?.agrees]).toEqual([
+      "pass",
+      "QEMU 7.2.0 accepts postcopy-ram, which the probe could not judge",
+      undefined,
+    ]);
   });
 
   test("UFFDIO_API EINVAL fails uffd-api and skips what needs the features", async () => {
@@ -972,8 +987,8 @@ describe("diagnose() as a decision table", () => {
 
   test("on a kernel before 6.1 (no device in /proc/misc) the device is an upgrade path, not a second cause to fix", () => {
     const d = diagnose({ ...base, kernel: "5.10.0", miscMinor: null }, opened(["ENOENT", "ENOENT", "EPERM", "EPERM"]));
+    // The fix this kernel takes comes first; the kernel upgrade after it.
     expect(d.map((x) => [x.cause, x.fix])).toEqual([
-      ["devnode-missing", ["boot Linux 6.1 or later for /dev/userfaultfd (this is 5.10.0)   # the upgrade path"]],
       [
         "unprivileged-userfaultfd",
         [
@@ -982,6 +997,7 @@ describe("diagnose() as a decision table", () => {
           'setcap cap_sys_ptrace+ep "$(command -v qemu-system-x86_64)"   # broad: also lets QEMU ptrace',
         ],
       ],
+      ["devnode-missing", ["boot Linux 6.1 or later for /dev/userfaultfd (this is 5.10.0)   # the upgrade path"]],
     ]);
   });
 

@@ -898,7 +898,7 @@ const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
   ["no-kernel-support", GATES.kernelLacksUserfaultfd, "kernel"],
   ["gvisor", GATES.gvisorLacksUserfaultfd, "kernel"],
   ["selinux", GATES.selinuxDenies, "kernel"],
-  ["devnode-missing", (s) => GATES.deviceNotInThisKernel(s) || GATES.deviceNotInThisDev(s), "device"],
+  ["devnode-missing", GATES.deviceNotInThisDev, "device"],
   ["libvirt-device-acl", GATES.libvirtAclLacksDevice, "qemu-device"],
   ["devnode-permission", GATES.modeRefusesThisUser, "device"],
   ["device-cgroup", GATES.deviceCgroupDenies, "device"],
@@ -909,6 +909,8 @@ const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
     (s) => GATES.sysctlRefusesThisUser(s) && !GATES.ptraceIgnoredInUserNamespace(s),
     "syscall",
   ],
+  // A kernel without the device: a kernel upgrade, the path after the fixes this kernel takes.
+  ["devnode-missing", GATES.deviceNotInThisKernel, "device"],
   ["qemu-before-8.0", GATES.qemuPredatesDevice, "qemu"],
   ["vm-config", GATES.vmConfigRefuses, "qemu"],
   ["missing-feature", GATES.kernelLacksAFeature, "features"],
@@ -1131,13 +1133,16 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     const { ok, undetermined } = capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu, context);
     return undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
   };
-  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, caps["postcopy-ram"]));
+  const judged = undetermined.includes("postcopy-ram") ? null : caps["postcopy-ram"];
+  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, judged));
   const answer = p.qemu?.answer;
   // What will happen decides: QEMU's own answer, when it gave one.
   const decisive = { ...caps, "postcopy-ram": answer?.accepts ?? caps["postcopy-ram"] };
   const unanswered = [
     ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
-    ...opts.require.filter((c) => undetermined.includes(c)).map((c) => `${c}: ${unjudged(checks)}`),
+    ...opts.require
+      .filter((c) => undetermined.includes(c) && !(c === "postcopy-ram" && answer))
+      .map((c) => `${c}: ${unjudged(checks)}`),
     // --pid: a filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
     ...(checks.some((c) => c.unknownFilter) && extra(checks, "qemu-route", "route") === "syscall"
       ? ["--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"]
@@ -1165,7 +1170,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     diagnosis: diagnose(
       facts,
       checks,
-      CAPABILITIES.filter((c) => !caps[c]),
+      CAPABILITIES.filter((c) => !caps[c] && !undetermined.includes(c)),
       p.qemu,
     ),
     /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */

@@ -211,14 +211,17 @@ export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer |
 const replies = (text: string) => objects(text.split("\n")).filter((r) => "return" in r || "error" in r);
 
 /** The --qemu check: QEMU's answer beside the probe's own for that same QEMU version. */
-export function checkQemu(qemu: Qemu | null, probeSays: boolean): Check {
+/** QEMU's answer beside the probe's; `probeSays` is null when the probe could not judge postcopy-ram. */
+export function checkQemu(qemu: Qemu | null, probeSays: boolean | null): Check {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
   if (!answer) return { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
-  answer.agrees = answer.accepts === probeSays;
-  if (!answer.agrees) answer.why = "the reason is not known to the probe: QEMU's answer decides";
   const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
   const told = `QEMU ${answer.version} ${verb}`;
+  if (probeSays === null)
+    return { ...head, status: answer.accepts ? "pass" : "fail", detail: `${told}, which the probe could not judge` };
+  answer.agrees = answer.accepts === probeSays;
+  if (!answer.agrees) answer.why = "the reason is not known to the probe: QEMU's answer decides";
   const differ = `THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
   const detail = answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`;
   return { ...head, status: answer.accepts && answer.agrees ? "pass" : "fail", detail };
