@@ -425,7 +425,8 @@ function contextCheck(f: ReturnType<typeof processFacts>, qemu: Qemu, name: stri
 }
 
 /** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */
-function optionValue(value: string, first: string): Record<string, unknown> {
+type Props = Record<string, unknown>;
+function optionValue(value: string, first: string): Props {
   if (value.startsWith("{")) {
     try {
       const parsed = JSON.parse(value);
@@ -451,7 +452,7 @@ const [TMPFS_MAGIC, HUGETLBFS_MAGIC] = [0x01021994, 0x958458f6];
  * hugetlbfs; shared memory needs MISSING_SHMEM, huge pages MISSING_HUGETLBFS) and devices that block
  * or endanger postcopy, each with QEMU's own message.
  */
-function configChecks(f: ReturnType<typeof processFacts>, root: string) {
+export function configChecks(f: Pick<ReturnType<typeof processFacts>, "cmdline" | "vmLckKb">, root: string) {
   const args = f.cmdline;
   const values = (opt: string, first: string) =>
     args.flatMap((a, i) => (args[i - 1] === opt ? [optionValue(a, first)] : []));
@@ -483,8 +484,15 @@ function configChecks(f: ReturnType<typeof processFacts>, root: string) {
     }
   }
   if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) needs.add("postcopy-shmem");
+  const kind = needs.has("postcopy-shmem") ? "shared memory (memfd or share=on)" : "anonymous RAM";
   if (memory.length === 0)
-    memory.push(memPaths.length ? `file-backed RAM on tmpfs or hugetlbfs: ${memPaths.join(", ")}` : "anonymous RAM");
+    memory.push(memPaths.length ? `file-backed RAM on tmpfs or hugetlbfs: ${memPaths.join(", ")}` : kind);
+  // postcopy_ram_supported_by_host() calls munlockall(); QEMU locks the memory again once postcopy ends.
+  const locks = [...values("-overcommit", "mem-lock"), ...values("-realtime", "mlock")];
+  if (f.vmLckKb || locks.some((o) => on(o["mem-lock"]) || on(o.mlock)))
+    memory.push(
+      `memory locked (VmLck ${f.vmLckKb ?? "unknown"} kB): QEMU unlocks it for postcopy, then locks it again`,
+    );
   const hint = "give the memory backend a mem-path on tmpfs (/dev/shm) or hugetlbfs (/dev/hugepages)";
   const mem: Check = {
     id: "vm-memory",
@@ -494,7 +502,8 @@ function configChecks(f: ReturnType<typeof processFacts>, root: string) {
     vm: true,
     hint,
   };
-  return { checks: [mem, devicesCheck(values("-device", "driver"), values("-netdev", "type"))], needs: [...needs] };
+  const devices = devicesCheck(values("-device", "driver"), values("-netdev", "type"), values("-chardev", "backend"));
+  return { checks: [mem, devices], needs: [...needs] };
 }
 
 const NOT_TMPFS =
@@ -502,8 +511,13 @@ const NOT_TMPFS =
   "(QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)";
 
 /** Devices that refuse or endanger postcopy, as QEMU says it (and as measured where QEMU accepts). */
-function devicesCheck(devices: Record<string, unknown>[], netdevs: Record<string, unknown>[]): Check {
+function devicesCheck(devices: Props[], netdevs: Props[], chardevs: Props[]): Check {
   const drivers = devices.map((d) => String(d.driver));
+  /** A vhost-user device or netdev, named with its backend's socket (the chardev it refers to). */
+  const named = (what: string, o: Props) => {
+    const socket = chardevs.find((c) => c.id === o.chardev)?.path;
+    return socket ? `${what} (socket ${socket})` : what;
+  };
   const found: Array<[Check["status"], string]> = [];
   if (drivers.some((d) => d.startsWith("vfio")))
     found.push([
@@ -511,8 +525,8 @@ function devicesCheck(devices: Record<string, unknown>[], netdevs: Record<string
       `vfio: "VFIO migration is not supported with postcopy migration" (QEMU 8.2+; before, VFIO blocks migration)`,
     ]);
   const vhostUser = [
-    ...drivers.filter((d) => d.startsWith("vhost-user")),
-    ...netdevs.filter((n) => n.type === "vhost-user").map(() => "netdev vhost-user"),
+    ...devices.filter((d) => String(d.driver).startsWith("vhost-user")).map((d) => named(String(d.driver), d)),
+    ...netdevs.filter((n) => n.type === "vhost-user").map((n) => named(`netdev ${n.id}`, n)),
   ];
   const refused = '"vhost-user backend not capable of postcopy"';
   if (vhostUser.length)
@@ -528,7 +542,7 @@ function devicesCheck(devices: Record<string, unknown>[], netdevs: Record<string
   const status = found.some(([s]) => s === "fail") ? "fail" : found.length ? "warn" : "pass";
   const detail = found.length
     ? found.map(([, d]) => d).join("; ")
-    : `${drivers.length} devices, none that refuses postcopy`;
+    : `devices: ${drivers.length}, none that refuses postcopy`;
   const hint = "detach the VFIO device before a postcopy migration, or migrate it without postcopy";
   return { id: "vm-devices", title: "this VM's devices", status, detail, vm: true, hint };
 }
