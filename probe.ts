@@ -864,7 +864,6 @@ function boot(name: string, f: Facts) {
     : `no Linux release for ${f.arch} has ${name} yet`;
 }
 
-/** Which failing capabilities a gate stands in the way of, by where it stands. */
 /** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
 const through =
   (route: Route) =>
