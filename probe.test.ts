@@ -1400,14 +1400,17 @@ async function migrate(qemu: string, args: (side: string) => string[]) {
     await s.cmd("migrate-set-parameters", { "max-bandwidth": 1 << 20 }); // slow precopy: postcopy takes over
     await d.cmd("migrate-incoming", { uri: `unix:${dir}/migration.sock` });
     await s.cmd("migrate", { uri: `unix:${dir}/migration.sock` });
-    await Bun.sleep(300);
-    await s.cmd("migrate-start-postcopy");
+    // Postcopy can start only once precopy runs; on a loaded host "setup" can last a while.
+    const status = async () => ((await s.cmd("query-migrate")).return?.status ?? "") as string;
+    for (let i = 0; i < 100 && (await status()) !== "active"; i++) await Bun.sleep(50);
+    const unstarted = (await s.cmd("migrate-start-postcopy")).error;
+    if (unstarted) return `migrate-start-postcopy: ${unstarted.desc}`;
     for (let i = 0; i < 150; i++) {
       await Bun.sleep(100);
-      const status = (await s.cmd("query-migrate")).return?.status ?? "";
-      if (["completed", "failed", "postcopy-paused", "cancelled"].includes(status)) return status as string;
+      const now = await status();
+      if (["completed", "failed", "postcopy-paused", "cancelled"].includes(now)) return now;
     }
-    return "timeout";
+    return `timeout in ${await status()}`;
   } finally {
     for (const q of [src, dst]) q.kill("SIGKILL");
     await Promise.all([src.exited, dst.exited]);
