@@ -736,10 +736,11 @@ const NEEDS: Record<Capability, Need> = {
 
 /** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
 function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
-  const onlySysctl = a.syscall === "EPERM" && !GATES.seccompFilterDeniesSyscall(seen(f, a)) && !f.noNewPrivs;
+  const s = seen(f, a);
+  const onlySysctl = a.syscall === "EPERM" && !GATES.seccompFilterDeniesSyscall(s) && !f.noNewPrivs;
   const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
   // libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists.
-  const device = GATES.libvirtAclLacksDevice(seen(f, a)) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
+  const device = GATES.libvirtAclLacksDevice(s) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
   return { ...a, syscall, ...device };
 }
 /** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
@@ -1127,13 +1128,14 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
   // Read only when a gate needs them: where the sysctl is set, how the kernel was built.
   if (a?.syscall === "EPERM") facts.sysctlSource = sysctlSource(sys);
   if (a?.syscall === "ENOSYS") facts.kernelConfig = kernelConfig(sys, facts.kernel);
-  const { ok: caps, undetermined } = capabilities(checks, p.features, facts, p.qemu, context);
-  const forQemu = (major: number) => {
-    const { ok, undetermined } = capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu, context);
-    return undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
-  };
-  const judged = undetermined.includes("postcopy-ram") ? null : caps["postcopy-ram"];
-  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, judged));
+  const judged = capabilities(checks, p.features, facts, p.qemu, context);
+  const { ok: caps, undetermined } = judged;
+  /** postcopy-ram as judged, null when it could not be. */
+  const ram = ({ ok, undetermined }: typeof judged) =>
+    undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
+  const forQemu = (major: number) =>
+    ram(capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu, context));
+  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, ram(judged)));
   const answer = p.qemu?.answer;
   // What will happen decides: QEMU's own answer, when it gave one.
   const decisive = { ...caps, "postcopy-ram": answer?.accepts ?? caps["postcopy-ram"] };
@@ -1198,7 +1200,8 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
     own["qemu>=8.0"],
     qemu ? `QEMU ${qemu.version}'s own answer` : own.qemu,
   ];
-  const unknown = own.qemu === "QEMU" && !qemu && before !== null && after !== null && before !== after;
+  const split = before !== null && after !== null && before !== after;
+  const unknown = own.qemu === "QEMU" && !qemu && split;
   const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
   const answer = unknown
     ? `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`
@@ -1208,7 +1211,7 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
   const what = `${whose}${qemu ? "" : " postcopy-ram"}`;
   const line = `Postcopy live migration (${what}): ${answer} for ${host.user} (uid ${host.uid})`;
   const [other, theirs] = /^QEMU [0-7]\./.test(own.qemu) ? ["8.0 and later", after] : ["before 8.0", before];
-  const differs = !qemu && !unknown && before !== null && after !== null && before !== after;
+  const differs = !qemu && !unknown && split;
   return differs ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
 }
 
