@@ -19,6 +19,8 @@ if (typeof Bun === "undefined") {
 // Loaded only once the runtime is known to be Bun: the guard above could not run before a static
 // import, and a top-level await would keep `bun build --bytecode` from compiling the binary.
 const { dlopen, FFIType: T, ptr, read, toArrayBuffer } = require("bun:ffi") as typeof import("bun:ffi");
+/** bun:ffi's argument and return types, for the calls an option declares. */
+export const FFIType = T;
 
 /** A system call's answer: `ret` as the C function returned it, `errno` set only when it failed. */
 export type R = { ret: number; errno: number };
@@ -86,8 +88,9 @@ export const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NO_NEW_
 // include/uapi/linux/capability.h
 export const [_LINUX_CAPABILITY_VERSION_3, CAP_SYS_PTRACE] = [0x20080522, 19];
 export const [SECCOMP_MODE_FILTER, SIGKILL] = [2, 9];
-export const [AT_FDCWD, STATX_BASIC_STATS] = [-100, 0x7ff];
-/** struct statx: stx_uid @20, stx_gid @24, stx_mode (u16) @28, 256 bytes in all. */
+export const [AT_FDCWD, AT_EMPTY_PATH, STATX_BASIC_STATS] = [-100, 0x1000, 0x7ff];
+export const [S_IFMT, S_IFREG, S_IFCHR, S_IFDIR] = [0o170000, 0o100000, 0o020000, 0o040000];
+/** struct statx: uid @20, gid @24, mode (u16) @28, ino @32, size @40, rdev @128, dev @136; 256 bytes in all. */
 const STATX_SIZE = 256;
 
 // include/uapi/asm-generic/errno-base.h and errno.h, from EPERM (1) on: the same numbers on every
@@ -96,7 +99,7 @@ const ERRNO = Object.fromEntries([
   ...numbered(
     "EPERM ENOENT ESRCH EINTR EIO ENXIO E2BIG ENOEXEC EBADF ECHILD EAGAIN ENOMEM EACCES EFAULT ENOTBLK EBUSY " +
       "EEXIST EXDEV ENODEV ENOTDIR EISDIR EINVAL ENFILE EMFILE ENOTTY ETXTBSY EFBIG ENOSPC ESPIPE EROFS EMLINK " +
-      "EPIPE EDOM ERANGE EDEADLK ENAMETOOLONG ENOLCK ENOSYS",
+      "EPIPE EDOM ERANGE EDEADLK ENAMETOOLONG ENOLCK ENOSYS ENOTEMPTY ELOOP",
     1,
   ),
   ["EOPNOTSUPP", 95],
@@ -110,11 +113,19 @@ export const errnoOf = (name: string) => ERRNO[name];
 /** The system interface the checks use: one method per libc call, each answering `{ ret, errno }`. */
 export type Sys = ReturnType<typeof loadSys>;
 
-/** readText reads a file in chunks, up to READ_MAX: /proc files and /etc/passwd fit. */
+/** readText reads a file in chunks, up to READ_MAX: /proc files and /etc/passwd fit; a longer one is unread. */
 const READ_CHUNK = 1 << 13;
-const READ_MAX = 1 << 22;
+export const READ_MAX = 1 << 22;
 /** Bytes as a Latin-1 string, and strings as UTF-8. */
-const latin1 = new TextDecoder("latin1");
+const [cp1252, utf16] = [new TextDecoder("latin1"), new TextDecoder("utf-16le")];
+/**
+ * Bytes as the string of their Latin-1 code points, which cstr() turns back into the same bytes.
+ * TextDecoder's "latin1" is really windows-1252 (0x80-0x9f become other characters): fast when no such byte is there.
+ */
+export function latin1(bytes: Uint8Array) {
+  const text = cp1252.decode(bytes);
+  return /[\u0100-\uffff]/.test(text) ? utf16.decode(Uint16Array.from(bytes)) : text;
+}
 const utf8 = new TextEncoder();
 /** Enough for security.capability (24 bytes) and an ACL of 100 entries. */
 const XATTR_MAX = 1024;
@@ -150,11 +161,14 @@ const SYMBOLS = {
   __errno_location: { args: [], returns: T.ptr },
 } as const;
 
-/** Opens libc; throws `Cannot load libc: …` when no name in LIBC_NAMES loads. */
-function openLibc() {
+/**
+ * Opens libc with `symbols`; throws `Cannot load libc: …` when no name in LIBC_NAMES loads. An option's
+ * own calls (context.ts, qemu.ts) are declared in its file and opened here when it runs.
+ */
+export function openLibc<S extends Symbols>(symbols: S) {
   for (const name of LIBC_NAMES) {
     try {
-      return dlopen(name, SYMBOLS).symbols;
+      return dlopen(name, symbols).symbols;
     } catch {
       // try the next name: musl systems have no libc.so.6
     }
@@ -165,8 +179,8 @@ function openLibc() {
 /** Buffers whose address a call takes as a number, held until it returns: the GC cannot see the kernel read them. */
 const held: Buf[] = [];
 
-/** A NUL-terminated copy of an ASCII string (paths, symbol names). Buffer would cost Bun ~10 ms to set up. */
-function cstr(s: string) {
+/** A NUL-terminated copy of a Latin-1 string (paths, symbol names). Buffer would cost Bun ~10 ms to set up. */
+export function cstr(s: string) {
   const bytes = new Uint8Array(s.length + 1);
   for (let i = 0; i < s.length; i++) bytes[i] = s.charCodeAt(i);
   return bytes;
@@ -176,28 +190,29 @@ function cstr(s: string) {
 export function loadSys() {
   if (!arch) throw new Error(`Unknown architecture "${process.arch}": no __NR_userfaultfd known`);
   const { nr, statx } = arch;
-  const c = openLibc();
-  const errnoAt = c.__errno_location();
-  // errno is read right after a call that returned -1, and only then (STYLE.md rule 5).
-  const r = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
+  const c = openLibc(SYMBOLS);
+  errnoAt = c.__errno_location() as ReturnType<typeof ptr>;
+  const r = answer;
   const pollfd = new Int32Array(4);
   const textBuffer = new Uint8Array(READ_CHUNK);
   const tid = new BigUint64Array(1);
   const retval = new BigUint64Array(1);
   const joined = (err: number): R =>
     err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 };
+  /** statx() of `path` (from `dirfd`; "" with AT_EMPTY_PATH: the fd itself): type and mode, owner, size, rdev. */
+  const stat = (path: string, dirfd = AT_FDCWD, flags = 0) => {
+    const [name, buf] = [cstr(path), new Uint8Array(STATX_SIZE)];
+    // syscall() takes the addresses as numbers: `held` keeps both buffers alive until it returns.
+    held.push(name, buf);
+    const at = r(c.syscall(statx, dirfd, ptr(name), flags, STATX_BASIC_STATS, ptr(buf)) as number);
+    held.length = 0;
+    const [u32, u64] = [new Uint32Array(buf.buffer), new BigUint64Array(buf.buffer)];
+    const [rdev, dev] = [[u32[32], u32[33]], `${u32[34]}:${u32[35]}`];
+    return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff, ino: u64[4], size: Number(u64[5]), rdev, dev };
+  };
   return {
     userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
-    /** statx(): the file's mode, owner and group. */
-    stat(path: string): R & { mode: number; uid: number; gid: number } {
-      const [name, buf] = [cstr(path), new Uint8Array(STATX_SIZE)];
-      // syscall() takes the addresses as numbers: `held` keeps both buffers alive until it returns.
-      held.push(name, buf);
-      const at = r(c.syscall(statx, AT_FDCWD, ptr(name), 0, STATX_BASIC_STATS, ptr(buf)) as number);
-      held.length = 0;
-      const u32 = new Uint32Array(buf.buffer);
-      return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff };
-    },
+    stat,
     prctl: (option: number, arg2: number, arg3?: Buf) => r(c.prctl(option, arg2, arg3 ?? null, 0, 0)),
     open: (path: string, flags: number) => r(c.open(cstr(path), flags)),
     /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
@@ -261,15 +276,19 @@ export function loadSys() {
       return n < 0 ? null : value.subarray(0, n);
     },
     getppid: () => c.getppid(),
-    /** A small text file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read. */
-    readText(path: string): string | null {
-      const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC);
+    /**
+     * A small regular file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read whole: opened
+     * non-blocking, and read only when it is a regular file (a FIFO or a device put there is "unreadable").
+     */
+    readText(path: string, max = READ_MAX): string | null {
+      const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
       if (fd < 0) return null;
       try {
+        if ((stat("", fd, AT_EMPTY_PATH).mode & S_IFMT) !== S_IFREG) return null;
         let text = "";
-        for (let n = 1; n > 0 && text.length < READ_MAX; text += latin1.decode(textBuffer.subarray(0, n))) {
+        for (let n = 1; n > 0; text += latin1(textBuffer.subarray(0, n))) {
           n = c.read(fd, textBuffer, textBuffer.length) as number;
-          if (n < 0) return null;
+          if (n < 0 || text.length + n > max) return null;
         }
         return text;
       } finally {
@@ -278,6 +297,14 @@ export function loadSys() {
     },
   };
 }
+
+type Symbols = Parameters<typeof dlopen>[1];
+/**
+ * `{ ret, errno }` for a libc call that returns -1 on failure: errno is read right after the call, and
+ * only then (STYLE.md rule 5). Valid once loadSys() ran.
+ */
+export const answer = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
+let errnoAt: ReturnType<typeof ptr> | null = null;
 
 /** The address of a buffer, for struct fields that hold a user pointer (uffdio_copy.src). */
 export const addressOf = (buf: Uint8Array) => ptr(buf);

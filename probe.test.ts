@@ -16,6 +16,8 @@ import {
   readFileSync,
   rmdirSync,
   rmSync,
+  statSync,
+  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -36,7 +38,7 @@ import {
   renderPrometheus,
   VERSION,
 } from "./probe.ts";
-import { askQemu, configChecks } from "./qemu.ts";
+import { askQemu, configChecks, pidCalls, resolveIn, runInContext, walkIn } from "./qemu.ts";
 
 const sys = K.loadSys();
 const facts = readFacts(sys);
@@ -48,6 +50,8 @@ const fail = (name: string): R => ({ ret: -1, errno: K.errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
 const causes = (r: Report) => r.diagnosis.map((d) => d.cause);
+/** What each route answered, as uffd-open found it. */
+const routesOf = (r: Report) => check(r, "uffd-open").routes as Record<string, string>;
 /** Each cause with what it blocks, as plain strings. */
 const blocked = (r: Report) => r.diagnosis.map((d): [string, string[]] => [d.cause, d.blocks]);
 const QEMU_CAPS = ["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"];
@@ -106,8 +110,15 @@ function qemuDir(name: string, body: string) {
   writeFileSync(`${dir}/qemu-system-x86_64`, `#!/bin/sh\n${body}\n`, { mode: 0o755 });
   return dir;
 }
-/** A QEMU that only says its version: what the probe reads when it must know which QEMU will run. */
-const qemuOf = (version: string) => qemuDir(`qemu-${version}`, `echo "QEMU emulator version ${version} (fake)"`);
+/** A QEMU that only holds its version in its bytes, as a binary does: what the probe reads, never runs. */
+function qemuOf(version: string) {
+  const dir = `${world}/qemu-${version}`;
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  writeFileSync(`${dir}/qemu-system-x86_64`, `\x7fELF (fake)\0QEMU emulator version ${version} (fake)\0`, {
+    mode: 0o755,
+  });
+  return dir;
+}
 const [QEMU7, QEMU10] = [qemuOf("7.2.0"), qemuOf("10.0.0")];
 const NO_QEMU = "/nonexistent";
 const pathWith = (dir: string) => `${dir}:/usr/local/bin:/usr/bin:/bin`;
@@ -595,6 +606,26 @@ describe("the QEMU that will run decides", () => {
     },
   );
 
+  test.skipIf(!isRoot || unprivileged !== "0")(
+    "a wrapper script is run for its version only when it is the host's own, in a group killed whole",
+    () => {
+      const marker = `${5000 + (process.pid % 1000)}.75`;
+      const body = `#!/bin/sh\n(sleep ${marker} &)\necho "QEMU emulator version 8.2.0 (wrapper)"\nexec sleep ${marker}\n`;
+      const version = (r: Report) => [r.probe.qemu, check(r, "qemu-route").detail.split(": ").at(-1)];
+      // Root's own: a tmpfs of mode 0755 in a private mount namespace, a script root owns and only root writes.
+      const own = `mkdir /mnt/qemu && printf '%s' '${body}' > /mnt/qemu/qemu-system-x86_64 && chmod 755 /mnt/qemu/qemu-system-x86_64`;
+      const prefix = [...inNamespace(`mount -t tmpfs -o mode=0755 none /mnt && ${own} && exec "$@"`), "sh"];
+      const ran = cli(["--json"], { prefix, nobody: true, path: pathWith("/mnt/qemu") });
+      expect(version(ran.report)).toEqual(["QEMU 8.2.0", "EPERM"]);
+      expect(pids().filter((p) => cmdlineOf(p).includes(marker))).toEqual([]);
+      // The same script where others can write (under /tmp): read, never run.
+      const theirs = qemuDir("wrapper", body.replace("#!/bin/sh\n", `#!/bin/sh\ntouch ${world}/WRAPPER-RAN\n`));
+      const read = cli(["--json"], { nobody: true, path: pathWith(theirs) });
+      expect(check(read.report, "qemu-route").status).toBe("fail");
+      expect([read.report.probe.qemu, existsSync(`${world}/WRAPPER-RAN`)]).toEqual(["QEMU", false]);
+    },
+  );
+
   test.skipIf(!isRoot || unprivileged !== "0" || facts.miscMinor === null)(
     "a user the device is open to: QEMU 7.2 still fails on the syscall, QEMU 10 opens the device",
     () => {
@@ -812,7 +843,7 @@ describe("diagnose() as a decision table", () => {
     seccompFilters: 0,
     uidMap: "0 0 4294967295",
     userNamespace: false,
-    devnode: { mode: "crw-------", owner: "root", group: "root", uid: 0, gid: 0 },
+    devnode: { mode: "crw-------", kind: "c 10:126", owner: "root", group: "root", uid: 0, gid: 0 },
     miscMinor: 126,
     deviceCgroup: null,
     selinux: null,
@@ -1129,8 +1160,8 @@ describe("--qemu: the QEMU's own answer is the headline", () => {
     ["a greeting without a version", `echo '{"QMP": {"capabilities": []}}'`, "no QMP greeting with a version"],
     ["text that is not JSON", "printf 'hello\\033[31m\\r\\nworld\\n'", "no QMP greeting with a version: hello [31m"],
     ["a greeting and nothing more", GREETING, "no QMP answer to migrate-set-capabilities"],
-    ["megabytes on stdout", "yes x | head -c 5000000", "more than 65536 bytes of output and no QMP answer: killed"],
-    ["megabytes on stderr", "yes x | head -c 5000000 >&2", "more than 65536 bytes of output and no QMP answer: killed"],
+    ["megabytes on stdout", "yes x | head -c 5000000", "more than 65536 bytes of output and no answer: killed"],
+    ["megabytes on stderr", "yes x | head -c 5000000 >&2", "more than 65536 bytes of output and no answer: killed"],
   ];
   test.each(HOSTILE)(
     "a QEMU printing %s fails the check with a short, clean reason and exit 2",
@@ -1145,9 +1176,14 @@ describe("--qemu: the QEMU's own answer is the headline", () => {
     },
   );
 
-  test("a complete exchange counts at once, even if a grandchild holds the pipe; the whole group is killed", () => {
+  test("the exchange is complete with migrate-set-capabilities' reply: quit's is not awaited, the group is killed", () => {
     const marker = `${3000 + (process.pid % 1000)}.25`;
-    const dir = qemuDir("grandchild", `(sleep ${marker} &)\n${REJECTS}\nexec sleep ${marker}`);
+    // No reply to quit, and a grandchild that holds the pipe open: the answer counts at once.
+    const rejects = answers(
+      '{"return": {}}',
+      '{"error": {"class": "GenericError", "desc": "Postcopy is not supported"}}',
+    );
+    const dir = qemuDir("grandchild", `(sleep ${marker} &)\n${rejects}\nexec sleep ${marker}`);
     const start = Date.now();
     const answer = askQemu(sys, `${dir}/qemu-system-x86_64`, 5000);
     expect(Date.now() - start).toBeLessThan(4000);
@@ -1289,6 +1325,46 @@ describe("the output contract and the exit status", () => {
     ]);
   });
 
+  test.skipIf(!isRoot)("--output replaces only a regular file, and a failed write names the write", () => {
+    const devNull = cli(["--json", "--output", "/dev/null"]);
+    expect([devNull.code, devNull.stderr.split("\n")[0]]).toEqual([
+      2,
+      'postcopy-probe: Cannot write "/dev/null": it is a character device, not a regular file',
+    ]);
+    expect(statSync("/dev/null").isCharacterDevice()).toBe(true);
+    const fifo = `${world}/output-fifo`;
+    Bun.spawnSync(["mkfifo", fifo]);
+    const toFifo = cli(["--output", fifo]);
+    expect([toFifo.code, toFifo.stderr]).toEqual([
+      2,
+      `postcopy-probe: Cannot write "${fifo}": it is a FIFO, not a regular file\n`,
+    ]);
+    const ro = `${world}/read-only`;
+    mkdirSync(ro, { recursive: true });
+    const prefix = [...inNamespace(`mount -t tmpfs -o ro none ${ro} && exec "$@"`), "sh"];
+    const run = cli(["--format", "prometheus", "--output", `${ro}/postcopy.prom`], { prefix });
+    expect([run.code, run.stderr.split("\n")[0]]).toEqual([
+      2,
+      `postcopy-probe: Cannot write "${ro}/postcopy.prom": EROFS`,
+    ]);
+  });
+
+  test.skipIf(!isRoot)("a FIFO or device where a host file should be is unreadable, never a wait", () => {
+    const fifo = `${world}/host-fifo`;
+    Bun.spawnSync(["mkfifo", fifo]);
+    const binds = ["/etc/passwd", "/etc/group", "/proc/sys/vm/unprivileged_userfaultfd"].map(
+      (f) => `mount --bind ${fifo} ${f}`,
+    );
+    const prefix = [...inNamespace(`${binds.join(" && ")} && mount --bind /dev/zero /proc/meminfo && exec "$@"`), "sh"];
+    const { code, report } = cli(["--json"], { prefix, path: pathWith(QEMU7) });
+    expect([code, report.host.user, report.host.unprivilegedUserfaultfd, report.host.hugePageSize]).toEqual([
+      0,
+      "0",
+      null,
+      null,
+    ]);
+  });
+
   test("--output writes the whole document and leaves no temporary file; a failure leaves nothing", () => {
     const dir = `${world}/textfile`;
     mkdirSync(dir);
@@ -1420,7 +1496,8 @@ async function migrate(qemu: string, args: (side: string) => string[]) {
 
 describe("--pid's reading of a VM's command line, for devices this machine has not got", () => {
   // VFIO needs a device to pass through and vhost-user a backend that speaks its protocol: neither is here.
-  const vm = (cmdline: string[], vmLckKb: number | null = 0) => configChecks({ cmdline, vmLckKb }, "");
+  const vm = (cmdline: string[], vmLckKb: number | null = 0) =>
+    configChecks({ cmdline, vmLckKb, cwd: "/", mounts: [], files: () => [], walk: () => ({ type: null, how: "" }) });
   const QEMU = ["qemu-system-x86_64", "-machine", "pc"];
 
   test("VFIO fails with QEMU's message; vhost-user warns naming each backend's socket, in both syntaxes", () => {
@@ -1627,18 +1704,448 @@ describe("--pid: this VM, in its QEMU's own context, judged as that QEMU judges 
       ]);
     });
   });
+});
+
+/**
+ * A stand-in for a QEMU process: a small C program that holds a QEMU's version string (not with
+ * -DNO_VERSION), opens each file named after -hold as QEMU holds its RAM file, then waits. Built once,
+ * static, so that it runs in a chroot of its own too.
+ */
+const STAND_IN = `#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#ifndef NO_VERSION
+__attribute__((used)) static const char version[] = "QEMU emulator version 7.2.0 (stand-in)";
+#endif
+int main(int argc, char **argv) {
+  for (int i = 1; i + 1 < argc; i++)
+    if (!strcmp(argv[i], "-hold")) open(argv[i + 1], O_RDONLY);
+  pause();
+  return 0;
+}`;
+const cc = Bun.which("cc");
+/** The stand-in built as `name` in a directory of its own (linked dynamically when `flags` say so): its path. */
+function standIn(name: string, flags = ["-static"]) {
+  const dir = `${world}/stand-in-${name.replace(/\W+/g, "-")}-${flags.join("").replace(/\W+/g, "")}`;
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  writeFileSync(`${dir}/stand-in.c`, STAND_IN);
+  const built = Bun.spawnSync([cc!, "-O2", ...flags, "-o", `${dir}/${name}`, `${dir}/stand-in.c`]);
+  if (built.exitCode !== 0) throw new Error(built.stderr.toString());
+  return `${dir}/${name}`;
+}
+/** Starts `argv` behind `prefix` (each prefix execs it, keeping the pid), waits until it is `comm`, then `use`s it. */
+async function withTarget<T>(
+  argv: string[],
+  o: { prefix?: string[]; cwd?: string; comm?: string },
+  use: (pid: number) => T | Promise<T>,
+) {
+  const child = Bun.spawn([...(o.prefix ?? []), ...argv], { stdio: ["ignore", "ignore", "ignore"], cwd: o.cwd });
+  try {
+    const name = (o.comm ?? argv[0].split("/").at(-1)!).slice(0, 15);
+    for (let i = 0; i < 200 && !existsSync(`/proc/${child.pid}/comm`); i++) await Bun.sleep(10);
+    for (let i = 0; i < 200 && readFileSync(`/proc/${child.pid}/comm`, "utf8").trim() !== name; i++)
+      await Bun.sleep(10);
+    return await use(child.pid);
+  } finally {
+    child.kill("SIGKILL");
+    await child.exited;
+  }
+}
+
+describe("--pid against a hostile target: what it names is never run, opened on the host, or shown raw", () => {
+  const skip = !isRoot || !cc;
+  const byPid = (pid: number, more: string[] = []) => cli(["--json", "--pid", String(pid), ...more]);
 
   test.skipIf(!isRoot)(
-    "a pid that is not QEMU is answered for its user, without QEMU's parts; a pid that is gone is exit 2",
+    "a kernel thread, a shell, the probe itself and a pid that is gone are exit 2, each saying so",
     () => {
-      const own = cli(["--json", "--pid", String(process.pid)]);
-      expect([own.report.context?.pid, check(own.report, "context").detail]).toEqual([
-        process.pid,
-        expect.stringContaining(`[${process.pid}] runs as root`),
+      const kthread = cli(["--json", "--pid", "2"]);
+      expect([kthread.code, kthread.report.error]).toEqual([2, "Process 2 (kthreadd) is a kernel thread, not a QEMU"]);
+      const self = Bun.spawnSync(["/bin/sh", "-c", `exec ${world}/bun ${world}/probe.ts --json --pid $$`], {
+        cwd: world,
+      });
+      expect([self.exitCode, JSON.parse(self.stdout.toString()).error]).toEqual([
+        2,
+        expect.stringMatching(/^Process \d+ \(bun\) is the probe itself, not a QEMU$/),
       ]);
-      expect(own.report.checks.map((c) => c.id)).not.toContain("vm-memory");
+      const runner = cli(["--json", "--pid", String(process.pid)]);
+      expect([runner.code, runner.report.error]).toEqual([
+        2,
+        `Process ${process.pid} (bun) is not a QEMU: it runs ${process.execPath}`,
+      ]);
       const gone = cli(["--json", "--pid", "4194000"]);
       expect([gone.code, gone.report.error]).toEqual([2, "No process 4194000: /proc/4194000 is gone or unreadable"]);
+    },
+  );
+
+  test.skipIf(skip)(
+    "a QEMU whose version cannot be read still has its VM judged (either spelling), and the run is exit 2",
+    async () => {
+      const q = standIn("qemu-system-x86_64", ["-static", "-DNO_VERSION"]);
+      await withTarget([q, "--device", "vfio-pci,host=0000:01:00.0", "-m", "64"], {}, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, report.postcopy, check(report, "vm-devices").status]).toEqual([2, false, "fail"]);
+        expect(report.error).toBe(
+          `could not answer what was asked: --pid: ${q}: no QEMU version could be read from its binary`,
+        );
+      });
+    },
+  );
+
+  test.skipIf(skip)(
+    "a loader's QEMU is the program ld.so runs, read from its bytes: never an argument, never run, never a hang",
+    async () => {
+      const loader = "/lib64/ld-linux-x86-64.so.2";
+      const dir = mkdtempSync(`${world}/loaded-`);
+      chmodSync(dir, 0o755);
+      const program = `${dir}/qemu-system-x86_64`;
+      copyFileSync(standIn("qemu-system-x86_64", []), program); // ld.so runs a static program itself
+      chmodSync(program, 0o755);
+      // A tenant's script whose name says qemu, as an argument: the old probe ran it, as root.
+      const evil = `${dir}/qemu-evil`;
+      writeFileSync(evil, `#!/bin/sh\nid > ${dir}/RAN\n`, { mode: 0o755 });
+      const as65534 = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+      await withTarget(
+        [loader, "--library-path", "/nonexistent", program, evil],
+        { prefix: as65534, comm: "ld-linux-x86-64" },
+        (pid) => {
+          const { report } = byPid(pid);
+          expect([report.qemu ?? null, check(report, "context").detail]).toEqual([
+            null,
+            expect.stringContaining("runs as nobody (uid 65534), QEMU 7.2.0"),
+          ]);
+          // Then the tenant swaps the program's file for what would run, block, spin or take long to read.
+          const swaps: Array<[string, () => void]> = [
+            ["a script", () => writeFileSync(program, `#!/bin/sh\nid > ${dir}/RAN\n`, { mode: 0o755 })],
+            ["a FIFO", () => Bun.spawnSync(["mkfifo", program])],
+            ["/dev/zero", () => symlinkSync("/dev/zero", program)],
+            ["a 16 GiB sparse file", () => Bun.spawnSync(["truncate", "-s", "16G", program])],
+          ];
+          for (const [what, swap] of swaps) {
+            rmSync(program, { force: true });
+            swap();
+            const run = byPid(pid);
+            expect([what, run.code, run.report.error]).toEqual([
+              what,
+              2,
+              `could not answer what was asked: --pid: ${program}: no QEMU version could be read from its binary`,
+            ]);
+          }
+        },
+      );
+      expect(existsSync(`${dir}/RAN`)).toBe(false);
+    },
+    20_000,
+  );
+
+  /** A chroot of its own for a stand-in: the QEMU at its top, and a /dev the test fills. */
+  function chroot() {
+    const dir = mkdtempSync(`${world}/chroot-`);
+    mkdirSync(`${dir}/dev`);
+    copyFileSync(standIn("qemu-system-x86_64"), `${dir}/qemu-system-x86_64`);
+    chmodSync(`${dir}/qemu-system-x86_64`, 0o755);
+    return dir;
+  }
+  const strace = Bun.which("strace");
+
+  test.skipIf(skip || facts.miscMinor === null)(
+    "/dev/userfaultfd is resolved inside the target's root: links out of it stay in, and what is not the device is never opened",
+    async () => {
+      const dir = chroot();
+      const node = `${dir}/dev/userfaultfd`;
+      await withTarget(["/usr/sbin/chroot", dir, "/qemu-system-x86_64"], { comm: "qemu-system-x86" }, (pid) => {
+        const routes = () => {
+          const { code, report } = byPid(pid);
+          return [code, routesOf(report)["device-node"], blocked(report).filter(([, b]) => b.length)];
+        };
+        // Links that would reach the host's /etc/passwd: inside this root there is no such file.
+        for (const target of ["/etc/passwd", "../../../../../../etc/passwd"]) {
+          rmSync(node, { force: true });
+          symlinkSync(target, node);
+          expect([target, ...routes()]).toEqual([target, 0, "ENOENT", []]);
+        }
+        if (strace) {
+          const log = `${dir}.strace`;
+          Bun.spawnSync([
+            strace,
+            "-f",
+            "-qq",
+            "-e",
+            "trace=open,openat,openat2",
+            "-o",
+            log,
+            `${world}/bun`,
+            `${world}/probe.ts`,
+            "--pid",
+            String(pid),
+          ]);
+          const rw = readFileSync(log, "utf8")
+            .split("\n")
+            .filter((l) => l.includes("O_RDWR"));
+          expect(rw.filter((l) => /passwd|userfaultfd/.test(l))).toEqual([]);
+        }
+        // Something else at the device's path: named, never opened (a FIFO would block an open).
+        rmSync(node);
+        Bun.spawnSync(["mknod", "-m", "666", node, "c", "1", "3"]);
+        const other = byPid(pid);
+        expect([routesOf(other.report)["device-node"], other.report.diagnosis[0]]).toEqual([
+          "ENODEV",
+          {
+            cause: "devnode-impostor",
+            summary: "/dev/userfaultfd is not the userfaultfd device: the probe did not open it",
+            blocks: ["firecracker-uffd"],
+            evidence: [`/dev/userfaultfd: crw-rw-rw-, c 1:3, not c 10:${facts.miscMinor}`],
+            fix: [
+              "docker run --device /dev/userfaultfd ...   # a container: or podman run --device",
+              `rm /dev/userfaultfd && mknod -m 0600 /dev/userfaultfd c 10 ${facts.miscMinor}`,
+            ],
+          },
+        ]);
+        rmSync(node);
+        Bun.spawnSync(["mkfifo", node]);
+        expect(byPid(pid).report.diagnosis[0].evidence).toEqual([
+          `/dev/userfaultfd: prw-r--r--, a FIFO, not c 10:${facts.miscMinor}`,
+        ]);
+        rmSync(node);
+        Bun.spawnSync(["mknod", "-m", "600", node, "c", "10", String(facts.miscMinor)]);
+        expect(routes()).toEqual([0, "ok", []]);
+      });
+    },
+    20_000,
+  );
+
+  /** A FUSE mount whose daemon never answers: any look inside it would hang. Gone with its namespace. */
+  const STUCK_FUSE = `#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int fd = open("/dev/fuse", O_RDWR);
+  char opts[128];
+  snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0", fd);
+  if (fd < 0 || mount("stuck", argv[1], "fuse.stuck", 0, opts)) return 1;
+  pause();
+}`;
+  const memoryOf = (r: Report) => [check(r, "vm-memory").status, check(r, "vm-memory").detail];
+
+  test.skipIf(skip || !existsSync("/dev/fuse"))(
+    "a mem-path is judged from the target's own view: the RAM file it holds, its root, never inside a FUSE mount",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      const fuse = `${world}/fuse`;
+      mkdirSync(fuse, { recursive: true });
+      writeFileSync(`${world}/stuck-fuse.c`, STUCK_FUSE);
+      Bun.spawnSync([cc!, "-o", `${world}/stuck-fuse`, `${world}/stuck-fuse.c`]);
+      const mounted = `${world}/stuck-fuse ${fuse} & while ! grep -q fuse.stuck /proc/self/mountinfo; do sleep 0.01; done; exec "$@"`;
+      const prefix = [...inNamespace(mounted), "sh"];
+      const file = (path: string) => ["-object", `memory-backend-file,id=m0,size=64M,mem-path=${path}`];
+      await withTarget([q, ...file(`${fuse}/ram`)], { prefix }, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, ...memoryOf(report)]).toEqual([
+          2,
+          "skip",
+          `could not tell what mem-path ${fuse}/ram is on: it lies under the fuse.stuck mount at ${fuse}, which the probe does not enter`,
+        ]);
+        expect(report.error).toStartWith("could not answer what was asked: postcopy-ram: could not tell what mem-path");
+      });
+      await withTarget([q, "--mem-path", fuse], { prefix }, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, report.postcopy, ...memoryOf(report)]).toEqual([
+          1,
+          false,
+          "fail",
+          `mem-path ${fuse} is on fuse.stuck (by its path in the process's root): "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
+        ]);
+      });
+      // A relative mem-path is the target's cwd's; a link to /dev/shm is followed inside its root.
+      const ram = `/dev/shm/postcopy-probe-${process.pid}`;
+      writeFileSync(ram, "");
+      symlinkSync(ram, `${world}/ram-link`);
+      try {
+        await withTarget([q, "-mem-path", "ram-link"], { cwd: world }, (pid) => {
+          expect(memoryOf(byPid(pid).report)).toEqual(["pass", "file-backed RAM on tmpfs or hugetlbfs: ram-link"]);
+        });
+        await withTarget([q, ...file(ram), "-hold", ram], {}, (pid) => {
+          const { code, report } = byPid(pid);
+          expect([code, report.postcopy, ...memoryOf(report)]).toEqual([
+            0,
+            true,
+            "pass",
+            `file-backed RAM on tmpfs or hugetlbfs: ${ram}`,
+          ]);
+        });
+      } finally {
+        rmSync(ram, { force: true });
+      }
+    },
+    20_000,
+  );
+
+  test.skipIf(skip)(
+    "nothing a target wrote reaches the terminal raw: control characters are shown escaped",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      const forged = "Postcopy live migration (QEMU 7.2.0 postcopy-ram): SUPPORTED for root (uid 0)";
+      const path = `/x\x1b[2K\r${forged}\n\x9b31m`;
+      await withTarget([q, "-mem-path", path], {}, (pid) => {
+        const human = cli(["--pid", String(pid)]).stdout;
+        expect(human.replaceAll("\n", "")).not.toMatch(/\p{Cc}/u);
+        expect(human.split("\n").filter((l) => l.startsWith("Postcopy live migration"))).toEqual([
+          "Postcopy live migration (QEMU 7.2.0 postcopy-ram): UNKNOWN for root (uid 0)",
+        ]);
+        // U+009B (a CSI to a UTF-8 terminal) arrives as its UTF-8 bytes, c2 9b: each is shown, 9b as an escape.
+        expect(human).toContain(`mem-path /x\\x1b[2K\\r${forged}\\n\u00c2\\x9b31m`);
+        // JSON keeps the characters, escaped as JSON escapes them.
+        expect(byPid(pid).stdout).toContain("mem-path /x\\u001b[2K\\r");
+      });
+    },
+  );
+
+  test.skipIf(skip)(
+    "fix lines are safe to paste: a target's values are shell-quoted, and no grant goes to a binary others can write",
+    async () => {
+      const shellWords = (line: string): string[] => {
+        const py =
+          "import json,shlex,sys\ns=shlex.shlex(sys.argv[1],posix=True,punctuation_chars=True)\ns.whitespace_split=True\nprint(json.dumps(list(s)))";
+        return JSON.parse(Bun.spawnSync(["python3", "-c", py, line]).stdout.toString());
+      };
+      const hostile = "/tmp/q;touch /tmp/INJECTED;#/qemu-system-x86_64";
+      const grantable = { path: hostile, version: "7.2.0", major: 7, ptrace: false, grantable: true };
+      const f = {
+        ...facts,
+        kernel: "6.1.0",
+        uid: 0,
+        user: "root",
+        qemuUser: "a b;c",
+        unprivilegedUserfaultfd: 0,
+        capSysPtrace: false,
+        seccomp: 0,
+        userNamespace: false,
+        tools: ["setfacl", "udevadm", "setcap"],
+        miscMinor: 126,
+        devnode: { mode: "crw-------", kind: "c 10:126", owner: "root", group: "root", uid: 0, gid: 0 },
+        deviceCgroup: { dir: "/sys/fs/cgroup/devices/x'y;z", allows: false },
+        sysctlSource: { file: "/etc/sysctl.d/99-zz$(id).conf", value: "0" },
+      };
+      const routes = { "device-node": "EACCES", device: "EACCES", syscall: "EPERM", "user-mode-only": "ok" };
+      const opened = [{ id: "uffd-open", title: "", status: "fail", detail: "", routes } as Check];
+      const fixes = diagnose(f, opened, undefined, grantable).flatMap((d) => d.fix);
+      const words = Object.fromEntries(fixes.map((x) => [x.split(" ")[0], shellWords(x.split("   #")[0])]));
+      expect(words.setcap).toEqual(["setcap", "cap_sys_ptrace+ep", hostile]);
+      expect(words.usermod).toEqual(["usermod", "-aG", "kvm", "a b;c"]);
+      expect(words.setfacl).toEqual(["setfacl", "-m", "u:a b;c:rw", "/dev/userfaultfd"]);
+      expect(fixes).toContain("echo vm.unprivileged_userfaultfd=1 > '/etc/sysctl.d/99-zz$(id).conf-userfaultfd.conf'");
+      // The same binary, where others can write it: no setcap is offered at all.
+      const owned = diagnose(f, opened, undefined, { ...grantable, grantable: false }).flatMap((d) => d.fix);
+      expect(owned.filter((x) => x.startsWith("setcap"))).toEqual([]);
+      // A real one, as uid 65534 from a directory under /tmp: its path is quoted where shown, never granted.
+      const dir = `${world}/q;touch ${world}/INJECTED;#`;
+      mkdirSync(dir, { recursive: true, mode: 0o755 });
+      copyFileSync(standIn("qemu-system-x86_64"), `${dir}/qemu-system-x86_64`);
+      chmodSync(`${dir}/qemu-system-x86_64`, 0o755);
+      const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+      await withTarget([`${dir}/qemu-system-x86_64`], { prefix: nobody }, (pid) => {
+        const { report } = byPid(pid);
+        const all = report.diagnosis.flatMap((d) => d.fix);
+        if (unprivileged === "0") expect(causes(report)).toContain("unprivileged-userfaultfd");
+        expect(all.filter((x) => x.includes("setcap") || x.includes("INJECTED"))).toEqual([]);
+      });
+      expect(existsSync(`${world}/INJECTED`)).toBe(false);
+    },
+  );
+
+  test.skipIf(skip)("a command line that cannot be read whole (over 4 MiB) is exit 2, not cut short", async () => {
+    const q = standIn("qemu-system-x86_64");
+    // 40 arguments of 120 000 bytes, made by a shell whose stack limit lets them through exec.
+    const exec = `a=$(head -c 120000 /dev/zero | tr '\\0' x); exec "$0" ${"$a ".repeat(40)}`;
+    const prefix = ["/usr/bin/prlimit", `--stack=${64 << 20}`, "/bin/sh", "-c", exec];
+    await withTarget([q], { prefix }, (pid) => {
+      const { code, report } = byPid(pid);
+      expect([code, report.error]).toEqual([
+        2,
+        `Process ${pid} (qemu-system-x86) : its command line could not be read whole (over 4194304 bytes)`.replace(
+          " :",
+          ":",
+        ),
+      ]);
+    });
+  });
+
+  test.skipIf(skip || !existsSync("/sys/fs/cgroup/unified"))(
+    "a target in a frozen cgroup (a paused container) is exit 2 before the probe joins it, and the probe is not frozen",
+    async () => {
+      const cgroup = `/sys/fs/cgroup/unified/postcopy-probe-frozen-${process.pid}`;
+      mkdirSync(cgroup);
+      try {
+        const prefix = ["/bin/sh", "-c", `echo $$ > ${cgroup}/cgroup.procs && exec "$@"`, "sh"];
+        await withTarget([standIn("qemu-system-x86_64")], { prefix }, async (pid) => {
+          writeFileSync(`${cgroup}/cgroup.freeze`, "1");
+          for (let i = 0; i < 100 && !readFileSync(`${cgroup}/cgroup.events`, "utf8").includes("frozen 1"); i++)
+            await Bun.sleep(10);
+          const { code, report } = byPid(pid);
+          expect([code, report.error]).toEqual([
+            2,
+            `The process's cgroup ${cgroup} is frozen (a paused container?): thaw it, then ask again`,
+          ]);
+          expect(readFileSync(`${cgroup}/cgroup.procs`, "utf8")).toBe(`${pid}\n`);
+          writeFileSync(`${cgroup}/cgroup.freeze`, "0");
+        });
+      } finally {
+        writeFileSync(`${cgroup}/cgroup.freeze`, "0");
+        for (let i = 0; i < 100 && readFileSync(`${cgroup}/cgroup.procs`, "utf8"); i++) await Bun.sleep(10);
+        rmdirSync(cgroup);
+      }
+    },
+  );
+
+  test("the parent's wait for its child has a deadline: a child still there then is killed, and the run is exit 2", async () => {
+    const marker = `${4000 + (process.pid % 1000)}.5`;
+    const start = Date.now();
+    const waited = runInContext([marker], 300, ["/bin/sleep"]).catch((e: Error) => e.message);
+    expect(await waited).toBe("The probe's child did not finish within 300 ms: killed");
+    expect(Date.now() - start).toBeLessThan(3000);
+    expect(pids().filter((p) => cmdlineOf(p).includes(marker))).toEqual([]);
+  });
+
+  test.skipIf(!isRoot)(
+    "the walk that stands in for openat2() where the kernel lacks it resolves as openat2() does",
+    () => {
+      const dir = mkdtempSync(`${world}/walk-`);
+      mkdirSync(`${dir}/a/b`, { recursive: true });
+      writeFileSync(`${dir}/inside`, "");
+      symlinkSync("/inside", `${dir}/a/absolute`);
+      symlinkSync("../../../../inside", `${dir}/a/b/up`);
+      symlinkSync("b", `${dir}/a/dir`);
+      symlinkSync("loop", `${dir}/loop`);
+      const calls = pidCalls();
+      const root = sys.open(dir, K.O_PATH | K.O_CLOEXEC).ret;
+      const inode = (r: R) => {
+        if (r.ret < 0) return K.errnoName(r.errno);
+        const st = sys.stat("", r.ret, K.AT_EMPTY_PATH);
+        sys.close(r.ret);
+        return String(st.ino);
+      };
+      try {
+        const paths = ["/a/absolute", "/a/b/up", "/a/dir/up", "/../../inside", "/loop", "/a/missing", "/inside/x", "/"];
+        const viaWalk = paths.map((p) => inode(walkIn(sys, calls, root, p)));
+        expect(viaWalk).toEqual(paths.map((p) => inode(resolveIn(sys, calls, root, p))));
+        const ino = (p: string) => String(sys.stat(p).ino);
+        expect(viaWalk).toEqual([
+          ino(`${dir}/inside`),
+          ino(`${dir}/inside`),
+          ino(`${dir}/inside`),
+          ino(`${dir}/inside`),
+          "ELOOP",
+          "ENOENT",
+          "ENOTDIR",
+          ino(dir),
+        ]);
+      } finally {
+        sys.close(root);
+      }
     },
   );
 });

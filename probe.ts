@@ -45,10 +45,20 @@ const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm",
 
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
+/** `ls -l`'s letter for each file type (S_IFMT >> 12), and what a person calls it. */
+const TYPES: Record<number, [string, string]> = {
+  1: ["p", "a FIFO"],
+  2: ["c", "a character device"],
+  4: ["d", "a directory"],
+  6: ["b", "a block device"],
+  8: ["-", "a regular file"],
+  10: ["l", "a symbolic link"],
+  12: ["s", "a socket"],
+};
+const typeOf = (mode: number) => TYPES[(mode & K.S_IFMT) >> 12] ?? ["?", "of an unknown type"];
 /** `crw-------` for a character device with mode 0600. */
 const modeString = (mode: number) =>
-  ((mode & 0o170000) === 0o020000 ? "c" : "-") +
-  [..."rwxrwxrwx"].map((c, i) => (mode & (0o400 >> i) ? c : "-")).join("");
+  typeOf(mode)[0] + [..."rwxrwxrwx"].map((c, i) => (mode & (0o400 >> i) ? c : "-")).join("");
 /** A whole number from text, or null when the text is missing or not one: never a wrong fact. */
 const whole = (text: string | null | undefined) => (text?.trim().match(/^-?\d+$/) ? Number(text) : null);
 /** The value after `key:` in a /proc file such as /proc/meminfo. */
@@ -64,25 +74,30 @@ export type Facts = ReturnType<typeof readFacts>;
 
 /**
  * Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it
- * (--pid: through its root).
+ * (--pid: resolved inside its root), or the errno its resolution gave.
  */
-export function readFacts(sys: Sys, device = DEVICE) {
+export function readFacts(sys: Sys, device: string | number = DEVICE) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
   const status = sys.readText("/proc/self/status");
   const capEff = field(status, "CapEff");
   const uid = process.getuid!();
   const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
-  const node = sys.stat(device);
+  const node = typeof device === "string" ? sys.stat(device) : null;
+  const found = node?.ret === 0 ? node : null;
   const minor = whole(sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1]);
+  // Only the userfaultfd device itself is ever opened: anything else there (a FIFO, a file, another
+  // device) is not, and answers ENODEV.
+  const isDevice = !!found && (found.mode & K.S_IFMT) === K.S_IFCHR && found.rdev.join(":") === `10:${minor}`;
   const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
   const version = sys.readText("/proc/version") ?? "";
   const [passwd, groups] = [rows(sys, "/etc/passwd"), rows(sys, "/etc/group")];
   const libvirt = libvirtConf(sys.readText("/etc/libvirt/qemu.conf"));
-  const owners = { owner: nameOf(passwd, node.uid), group: nameOf(groups, node.gid), uid: node.uid, gid: node.gid };
   return {
     kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
-    device,
+    device: isDevice ? (device as string) : null,
+    /** The errno the device's route answers without an open(): its resolution's, or ENODEV for what is not it. */
+    deviceSays: isDevice ? 0 : node === null ? (device as number) : node.ret < 0 ? node.errno : K.errnoOf("ENODEV"),
     arch: K.arch!.name,
     pageSize: sys.pageSize(),
     hugePageSize: hugeKb === null ? null : hugeKb * 1024,
@@ -99,7 +114,10 @@ export function readFacts(sys: Sys, device = DEVICE) {
     uidMap,
     userNamespace: uidMap === null ? null : uidMap !== "0 0 4294967295",
     // As `ls -l` shows it; null when there is no such node.
-    devnode: node.ret < 0 ? null : { mode: modeString(node.mode), ...owners },
+    devnode: found && {
+      ...{ mode: modeString(found.mode), kind: what(found), uid: found.uid, gid: found.gid },
+      ...{ owner: nameOf(passwd, found.uid), group: nameOf(groups, found.gid) },
+    },
     // The kernel has the device even when this /dev lacks it (a container).
     miscMinor: minor,
     deviceCgroup: deviceCgroup(sys, minor),
@@ -116,6 +134,10 @@ export function readFacts(sys: Sys, device = DEVICE) {
     kernelConfig: null as string | null,
   };
 }
+
+/** What a file is, as a person says it: `a FIFO`, `c 1:3`. */
+const what = (node: { mode: number; rdev: number[] }) =>
+  (node.mode & K.S_IFMT) === K.S_IFCHR ? `c ${node.rdev.join(":")}` : typeOf(node.mode)[1];
 
 /** libvirt's qemu.conf: the user it runs QEMU as, and its device ACL when set. */
 function libvirtConf(text: string | null) {
@@ -163,7 +185,8 @@ const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d"
 function kernelConfig(sys: Sys, release: string) {
   let text = sys.readText(`/boot/config-${release}`);
   try {
-    text ??= new TextDecoder().decode(Bun.gunzipSync(require("node:fs").readFileSync("/proc/config.gz")));
+    const gz = sys.readText("/proc/config.gz");
+    if (gz) text ??= new TextDecoder("latin1").decode(Bun.gunzipSync(Uint8Array.from(gz, (c) => c.charCodeAt(0))));
   } catch {
     // neither is readable: the evidence goes without it
   }
@@ -188,7 +211,7 @@ const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
 function openRoute({ sys, facts }: Probe, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
-  const dev = sys.open(facts.device, K.O_RDWR | K.O_CLOEXEC);
+  const dev = facts.device ? sys.open(facts.device, K.O_RDWR | K.O_CLOEXEC) : { ret: -1, errno: facts.deviceSays };
   node?.(dev);
   if (dev.ret < 0) return dev;
   try {
@@ -763,7 +786,8 @@ export function capabilities(
   const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
   const kernelMode = extra(checks, "round-trip", "route") !== "user-mode-only";
   const ok = {} as Record<Capability, boolean>;
-  const undetermined: Capability[] = [];
+  /** Each capability the run could not judge, and why. */
+  const unknown: Partial<Record<Capability, string>> = {};
   for (const cap of CAPABILITIES) {
     const need = NEEDS[cap];
     const consumer = consumerOf(cap, qemu);
@@ -779,15 +803,24 @@ export function capabilities(
     const untaken = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
     // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
     const borrowed = vm?.ptrace === true && need.consumer !== "qemu";
-    if (borrowed) ok[cap] = false;
-    if (!ok[cap] && (limit || untaken || borrowed)) undetermined.push(cap);
+    // QEMU 8.0+ opens whatever is at the device's path: only a failed open() sends it to the syscall.
+    const impostor = opens && consumer === "qemu>=8.0" && a?.["device-node"] === "ENODEV";
+    if (borrowed || impostor) ok[cap] = false;
+    const why = limit ? OWN_LIMIT : untaken ? BY_FILE_CAP : borrowed ? BORROWED : impostor ? IMPOSTOR : null;
+    if (!ok[cap] && why) unknown[cap] = why;
   }
   // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
   const vmRefuses = checks.some((c) => c.vm && c.status === "fail");
+  const vmUnknown = checks.find((c) => c.vm && c.status === "skip");
   for (const cap of CAPABILITIES) if (NEEDS[cap].consumer === "qemu") ok[cap] &&= !vmRefuses;
   ok["postcopy-ram"] &&= (vm?.needs ?? []).every((cap) => ok[cap]);
-  return { ok, undetermined };
+  if (vmUnknown && ok["postcopy-ram"]) [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, vmUnknown.detail];
+  return { ok, undetermined: Object.keys(unknown) as Capability[], unknown };
 }
+const BY_FILE_CAP =
+  "QEMU opens its uffd by a file capability this run lacks; run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
+const BORROWED = "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have";
+const IMPOSTOR = `${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides; ask QEMU with --qemu`;
 
 // ── Diagnosis: gates as named predicates, causes and fixes ──
 
@@ -822,6 +855,8 @@ export const GATES = {
   gvisorLacksUserfaultfd: (s: Seen) => s.f.gvisor && refused(s.a.syscall),
   selinuxDenies: (s: Seen) => s.f.selinux === "enforcing" && [s.a.syscall, s.a["device-node"]].includes("EACCES"),
   deviceNotInThisKernel: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor === null,
+  // ENODEV: the probe found something else at the device's path, and never opened it.
+  somethingElseIsThere: (s: Seen) => s.a["device-node"] === "ENODEV" && s.f.devnode !== null,
   deviceNotInThisDev: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor !== null,
   libvirtAclLacksDevice: (s: Seen) => !!s.f.libvirt?.deviceAcl && !s.f.libvirt.deviceAcl.includes(DEVICE),
   modeRefusesThisUser: (s: Seen) => s.a["device-node"] === "EACCES" && !GATES.selinuxDenies(s),
@@ -899,6 +934,7 @@ const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
   ["gvisor", GATES.gvisorLacksUserfaultfd, "kernel"],
   ["selinux", GATES.selinuxDenies, "kernel"],
   ["devnode-missing", GATES.deviceNotInThisDev, "device"],
+  ["devnode-impostor", GATES.somethingElseIsThere, "device"],
   ["libvirt-device-acl", GATES.libvirtAclLacksDevice, "qemu-device"],
   ["devnode-permission", GATES.modeRefusesThisUser, "device"],
   ["device-cgroup", GATES.deviceCgroupDenies, "device"],
@@ -941,15 +977,15 @@ function persistSysctl({ f }: Seen) {
     return "sed -i 's/^\\s*vm.unprivileged_userfaultfd\\s*=.*/vm.unprivileged_userfaultfd = 1/' /etc/sysctl.conf";
   const last = from?.split("/").at(-1) ?? "";
   const name = "99-userfaultfd.conf" > last ? "99-userfaultfd.conf" : `${last}-userfaultfd.conf`;
-  return `echo vm.unprivileged_userfaultfd=1 > /etc/sysctl.d/${name}`;
+  return `echo vm.unprivileged_userfaultfd=1 > ${sh(`/etc/sysctl.d/${name}`)}`;
 }
 /** Lets QEMU's user into the device, least privilege first, with the commands this host has. */
 function deviceAccess({ f }: Seen) {
   const user = f.uid === 0 && f.qemuUser ? f.qemuUser : f.user;
-  const now = f.tools.includes("setfacl") ? [`setfacl -m u:${user}:rw ${DEVICE}   # now; lost at reboot`] : [];
+  const now = f.tools.includes("setfacl") ? [`setfacl -m ${sh(`u:${user}:rw`)} ${DEVICE}   # now; lost at reboot`] : [];
   const group = [
     ...(f.kvmGroup ? [] : ["groupadd -r kvm"]),
-    `usermod -aG kvm ${user}   # QEMU started after this gets it`,
+    `usermod -aG kvm ${sh(user)}   # QEMU started after this gets it`,
   ];
   const persist = f.tools.includes("udevadm")
     ? [UDEV, "udevadm control --reload && udevadm trigger --subsystem-match=misc"]
@@ -992,6 +1028,11 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
         ? [`${boot(DEVICE, f)}   # the upgrade path`]
         : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
   }),
+  "devnode-impostor": ({ f }) => ({
+    summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
+    evidence: [`${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
+    fix: [CONTAINER, ...(f.miscMinor === null ? [] : [`rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`])],
+  }),
   "libvirt-device-acl": ({ f }) => ({
     summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
     evidence: [`/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
@@ -1018,7 +1059,7 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
     ],
     fix: [
       ...(f.deviceCgroup
-        ? [`echo 'c 10:${f.miscMinor} rw' > ${f.deviceCgroup.dir}/devices.allow   # this cgroup, now`]
+        ? [`echo 'c 10:${f.miscMinor} rw' > ${sh(`${f.deviceCgroup.dir}/devices.allow`)}   # this cgroup, now`]
         : []),
       CONTAINER,
       `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
@@ -1044,16 +1085,12 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
         ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]
         : []),
     ],
-    fix: [
-      SYSCTL,
-      persistSysctl(s),
-      ...(s.f.tools.includes("setcap") && ofQemu(ON.syscall(s)).length ? [setcap(s)] : []),
-    ],
+    fix: [SYSCTL, persistSysctl(s), ...(s.f.tools.includes("setcap") && ofQemu(ON.syscall(s)).length ? setcap(s) : [])],
   }),
   "qemu-before-8.0": (s) => ({
     summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
     evidence: [`${DEVICE}: ok`, answered(s)],
-    fix: [`install QEMU 8.0 or later in place of ${s.qemu?.path}   # the upgrade path`],
+    fix: [`install QEMU 8.0 or later in place of ${sh(s.qemu?.path ?? "")}   # the upgrade path`],
   }),
   "vm-config": ({ checks }) => ({
     summary: "this VM's own configuration refuses postcopy, whatever the host allows",
@@ -1074,8 +1111,14 @@ const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; f
     ],
   }),
 };
-const setcap = ({ f, qemu }: Seen) =>
-  `setcap cap_sys_ptrace+ep ${qemu?.path ?? `"$(command -v qemu-system-${f.arch})"`}   # broad: also lets QEMU ptrace`;
+/** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
+const setcap = ({ f, qemu }: Seen) => {
+  if (qemu?.path && !qemu.grantable) return [];
+  const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
+  return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
+};
+/** `value` as one shell word: as it is when plainly safe, else in single quotes (a fix is pasted into a root shell). */
+export const sh = (value: string) => (/^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`);
 
 /**
  * Why, and what to run: every gate that holds and stands in the way of a capability that failed, in
@@ -1116,9 +1159,6 @@ async function benchAll(p: Probe, progress?: Progress): Promise<Bench | Bench[] 
   return typeof more === "string" ? [base] : [base, more];
 }
 
-/** Why a capability went unjudged: the probe's own limit, or a QEMU route this run cannot take. */
-const unjudged = (checks: Check[]) =>
-  checks.some((c) => c.limit) ? OWN_LIMIT : `QEMU opens its uffd by a file capability this run lacks; ${AS_QEMU}`;
 const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
 
 /** The whole probe, without printing: the report the renderers turn into text (the postcopy-probe/1 document). */
@@ -1143,7 +1183,8 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
     ...opts.require
       .filter((c) => undetermined.includes(c) && !(c === "postcopy-ram" && answer))
-      .map((c) => `${c}: ${unjudged(checks)}`),
+      .map((c) => `${c}: ${judged.unknown[c]}`),
+    ...(context?.qemu && !context.qemu.version ? [`--pid: ${context.qemu.error}`] : []),
     // --pid: a filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
     ...(checks.some((c) => c.unknownFilter) && extra(checks, "qemu-route", "route") === "syscall"
       ? ["--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"]
@@ -1178,13 +1219,15 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
     roundTrip: roundTripSummary(checks),
     ...(answer ? { qemu: answer } : {}),
-    ...(context?.process ? { context: { ...context.process, cmdline: undefined, user: context.name } } : {}),
+    ...(context?.process ? { context: { ...context.process, ...UNSHOWN, user: context.name } } : {}),
     ...(opts.bench ? { bench: await benchAll(p, progress) } : {}),
     /** Set when the probe could not answer what was asked: the exit status is then 2. */
     ...(unanswered.length ? { error: `could not answer what was asked: ${unanswered.join("; ")}` } : {}),
   };
 }
 export type Report = Awaited<ReturnType<typeof probe>>;
+/** What --pid read of the process but the report leaves out: its arguments, mounts and files can be large. */
+const UNSHOWN = { cmdline: undefined, mounts: undefined, files: undefined };
 
 const COLORS: Record<Status, number> = { pass: 32, warn: 33, fail: 31, skip: 90 };
 const STATUSES = Object.keys(COLORS) as Status[];
@@ -1215,8 +1258,14 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
   return differs ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
 }
 
-/** The human report, in the style of virt-host-validate. */
-export function renderHuman(report: Report, opts: Pick<Options, "quiet" | "color">): string {
+/** Control characters as escapes: nothing a target wrote (a path, QEMU's words) reaches a terminal as it is. */
+export const shown = (text: string) =>
+  text.replace(/\p{Cc}/gu, (c) => ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
+
+/** The human report, in the style of virt-host-validate: every string in it shown(). */
+export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">): string {
+  const report: Report = JSON.parse(JSON.stringify(raw), (_, v) => (typeof v === "string" ? shown(v) : v));
   const { host, checks, qemu } = report;
   const yesNo = (yes: boolean, text: string) => paint(opts.color, yes ? COLORS.pass : COLORS.fail, text);
   const count = (s: Status) => `${s}=${checks.filter((c) => c.status === s).length}`;
@@ -1448,12 +1497,24 @@ function emit(sys: Sys | null, text: string, output: string | null) {
   if (output) {
     const fs = require("node:fs") as typeof import("node:fs");
     const tmp = `${output}.${process.pid}.tmp`;
+    const cannot = (why: string) => new Error(`Cannot write ${quoted(output)}: ${why}`);
+    // Only a regular file is replaced: never a device (/dev/null), a FIFO, a socket, a link or a directory.
+    const there = (() => {
+      try {
+        return fs.lstatSync(output);
+      } catch {
+        return null; // not there yet, or unreadable: the write below says which
+      }
+    })();
+    if (there && !there.isFile()) throw cannot(`it is ${typeOf(there.mode)[1]}, not a regular file`);
+    let made = false;
     try {
       fs.writeFileSync(tmp, text, { flag: "wx", mode: 0o644 });
+      made = true;
       fs.renameSync(tmp, output);
     } catch (e) {
-      fs.rmSync(tmp, { force: true });
-      throw new Error(`Cannot write ${quoted(output)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      if (made) fs.rmSync(tmp, { force: true });
+      throw cannot((e as NodeJS.ErrnoException).code ?? (e as Error).message);
     }
   } else if (!sys) {
     console.log(text.trimEnd());
@@ -1511,7 +1572,7 @@ export async function main(argv = process.argv.slice(2)) {
     if (elsewhere?.isOrphan(sys)) throw new Error("The parent probe is gone");
     if (elsewhere && !elsewhere.isChild(sys)) {
       elsewhere.contextOf(sys, opts);
-      process.exitCode = await elsewhere.runInContext(argv);
+      process.exitCode = await elsewhere.runInContext(argv, elsewhere.childMs(opts));
       return;
     }
     const context = elsewhere?.enterContext(sys, opts);
@@ -1522,12 +1583,12 @@ export async function main(argv = process.argv.slice(2)) {
     line?.erase();
     line = undefined;
     emit(sys, RENDERERS[opts.format](report, opts), output);
-    if (report.error) console.error(`postcopy-probe: ${report.error}`);
+    if (report.error) console.error(`postcopy-probe: ${shown(report.error)}`);
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
     line?.erase();
     const usage = (e as Error).name === "UsageError" || e instanceof UsageError;
-    console.error(`postcopy-probe: ${(e as Error).message}${usage ? `\n${USAGE}` : ""}`);
+    console.error(`postcopy-probe: ${shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);
     try {
       emit(sys, errorDocument(format, (e as Error).message), output);
     } catch {
