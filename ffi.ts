@@ -1,7 +1,8 @@
 /**
  * The kernel ABI postcopy-probe speaks, and nothing else: libc through `bun:ffi`, the userfaultfd
  * constants under their names in include/uapi/linux/userfaultfd.h, per-arch syscall numbers, the
- * _IOC encoding, and a `Sys` whose methods return `{ ret, errno }` instead of throwing.
+ * _IOC encoding, and a `Sys` whose methods return `{ ret, errno }` instead of throwing. The calls only
+ * an option makes are declared in that option's file and opened with openLibc().
  *
  * ```ts
  * import { loadSys, UFFD_USER_MODE_ONLY } from "./ffi.ts";
@@ -11,9 +12,7 @@
  */
 if (typeof Bun === "undefined") {
   // Node (22.18+ runs .ts files) would die on the bun:ffi import with a stack trace.
-  console.error(
-    "postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`",
-  );
+  console.error("postcopy-probe needs Bun: run `npx -y bun probe.ts` (npm brings Bun), or `bun probe.ts`");
   process.exit(2);
 }
 // Loaded only once the runtime is known to be Bun: the guard above could not run before a static
@@ -77,19 +76,12 @@ export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
       "THREAD_ID MINOR_HUGETLBFS MINOR_SHMEM EXACT_ADDRESS WP_HUGETLBFS_SHMEM WP_UNPOPULATED POISON WP_ASYNC MOVE",
   ).map(([name, i]) => [name, 1n << BigInt(i)]),
 );
-// include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h, poll.h (ppc's MAP_NORESERVE differs)
+// include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h, poll.h (ppc's MAP_NORESERVE differs), stat.h
 export const [O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC, O_PATH] = [0, 1, 2, 0x800, 0x80000, 0x200000];
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
-// include/uapi/linux/prctl.h, seccomp.h, fcntl.h, stat.h
-export const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP] = [
-  1, 4, 8, 38, 22,
-];
-// include/uapi/linux/capability.h
-export const [_LINUX_CAPABILITY_VERSION_3, CAP_SYS_PTRACE] = [0x20080522, 19];
-export const [SECCOMP_MODE_FILTER, SIGKILL] = [2, 9];
 export const [AT_FDCWD, AT_EMPTY_PATH, STATX_BASIC_STATS] = [-100, 0x1000, 0x7ff];
-export const [S_IFMT, S_IFREG, S_IFCHR, S_IFDIR] = [0o170000, 0o100000, 0o020000, 0o040000];
+export const [S_IFMT, S_IFREG, S_IFCHR] = [0o170000, 0o100000, 0o020000];
 /** struct statx: uid @20, gid @24, mode (u16) @28, ino @32, size @40, rdev @128, dev @136; 256 bytes in all. */
 const STATX_SIZE = 256;
 
@@ -116,25 +108,20 @@ export type Sys = ReturnType<typeof loadSys>;
 /** readText reads a file in chunks, up to READ_MAX: /proc files and /etc/passwd fit; a longer one is unread. */
 const READ_CHUNK = 1 << 13;
 export const READ_MAX = 1 << 22;
-/** Bytes as a Latin-1 string, and strings as UTF-8. */
-const [cp1252, utf16] = [new TextDecoder("latin1"), new TextDecoder("utf-16le")];
+const [cp1252, utf16, utf8] = [new TextDecoder("latin1"), new TextDecoder("utf-16le"), new TextEncoder()];
 /**
  * Bytes as the string of their Latin-1 code points, which cstr() turns back into the same bytes.
- * TextDecoder's "latin1" is really windows-1252 (0x80-0x9f become other characters): fast when no such byte is there.
+ * TextDecoder's "latin1" is windows-1252 (0x80-0x9f become other characters): fast when no such byte is there.
  */
 export function latin1(bytes: Uint8Array) {
   const text = cp1252.decode(bytes);
   return /[\u0100-\uffff]/.test(text) ? utf16.decode(Uint16Array.from(bytes)) : text;
 }
-const utf8 = new TextEncoder();
-/** Enough for security.capability (24 bytes) and an ACL of 100 entries. */
-const XATTR_MAX = 1024;
 
 /** libc's file name for the running arch: glibc first, then musl. */
 const LIBC_NAMES = ["libc.so.6", `libc.musl-${archOrX64.musl}.so.1`, "libc.so"];
 const SYMBOLS = {
   syscall: { args: [T.i64, T.i64, T.i64, T.i64, T.i64, T.i64], returns: T.i64_fast },
-  prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
   open: { args: [T.ptr, T.i32], returns: T.i32 },
   ioctl: { args: [T.i32, T.u64, T.ptr], returns: T.i32 },
   mmap: { args: [T.u64, T.u64, T.i32, T.i32, T.i32, T.i64], returns: T.i64_fast },
@@ -148,18 +135,12 @@ const SYMBOLS = {
   pthread_create: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i32 },
   pthread_join: { args: [T.u64, T.ptr], returns: T.i32 },
   pthread_tryjoin_np: { args: [T.u64, T.ptr], returns: T.i32 },
-  setgroups: { args: [T.u64, T.ptr], returns: T.i32 },
-  setresgid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
-  setresuid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
   getpagesize: { args: [], returns: T.i32 },
   isatty: { args: [T.i32], returns: T.i32 },
   write: { args: [T.i32, T.ptr, T.u64], returns: T.i64_fast },
-  getxattr: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
-  pipe2: { args: [T.ptr, T.i32], returns: T.i32 },
-  getppid: { args: [], returns: T.i32 },
-  capset: { args: [T.ptr, T.ptr], returns: T.i32 },
   __errno_location: { args: [], returns: T.ptr },
 } as const;
+type Symbols = Parameters<typeof dlopen>[1];
 
 /**
  * Opens libc with `symbols`; throws `Cannot load libc: …` when no name in LIBC_NAMES loads. An option's
@@ -175,6 +156,13 @@ export function openLibc<S extends Symbols>(symbols: S) {
   }
   throw new Error(`Cannot load libc: tried ${LIBC_NAMES.join(", ")}`);
 }
+
+/**
+ * `{ ret, errno }` for a libc call that returns -1 on failure: errno is read right after the call, and
+ * only then (STYLE.md rule 5). Valid once loadSys() ran.
+ */
+export const answer = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
+let errnoAt: ReturnType<typeof ptr> | null = null;
 
 /** Buffers whose address a call takes as a number, held until it returns: the GC cannot see the kernel read them. */
 const held: Buf[] = [];
@@ -193,7 +181,7 @@ export function loadSys() {
   const c = openLibc(SYMBOLS);
   errnoAt = c.__errno_location() as ReturnType<typeof ptr>;
   const r = answer;
-  const pollfd = new Int32Array(4);
+  const pollfd = new Int32Array(2);
   const textBuffer = new Uint8Array(READ_CHUNK);
   const tid = new BigUint64Array(1);
   const retval = new BigUint64Array(1);
@@ -213,7 +201,6 @@ export function loadSys() {
   return {
     userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
     stat,
-    prctl: (option: number, arg2: number, arg3?: Buf) => r(c.prctl(option, arg2, arg3 ?? null, 0, 0)),
     open: (path: string, flags: number) => r(c.open(cstr(path), flags)),
     /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
     ioctl: (fd: number, request: bigint, arg: Buf | number) => r(c.ioctl(fd, request, arg as never)),
@@ -224,11 +211,10 @@ export function loadSys() {
     memfdCreate: (name: string, flags: number) => r(c.memfd_create(cstr(name), flags)),
     ftruncate: (fd: number, length: number) => r(c.ftruncate(fd, length)),
     read: (fd: number, buf: Buf) => r(c.read(fd, buf, buf.byteLength) as number),
-    /** poll() for POLLIN on one fd, or on a second one too: ret how many are ready, 0 timed out; revents per fd. */
-    poll(fd: number, timeoutMs: number, other = -1) {
-      pollfd.set([fd, POLLIN, other, POLLIN]); // each pollfd: fd, then events in the low half and revents cleared
-      const ready = r(c.poll(pollfd, other < 0 ? 1 : 2, timeoutMs));
-      return { ...ready, revents: [pollfd[1] >>> 16, pollfd[3] >>> 16] };
+    /** poll() for POLLIN on one fd: ret 1 when it is ready, 0 when the time ran out. */
+    poll(fd: number, timeoutMs: number) {
+      pollfd.set([fd, POLLIN]); // a pollfd: the fd, then events in the low half and revents cleared
+      return r(c.poll(pollfd, 1, timeoutMs));
     },
     /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
     thread(fn: string, arg: number): R {
@@ -241,21 +227,6 @@ export function loadSys() {
     join: (thread: number) => joined(c.pthread_join(thread, retval)),
     /** Joins a thread that has finished; errno EBUSY while it still runs. */
     tryJoin: (thread: number) => joined(c.pthread_tryjoin_np(thread, retval)),
-    /**
-     * Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. With
-     * `ptrace`, this thread keeps CAP_SYS_PTRACE alone, as a binary with that file capability would.
-     */
-    become(uid: number, gid: number, groups: number[], ptrace = false) {
-      const set = r(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
-      if (set.ret === -1) return set;
-      const g = r(c.setresgid(gid, gid, gid));
-      const keep = g.ret === -1 || !ptrace ? g : r(c.prctl(PR_SET_KEEPCAPS, 1, null, 0, 0));
-      const u = keep.ret === -1 ? keep : r(c.setresuid(uid, uid, uid));
-      // __user_cap_header_struct {version, pid} and two __user_cap_data_struct {effective, permitted, inheritable}.
-      const caps = new Uint32Array([1 << CAP_SYS_PTRACE, 1 << CAP_SYS_PTRACE, 0, 0, 0, 0]);
-      const kept = u.ret === -1 || !ptrace ? u : r(c.capset(new Uint32Array([_LINUX_CAPABILITY_VERSION_3, 0]), caps));
-      return kept.ret === -1 ? kept : r(c.prctl(PR_SET_DUMPABLE, 1, null, 0, 0));
-    },
     pageSize: () => c.getpagesize(),
     /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
     isatty: (fd: number) => c.isatty(fd),
@@ -264,18 +235,6 @@ export function loadSys() {
       const bytes = typeof data === "string" ? utf8.encode(data) : data;
       return r(c.write(fd, bytes, bytes.length) as number);
     },
-    /** A pipe, both ends close-on-exec: ret 0 and [read, write], or the errno. */
-    pipe(): R & { ends: [number, number] } {
-      const ends = new Int32Array(2);
-      return { ...r(c.pipe2(ends, O_CLOEXEC)), ends: [ends[0], ends[1]] };
-    },
-    /** The value of extended attribute `name` of `path` (security.capability, ...), or null. */
-    xattr(path: string, name: string): Uint8Array | null {
-      const value = new Uint8Array(XATTR_MAX);
-      const n = c.getxattr(cstr(path), cstr(name), value, value.length) as number;
-      return n < 0 ? null : value.subarray(0, n);
-    },
-    getppid: () => c.getppid(),
     /**
      * A small regular file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read whole: opened
      * non-blocking, and read only when it is a regular file (a FIFO or a device put there is "unreadable").
@@ -297,14 +256,6 @@ export function loadSys() {
     },
   };
 }
-
-type Symbols = Parameters<typeof dlopen>[1];
-/**
- * `{ ret, errno }` for a libc call that returns -1 on failure: errno is read right after the call, and
- * only then (STYLE.md rule 5). Valid once loadSys() ran.
- */
-export const answer = (ret: number): R => ({ ret, errno: ret === -1 ? read.i32(errnoAt!, 0) : 0 });
-let errnoAt: ReturnType<typeof ptr> | null = null;
 
 /** The address of a buffer, for struct fields that hold a user pointer (uffdio_copy.src). */
 export const addressOf = (buf: Uint8Array) => ptr(buf);

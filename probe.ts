@@ -11,40 +11,77 @@
  * ```
  *
  * The file reads in the order the data flows, one banner per stage:
- *   Facts          read-only host context                         readFacts()
- *   Checks         QEMU's sequence, one row per check             CHECKS, runChecks()
- *   Round trips    real faults served, and --bench                TRIPS, serveFaults(), bench()
- *   Capabilities   each consumer, on the route it takes           CONSUMERS, NEEDS, capabilities()
- *   Diagnosis      gates as named predicates, causes and fixes    GATES, CAUSES, diagnose()
- *   Report         the whole probe as data, then one renderer     probe(), RENDERERS
- *   Command line   options as data, main() and the exit status    OPTIONS, parseArgs(), main()
- * What talks to or about a QEMU binary (its version, --qemu) lives in qemu.ts, loaded only when needed.
+ *   Helpers        defined once, for the option files too           quoted(), sh(), shown(), field()
+ *   Facts          read-only host context                           readFacts()
+ *   Routes         the ways to a uffd, and which consumer takes which  ROUTES, CONSUMERS, qemuAnswers()
+ *   Checks         QEMU's sequence, one row per check; what they learn  CHECKS, runChecks() -> Learnt
+ *   Round trips    real faults served                               serveFaults(), TRIPS
+ *   Capabilities   each consumer, judged on its route               NEEDS, judge()
+ *   Diagnosis      one typed table of causes, gates and fixes        CAUSES, diagnose()
+ *   Report         the pipeline, then one renderer                  probe(), renderHuman(), renderJson()
+ *   Command line   options as data, main() and the exit status       OPTIONS, parseArgs(), main()
+ * The default run is this file and ffi.ts. Each option's own code is a file loaded (require) only
+ * when that option is used:
+ *   qemu.ts        the QEMU binary: where it is, its version, its file capability, --qemu's QMP exchange
+ *                  (also loaded when the routes disagree, or the syscall says EPERM)
+ *   context.ts     --user and --pid: whose context the answer is for, the privilege switch, cgroups,
+ *                  the running VM's configuration
+ *   bench.ts       --bench and its progress line
+ *   textfile.ts    --format prometheus and --output: a report for node_exporter's textfile collector
  */
+import type { Context } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Context, Qemu } from "./qemu.ts";
+import type { Qemu } from "./qemu.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
 export type Status = "pass" | "warn" | "fail" | "skip";
-/** One line of the report. A check never prints and never throws for a kernel answer. */
-export type Check = { id: string; title: string; status: Status; detail: string; [more: string]: unknown };
+/** One line of the report, with the per-check data the README documents. A check never prints or throws. */
+export type Check = {
+  id: string;
+  title: string;
+  status: Status;
+  detail: string;
+  errno?: string;
+  hint?: string;
+  /** uffd-open: what each route answered. */
+  routes?: Answers;
+  /** round-trip: each fault, served or not. */
+  trips?: Record<string, TripResult>;
+  /** The UFFD_FEATURE_* and UFFDIO_* names the kernel lacks for this check. */
+  missing?: string[];
+};
 /** What the command line asks for; the renderers and checks read it. */
 export type Options = Omit<ReturnType<typeof parseArgs>, "help" | "version">;
 const { errnoName } = K;
 
-// ── Facts: read-only host context ──
+// ── Helpers: defined once, for the option files too ──
 
-const DEVICE = "/dev/userfaultfd";
-const CAP_SYS_PTRACE = 19n;
-const QEMU_USERS = ["qemu", "libvirt-qemu"];
-/** The tools a fix may use, when this host has them. */
-const TOOLS = ["setfacl", "udevadm", "setcap"];
-/** libvirt's own default cgroup_device_acl (qemu.conf), which a fix must keep. */
-const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm", "userfaultfd"].map((d) => `/dev/${d}`);
-
+/** A wrong command line, user or process: exit 2 with the message and the usage line. */
+export class UsageError extends Error {}
+/** An argument as a message shows it: quoted, control characters escaped, cut at 60 characters. */
+export const quoted = (arg: string) => JSON.stringify(arg.length > 60 ? `${arg.slice(0, 60)}…` : arg);
+/** `value` as one shell word: as it is when plainly safe, else in single quotes (a fix is pasted into a root shell). */
+export const sh = (value: string) => (/^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`);
+/** Control characters as escapes: nothing a target wrote (a path, QEMU's words) reaches a terminal as it is. */
+export const shown = (text: string) =>
+  text.replace(/\p{Cc}/gu, (c) => ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
-const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
+export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
+/** The value after `key:` in a /proc file such as /proc/meminfo. */
+export const field = (text: string | null, key: string) =>
+  text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
+/** The first line of a uid_map, spaces squeezed: "0 0 4294967295" in the initial user namespace. */
+export const uidMapOf = (text: string | null) => text?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
+/** A capability bit of a CapEff mask, or null when the mask could not be read. */
+export const capBit = (mask: string | null, bit: bigint) =>
+  mask?.match(/^[0-9a-f]{1,16}$/i) ? (BigInt(`0x${mask}`) >> bit) % 2n === 1n : null;
+/** A whole number from text, or null when the text is missing or not one: never a wrong fact. */
+const whole = (text: string | null | undefined) => (text?.trim().match(/^-?\d+$/) ? Number(text) : null);
+/** The name for an id in /etc/passwd or /etc/group, or the number as text. */
+const nameOf = (table: string[][], id: number) => table.find((r) => r[2] === String(id))?.[0] ?? String(id);
 /** `ls -l`'s letter for each file type (S_IFMT >> 12), and what a person calls it. */
 const TYPES: Record<number, [string, string]> = {
   1: ["p", "a FIFO"],
@@ -55,19 +92,17 @@ const TYPES: Record<number, [string, string]> = {
   10: ["l", "a symbolic link"],
   12: ["s", "a socket"],
 };
-const typeOf = (mode: number) => TYPES[(mode & K.S_IFMT) >> 12] ?? ["?", "of an unknown type"];
-/** `crw-------` for a character device with mode 0600. */
-const modeString = (mode: number) =>
-  typeOf(mode)[0] + [..."rwxrwxrwx"].map((c, i) => (mode & (0o400 >> i) ? c : "-")).join("");
-/** A whole number from text, or null when the text is missing or not one: never a wrong fact. */
-const whole = (text: string | null | undefined) => (text?.trim().match(/^-?\d+$/) ? Number(text) : null);
-/** The value after `key:` in a /proc file such as /proc/meminfo. */
-const field = (text: string | null, key: string) => text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
-/** The name for an id in /etc/passwd or /etc/group, or the number as text. */
-const nameOf = (table: string[][], id: number) => table.find((r) => r[2] === String(id))?.[0] ?? String(id);
-/** A capability bit of a CapEff mask, or null when the mask could not be read. */
-const capBit = (mask: string | null, bit: bigint) =>
-  mask?.match(/^[0-9a-f]{1,16}$/i) ? (BigInt(`0x${mask}`) >> bit) % 2n === 1n : null;
+export const typeOf = (mode: number) => TYPES[(mode & K.S_IFMT) >> 12] ?? ["?", "of an unknown type"];
+
+// ── Facts: read-only host context ──
+
+export const DEVICE = "/dev/userfaultfd";
+export const CAP_SYS_PTRACE = 19n;
+const QEMU_USERS = ["qemu", "libvirt-qemu"];
+/** The tools a fix may use, when this host has them. */
+const TOOLS = ["setfacl", "udevadm", "setcap"];
+/** libvirt's own default cgroup_device_acl (qemu.conf), which a fix must keep. */
+const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm", "userfaultfd"].map((d) => `/dev/${d}`);
 
 /** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
@@ -80,9 +115,8 @@ export function readFacts(sys: Sys, device: string | number = DEVICE) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
   const status = sys.readText("/proc/self/status");
-  const capEff = field(status, "CapEff");
   const uid = process.getuid!();
-  const uidMap = sys.readText("/proc/self/uid_map")?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
+  const uidMap = uidMapOf(sys.readText("/proc/self/uid_map"));
   const node = typeof device === "string" ? sys.stat(device) : null;
   const found = node?.ret === 0 ? node : null;
   const minor = whole(sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1]);
@@ -107,7 +141,7 @@ export function readFacts(sys: Sys, device: string | number = DEVICE) {
     user: nameOf(passwd, uid),
     // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
     unprivilegedUserfaultfd: whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd")),
-    capSysPtrace: capBit(capEff, CAP_SYS_PTRACE),
+    capSysPtrace: capBit(field(status, "CapEff"), CAP_SYS_PTRACE),
     noNewPrivs: whole(field(status, "NoNewPrivs")) === 1,
     seccomp: whole(field(status, "Seccomp")), // 0 none, 1 strict, 2 filter
     seccompFilters: whole(field(status, "Seccomp_filters")),
@@ -129,12 +163,11 @@ export function readFacts(sys: Sys, device: string | number = DEVICE) {
     qemuUser: libvirt?.user ?? QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
     kvmGroup: groups.some((g) => g[0] === "kvm"),
     tools: TOOLS.filter((t) => Bun.which(t)),
-    // Read only when the diagnosis needs them (probe() fills them in).
-    sysctlSource: null as { file: string; value: string } | null,
-    kernelConfig: null as string | null,
   };
 }
-
+/** `crw-------` for a character device with mode 0600. */
+const modeString = (mode: number) =>
+  typeOf(mode)[0] + [..."rwxrwxrwx"].map((c, i) => (mode & (0o400 >> i) ? c : "-")).join("");
 /** What a file is, as a person says it: `a FIFO`, `c 1:3`. */
 const what = (node: { mode: number; rdev: number[] }) =>
   (node.mode & K.S_IFMT) === K.S_IFCHR ? `c ${node.rdev.join(":")}` : typeOf(node.mode)[1];
@@ -159,56 +192,17 @@ function deviceCgroup(sys: Sys, minor: number | null) {
   return { dir, allows: [...list.matchAll(ours)].some((m) => /r/.test(m[4]) && /w/.test(m[4])) };
 }
 
-/** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
-function sysctlSource(sys: Sys) {
-  const { readdirSync } = require("node:fs") as typeof import("node:fs");
-  const list = (dir: string) => {
-    try {
-      return readdirSync(dir).map((n) => [n, `${dir}/${n}`] as const);
-    } catch {
-      return [];
-    }
-  };
-  // The same name in an earlier directory wins; the files then apply in the order of their names.
-  const files = new Map(SYSCTL_DIRS.flatMap(list).reverse());
-  const order = [...files.keys()].filter((n) => n.endsWith(".conf")).sort();
-  let source: { file: string; value: string } | null = null;
-  for (const file of [...order.map((n) => files.get(n)!), "/etc/sysctl.conf"]) {
-    const set = (sys.readText(file) ?? "").matchAll(/^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm);
-    for (const m of set) source = { file, value: m[1] };
-  }
-  return source;
-}
-const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
-
-/** CONFIG_USERFAULTFD as the running kernel was built, from /boot or /proc/config.gz, when readable. */
-function kernelConfig(sys: Sys, release: string) {
-  let text = sys.readText(`/boot/config-${release}`);
-  try {
-    const gz = sys.readText("/proc/config.gz");
-    if (gz) text ??= new TextDecoder("latin1").decode(Bun.gunzipSync(Uint8Array.from(gz, (c) => c.charCodeAt(0))));
-  } catch {
-    // neither is readable: the evidence goes without it
-  }
-  return text?.match(/^(CONFIG_USERFAULTFD=\w+|# CONFIG_USERFAULTFD is not set)$/m)?.[1] ?? null;
-}
-
-// ── Checks: QEMU's sequence, one row per check ──
+// ── Routes: the ways to a uffd, and which consumer takes which ──
 
 /** The three ways to a uffd: /dev/userfaultfd's USERFAULTFD_IOC_NEW, userfaultfd(2), and user-mode-only. */
-type Route = "device" | "syscall" | "user-mode-only";
+export type Route = "device" | "syscall" | "user-mode-only";
 const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 /** What each way answered, "ok" or an errno name; "device-node" is the open() of the node alone. */
 export type Answers = Record<Route | "device-node", string>;
-/** What the checks learn and share. */
-type Learnt = { answers: Answers | null; route: Route | null; features: bigint | null; qemu: Qemu | null };
-/** qemu-route's finding: QEMU opens a uffd only its cap_sys_ptrace file capability gives it. */
-type QemuRoute = { qemuByFileCap?: boolean };
-export type Probe = Learnt & QemuRoute & { sys: Sys; facts: Facts; opts: Options };
-
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
+
 /** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
-function openRoute({ sys, facts }: Probe, route: Route, node?: (r: R) => void): R {
+function openRoute(sys: Sys, facts: Facts, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
   const dev = facts.device ? sys.open(facts.device, K.O_RDWR | K.O_CLOEXEC) : { ret: -1, errno: facts.deviceSays };
@@ -220,11 +214,79 @@ function openRoute({ sys, facts }: Probe, route: Route, node?: (r: R) => void): 
     sys.close(dev.ret);
   }
 }
-/** A check's extra field by the check's id: uffd-open's `routes`, round-trip's `trips`. */
-const extra = <T>(checks: Check[], id: string, key: string) => checks.find((c) => c.id === id)?.[key] as T | undefined;
-const tripsOf = (checks: Check[]) => extra<Record<string, TripResult>>(checks, "round-trip", "trips") ?? {};
-/** What each route answered, as uffd-open found it; null when it did not run. */
-const answersOf = (checks: Check[]) => extra<Answers>(checks, "uffd-open", "routes") ?? null;
+
+/** How a consumer gets its uffd: what it would get from the routes' answers, and the routes a fix could open. */
+type Consumer = { answer: (a: Answers) => string; routes: (a: Answers) => Route[] };
+/** /dev/userfaultfd first; when the node's open() fails as `fallsBack` says, the syscall instead. */
+const deviceFirst = (fallsBack: (node: string) => boolean): Consumer => ({
+  answer: (a) => (fallsBack(a["device-node"]) ? a.syscall : a.device),
+  routes: (a) => (fallsBack(a["device-node"]) ? ["device", "syscall"] : ["device"]),
+});
+const syscallOnly: Consumer = { answer: (a) => a.syscall, routes: () => ["syscall"] };
+/** The route each consumer takes (README: "Which route each consumer takes"). */
+export const CONSUMERS = {
+  // QEMU before 8.0 only calls userfaultfd(2).
+  "qemu<8.0": syscallOnly,
+  // QEMU 8.0+ (util/userfaultfd.c): the device when its open() succeeds, with no way back; else the syscall.
+  "qemu>=8.0": deviceFirst((node) => node !== "ok"),
+  // CRIU's lazy pages (criu/uffd.c) only call userfaultfd(2).
+  criu: syscallOnly,
+  // Firecracker's userfaultfd-rs 0.9: the device unless it is absent (ENOENT), then the syscall.
+  firecracker: deviceFirst((node) => node === "ENOENT"),
+};
+export type ConsumerName = keyof typeof CONSUMERS;
+/** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
+const qemuConsumer = (q: Qemu | null): ConsumerName =>
+  q?.major !== undefined && q.major < 8 ? "qemu<8.0" : "qemu>=8.0";
+
+/** The kernel's capability and sysctl gate is open: it would not say EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
+const permitted = (f: Facts) =>
+  f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
+const filtered = (f: Facts) => f.seccomp === 2 && !f.gvisor;
+/** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's. */
+const userModeOnlyExists = (f: Facts) => kernelAtLeast(f.kernel, "5.11");
+/** A seccomp filter, not the kernel, refuses userfaultfd(2): ENOSYS, or EPERM where the kernel would allow it. */
+const filterDeniesSyscall = (f: Facts, a: Answers) =>
+  filtered(f) &&
+  (a.syscall === "ENOSYS" ||
+    (a.syscall === "EPERM" && (permitted(f) || (a["user-mode-only"] === "EPERM" && userModeOnlyExists(f)))));
+/** libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists. */
+const libvirtHidesDevice = (f: Facts) => !!f.libvirt?.deviceAcl && !f.libvirt.deviceAcl.includes(DEVICE);
+/** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
+function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
+  const onlySysctl = a.syscall === "EPERM" && !filterDeniesSyscall(f, a) && !f.noNewPrivs;
+  const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
+  const device = libvirtHidesDevice(f) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
+  return { ...a, syscall, ...device };
+}
+
+/** Whether release `kernel` (6.1.0-50-amd64) is at least `version` (5.11). */
+function kernelAtLeast(kernel: string, version: string) {
+  const [a, b] = [kernel, version].map((v) => v.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0));
+  return a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]);
+}
+
+// ── Checks: QEMU's sequence, one row per check; what they learn ──
+
+/** What the checks learn, in the order they learn it: one typed record, which runChecks() returns. */
+export type Learnt = {
+  /** uffd-open: each route's answer. */
+  answers: Answers | null;
+  /** The route the checks after uffd-open use: a kernel-mode uffd when there is one. */
+  route: Route | null;
+  /** uffd-api: the features the kernel offers. */
+  features: bigint | null;
+  /** qemu-route: the QEMU that will run, read only when it matters. */
+  qemu: Qemu | null;
+  /** qemu-route: the consumer that decides, the way it takes, and whether only its file capability opens it. */
+  qemuRoute: { consumer: ConsumerName; route: Route; byFileCap: boolean } | null;
+  /** round-trip: each fault, served or not. */
+  trips: Record<string, TripResult>;
+  /** The checks a limit of the probe's own process (EMFILE, ENOMEM, ...) kept from running. */
+  limited: string[];
+};
+type Probe = { sys: Sys; facts: Facts; opts: Options; learnt: Learnt };
+type Head = Pick<Check, "id" | "title">;
 
 /** A uffdio_api struct asking for `features`. */
 const apiStruct = (features: bigint) => new BigUint64Array([K.UFFD_API, features, 0n]);
@@ -242,16 +304,16 @@ const featureMask = (...names: string[]) => names.reduce((m, n) => m | K.UFFD_FE
 const LIMITS = ["EMFILE", "ENFILE", "ENOMEM", "EAGAIN"];
 const limited = (detail: string) => LIMITS.some((e) => detail.endsWith(`: ${e}`));
 const OWN_LIMIT = "(a limit of the probe's own process, not an answer about the host)";
-type Head = Pick<Check, "id" | "title">;
 const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => {
   return { id: head.id, title: head.title, status, detail, ...more };
 };
 /** A failed call, `UFFDIO_REGISTER: EINVAL`. */
 const said = (call: string, r: R) => `${call}: ${errnoName(r.errno)}`;
 /** A failed call as a check result; a limit of the probe's own is a check it could not run. */
-function failed(head: Head, detail: string) {
-  if (limited(detail)) return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`, { limit: true });
-  return result(head, "fail", detail, { errno: detail.split(": ").at(-1) });
+function failed(p: Probe, head: Head, detail: string) {
+  if (!limited(detail)) return result(head, "fail", detail, { errno: detail.split(": ").at(-1) });
+  p.learnt.limited.push(head.id);
+  return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`);
 }
 /** The failed check when the kernel lacks features of `wanted` (QEMU's "Missing userfault features"), or null. */
 function lacking(head: Head, offered: bigint, wanted: bigint) {
@@ -260,69 +322,65 @@ function lacking(head: Head, offered: bigint, wanted: bigint) {
 }
 
 function checkPageSize(p: Probe, head: Head): Check {
-  const { pageSize } = p.facts;
-  const target = p.opts.targetPageSize;
+  const [host, target] = [p.facts.pageSize, p.opts.targetPageSize];
   // QEMU: "Target page size bigger than host page size"
-  const status = target > pageSize ? "fail" : "pass";
-  return result(head, status, `host ${pageSize}, target ${target}`, { pageSize, targetPageSize: target });
+  return result(head, target > host ? "fail" : "pass", `host ${host}, target ${target}`);
 }
 
 function checkOpen(p: Probe, head: Head): Check {
   const a: Answers = { "device-node": "", device: "", syscall: "", "user-mode-only": "" };
   for (const route of ROUTES) {
-    const r = openRoute(p, route, (node) => (a["device-node"] = node.ret < 0 ? errnoName(node.errno) : "ok"));
+    const node = (r: R) => (a["device-node"] = r.ret < 0 ? errnoName(r.errno) : "ok");
+    const r = openRoute(p.sys, p.facts, route, node);
     a[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
     if (r.ret >= 0) p.sys.close(r.ret);
   }
-  p.answers = a;
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
-  p.route = ROUTES.find((r) => a[r] === "ok") ?? null;
+  const route = ROUTES.find((r) => a[r] === "ok") ?? null;
+  Object.assign(p.learnt, { answers: a, route });
   const said = `${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}, user-mode-only: ${a["user-mode-only"]}`;
-  const more = { routes: a, route: p.route };
-  const limit = Object.values(a).find((e) => LIMITS.includes(e));
-  if (limit) return result(head, "skip", `could not run: ${said} ${OWN_LIMIT}`, { ...more, limit: true });
-  if (p.route === "device" || p.route === "syscall")
-    return result(head, "pass", `${said}; checks use ${p.route}`, more);
-  return result(head, "fail", said, { ...more, errno: a.syscall });
+  if (Object.values(a).some((e) => LIMITS.includes(e)))
+    return result(head, "skip", `could not run: ${said} ${OWN_LIMIT}`, { routes: a });
+  if (route === "device" || route === "syscall")
+    return result(head, "pass", `${said}; checks use ${route}`, { routes: a });
+  return result(head, "fail", said, { routes: a, errno: a.syscall });
 }
 
 /** The QEMU that will run, read only when it matters: its version splits the routes, or its file capability counts. */
 function checkQemuRoute(p: Probe, head: Head): Check {
-  const a = p.answers!;
-  const seenByQemu = qemuAnswers(a, p.facts, null);
+  const { facts, learnt } = p;
+  const a = learnt.answers!;
+  const seenByQemu = qemuAnswers(a, facts, null);
   const split = CONSUMERS["qemu<8.0"].answer(seenByQemu) !== CONSUMERS["qemu>=8.0"].answer(seenByQemu);
-  const wanted = split || p.opts.qemu !== null || a.syscall === "EPERM";
-  if (wanted && !p.qemu) p.qemu = loadQemu().identify(p.sys, p.facts, p.opts);
-  const q = p.qemu;
+  if ((split || p.opts.qemu !== null || a.syscall === "EPERM") && !learnt.qemu)
+    learnt.qemu = loadQemu().identify(p.sys, facts, p.opts);
+  const q = learnt.qemu;
   const consumer = qemuConsumer(q);
-  const answer = CONSUMERS[consumer].answer(qemuAnswers(a, p.facts, q));
+  const answer = CONSUMERS[consumer].answer(qemuAnswers(a, facts, q));
   const route = CONSUMERS[consumer].routes(a).at(-1)!;
-  p.qemuByFileCap = answer === "ok" && a[route] !== "ok";
-  const via = p.qemuByFileCap ? " (by its cap_sys_ptrace file capability)" : "";
-  const who = q?.version ? `QEMU ${q.version} (${q.path})` : "QEMU";
+  learnt.qemuRoute = { consumer, route, byFileCap: answer === "ok" && a[route] !== "ok" };
+  const via = learnt.qemuRoute.byFileCap ? " (by its cap_sys_ptrace file capability)" : "";
   if (split && !q?.version) {
     const both = "yes for QEMU 8.0 and later, no before 8.0";
-    return result(
-      head,
-      "warn",
-      `${q?.error ?? "no QEMU found"}; ${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}: ${both}`,
-    );
+    const why = `${q?.error ?? "no QEMU found"}; ${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}: ${both}`;
+    return result(head, "warn", why);
   }
-  return result(head, answer === "ok" ? "pass" : "fail", `${who} uses ${route}: ${answer}${via}`, { route, consumer });
+  const who = q?.version ? `QEMU ${q.version} (${q.path})` : "QEMU";
+  return result(head, answer === "ok" ? "pass" : "fail", `${who} uses ${route}: ${answer}${via}`);
 }
 /** qemu.ts, loaded on first use only: a run that never needs to know its QEMU does not pay for it. */
 const loadQemu = () => require("./qemu.ts") as typeof import("./qemu.ts");
 
 /** UFFDIO_API asking for `features` on a throw-away uffd: the reply, or the failed check. */
 function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"): BigUint64Array | Check {
-  const absent = lacking(head, p.features ?? features, features);
+  const absent = lacking(head, p.learnt.features ?? features, features);
   if (absent) return absent;
-  const fd = openRoute(p, p.route!);
-  if (fd.ret < 0) return failed(head, said("userfaultfd", fd));
+  const fd = openRoute(p.sys, p.facts, p.learnt.route!);
+  if (fd.ret < 0) return failed(p, head, said("userfaultfd", fd));
   try {
     const api = apiStruct(features);
     const r = p.sys.ioctl(fd.ret, K.UFFDIO_API, api);
-    return r.ret < 0 ? failed(head, said(call, r)) : api;
+    return r.ret < 0 ? failed(p, head, said(call, r)) : api;
   } finally {
     p.sys.close(fd.ret);
   }
@@ -339,14 +397,14 @@ function checkApi(p: Probe, head: Head): Check {
   // A failure here is QEMU's "Userfault feature detection failed".
   const api = handshake(p, head, 0n);
   if (!(api instanceof BigUint64Array)) return api;
-  p.features = api[1];
-  const on = p.route === "user-mode-only" ? " on a user-mode-only uffd, the only one here" : "";
+  p.learnt.features = api[1];
+  const on = p.learnt.route === "user-mode-only" ? " on a user-mode-only uffd, the only one here" : "";
   return registerIoctls(head, api, `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}${on}`);
 }
 
 function checkFeatures(p: Probe, head: Head): Check {
   // QEMU's ufd_check_and_apply(): THREAD_ID when offered, for postcopy-blocktime.
-  const asked = p.features! & K.UFFD_FEATURE.THREAD_ID;
+  const asked = p.learnt.features! & K.UFFD_FEATURE.THREAD_ID;
   const api = handshake(p, head, asked);
   if (!(api instanceof BigUint64Array)) return api;
   const applied = registerIoctls(head, api, "UFFD_FEATURE_THREAD_ID applied");
@@ -387,6 +445,7 @@ function needs(spec: Registration) {
 
 /** Memory to register: its kind and length, the mode, and the features the uffd asks for. */
 type Range = { kind: keyof typeof MEMORY; len: number; mode: bigint; features: bigint };
+type Use<T> = (fd: number, area: number, reg: BigUint64Array, release: () => void) => T | Promise<T>;
 
 /**
  * QEMU's postcopy_ram_supported_by_host() up to its registration, generalised over the kind of memory:
@@ -395,9 +454,8 @@ type Range = { kind: keyof typeof MEMORY; len: number; mode: bigint; features: b
  * `use` may close the uffd first with `release`, which frees a thread stuck in a fault nobody served.
  * Returns use's answer, or the failed call as `UFFDIO_REGISTER: EINVAL`.
  */
-async function registered<T>(p: Probe, route: Route, m: Range, use: Use<T>): Promise<T | string> {
-  const { sys } = p;
-  const fd = openRoute(p, route);
+async function registered<T>(sys: Sys, facts: Facts, route: Route, m: Range, use: Use<T>): Promise<T | string> {
+  const fd = openRoute(sys, facts, route);
   if (fd.ret < 0) return said("userfaultfd", fd);
   let [memfd, area, open] = [-1, -1, true];
   const release = () => {
@@ -427,19 +485,19 @@ async function registered<T>(p: Probe, route: Route, m: Range, use: Use<T>): Pro
     if (memfd >= 0) sys.close(memfd);
   }
 }
-type Use<T> = (fd: number, area: number, reg: BigUint64Array, release: () => void) => T | Promise<T>;
 
 /** One registration: register, unregister, and the ioctls the range offers ("Missing userfault map features"). */
 async function register(p: Probe, spec: Registration): Promise<Check> {
   const head = { id: spec.id, title: spec.title };
   const { feature, ioctls } = needs(spec);
-  const absent = lacking(head, p.features!, feature);
+  const absent = lacking(head, p.learnt.features!, feature);
   if (absent) return absent;
   const len = spec.kind === "hugetlb" ? p.facts.hugePageSize : p.facts.pageSize;
   if (!len) return result(head, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
-  const checked = await registered(p, p.route!, { ...spec, len, features: feature }, (fd, _, reg) => {
+  const range = { ...spec, len, features: feature };
+  const checked = await registered(p.sys, p.facts, p.learnt.route!, range, (fd, _, reg) => {
     const r = p.sys.ioctl(fd, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
-    if (r.ret < 0) return failed(head, said("UFFDIO_UNREGISTER", r));
+    if (r.ret < 0) return failed(p, head, said("UFFDIO_UNREGISTER", r));
     const missing = missingIoctls(reg[3], ioctls);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
     if (missing.length)
@@ -447,7 +505,7 @@ async function register(p: Probe, spec: Registration): Promise<Check> {
     if (spec.kind !== "hugetlb" || p.facts.nrHugepages !== 0) return result(head, "pass", detail);
     return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
   });
-  return typeof checked === "string" ? failed(head, checked) : checked;
+  return typeof checked === "string" ? failed(p, head, checked) : checked;
 }
 
 function checkRunAs(p: Probe, head: Head): Check {
@@ -456,7 +514,7 @@ function checkRunAs(p: Probe, head: Head): Check {
   if (p.opts.user)
     return result(head, "pass", `probing as ${user} (uid ${uid}), as --${p.opts.pid ? "pid" : "user"} asked${kept}`);
   if (uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})`);
-  const hint = `postcopy-probe --user ${qemuUser}`;
+  const hint = `postcopy-probe --user ${sh(qemuUser)}`;
   return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
 }
 
@@ -480,17 +538,20 @@ const CHECKS: Step[] = [
   ["run-as", "the user QEMU runs as", null, checkRunAs],
 ];
 
-/** Runs every check in order; a check whose prerequisite is missing is skipped, saying which. */
+/** Runs every check in order (a check whose prerequisite is missing is skipped, saying which): the checks and what they learnt. */
 export async function runChecks(sys: Sys, facts: Facts, opts: Options, context?: Context) {
-  const probe: Probe = { sys, facts, opts, answers: null, route: null, features: null, qemu: context?.qemu ?? null };
+  const learnt: Learnt = {
+    ...{ answers: null, route: null, features: null, qemu: context?.qemu ?? null, qemuRoute: null },
+    ...{ trips: {}, limited: [] },
+  };
+  const p: Probe = { sys, facts, opts, learnt };
   const checks: Check[] = [];
-  const learnt = { answers: () => probe.answers, route: () => probe.route, features: () => probe.features };
   for (const [id, title, needs, run] of CHECKS) {
-    const unmet = needs !== null && learnt[needs]() === null;
-    checks.push(unmet ? result({ id, title }, "skip", UNMET[needs!]) : await run(probe, { id, title }));
+    const unmet = needs !== null && learnt[needs] === null;
+    checks.push(unmet ? result({ id, title }, "skip", UNMET[needs!]) : await run(p, { id, title }));
   }
-  // --pid: the running process's own context and its VM's configuration, read by qemu.ts.
-  return { checks: [...checks, ...(context?.checks ?? [])], probe };
+  // --pid: the running process's own context and its VM's configuration, read by context.ts.
+  return { checks: [...checks, ...(context?.checks ?? [])], learnt };
 }
 
 /** Every kernel feature bit by name; bits the probe does not know go under `unknown` in hex. */
@@ -501,21 +562,22 @@ export function decodeFeatures(mask: bigint | null): Record<string, boolean | st
   return { ...named, unknown: `0x${(mask & ~known).toString(16)}` };
 }
 
-// ── Round trips: real faults served, bytes verified, and --bench ──
+// ── Round trips: real faults served, bytes verified ──
 
 /** How long any wait for a fault may take, and the slice between looks at the faulting thread. */
 export const BOUND_MS = 1000;
 const SLICE_MS = 5;
 const NS_PER_US = 1000;
 const EAGAIN = K.errnoOf("EAGAIN");
-type Progress = (done: number) => Promise<void>;
+/** What runs every 1024 faults of a long run (--bench's progress line, and a turn of the event loop). */
+export type Progress = (done: number) => Promise<void>;
 
 /**
  * A thread that faults and how its faults are served: `fn` is the libc function the thread runs on
  * the area (strlen reads in user mode, uname writes in kernel mode); `prepare` readies the area before
  * it starts, `serve` answers the fault in `msg`, `finish` judges the thread's return value and the area.
  */
-type Faulting<T> = { kind: "anon" | "hugetlb"; len: number; mode: bigint; fn: string; count: number } & {
+export type Faulting<T> = { kind: "anon" | "hugetlb"; len: number; mode: bigint; fn: string; count: number } & {
   prepare?: (fd: number, area: number) => string | null;
   serve: (fd: number, msg: BigUint64Array) => string | null;
   finish: (ret: number, area: number, served: Float64Array) => T | string;
@@ -524,14 +586,19 @@ type Faulting<T> = { kind: "anon" | "hugetlb"; len: number; mode: bigint; fn: st
 /**
  * Starts a native thread on freshly registered memory and serves its faults, each wait bounded by
  * boundMs: poll a slice at a time, looking at the thread between slices, so a thread that returns
- * without faulting (EFAULT under user-mode-only) is seen at once. `pause`, when given, runs every 1024
- * faults (the --bench progress line, and a turn of the event loop for signals). Owns the thread: its
- * cleanup closes the uffd before the join, which frees a thread stuck in a fault nobody served.
+ * without faulting (EFAULT under user-mode-only) is seen at once. Owns the thread: its cleanup closes
+ * the uffd before the join, which frees a thread stuck in a fault nobody served.
  */
-function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress): Promise<T | string> {
-  const { sys } = p;
+export function serveFaults<T>(
+  sys: Sys,
+  facts: Facts,
+  route: Route,
+  boundMs: number,
+  f: Faulting<T>,
+  pause?: Progress,
+) {
   const features = f.mode === WP ? K.UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n;
-  return registered(p, route, { ...f, features }, async (fd, area, _, release) => {
+  return registered(sys, facts, route, { ...f, features }, async (fd, area, _, release) => {
     const unready = f.prepare?.(fd, area);
     if (unready) return unready;
     const t = sys.thread(f.fn, area);
@@ -541,7 +608,7 @@ function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress
       const msg = new BigUint64Array(4);
       const served = new Float64Array(f.count);
       const after = (n: number) => (n ? ` after ${n} faults` : "");
-      let deadline = Bun.nanoseconds() + p.opts.boundMs * 1e6;
+      let deadline = Bun.nanoseconds() + boundMs * 1e6;
       for (let n = 0; n < f.count; ) {
         // Read first: in --bench the next fault is usually already waiting, and a poll would cost a syscall.
         const r = sys.read(fd, msg);
@@ -550,7 +617,7 @@ function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress
           const unserved = f.serve(fd, msg);
           if (unserved) return unserved;
           served[n++] = Bun.nanoseconds();
-          deadline = served[n - 1] + p.opts.boundMs * 1e6;
+          deadline = served[n - 1] + boundMs * 1e6;
           if (pause && (n & 1023) === 0) await pause(n);
           continue;
         }
@@ -562,7 +629,7 @@ function serveFaults<T>(p: Probe, route: Route, f: Faulting<T>, pause?: Progress
           const efault = done.ret === -1 ? " (EFAULT: the fault was not delivered)" : "";
           return `no fault event${after(n)}; ${f.fn} returned ${done.ret}${efault}`;
         }
-        if (Bun.nanoseconds() > deadline) return `no fault event within ${p.opts.boundMs} ms${after(n)}`;
+        if (Bun.nanoseconds() > deadline) return `no fault event within ${boundMs} ms${after(n)}`;
       }
       const done = sys.join(thread);
       thread = -1;
@@ -604,7 +671,7 @@ function verify(t: Trip, ret: number, page: Uint8Array) {
 export type TripResult = { ok: boolean; ns: number; detail: string };
 
 /** One round trip: a thread faults on one fresh page, the fault is served, the bytes are checked. */
-async function roundTrip(p: Probe, route: Route, t: Trip): Promise<TripResult> {
+async function roundTrip(p: Probe, t: Trip): Promise<TripResult> {
   const { sys } = p;
   const len = p.facts.pageSize;
   const start = Bun.nanoseconds();
@@ -612,7 +679,7 @@ async function roundTrip(p: Probe, route: Route, t: Trip): Promise<TripResult> {
   const src = new Uint8Array(len).fill(0x50);
   src[PATTERN_NUL] = 0;
   let page = 0n;
-  const served = await serveFaults(p, route, {
+  const served = await serveFaults(sys, p.facts, p.learnt.route!, p.opts.boundMs, {
     ...{ kind: "anon", len, mode: t.mode, fn: t.fn, count: 1 },
     prepare(fd, area) {
       page = BigInt(area);
@@ -641,99 +708,30 @@ function resolution(t: Trip, page: bigint, len: number, src: Uint8Array) {
 }
 
 async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
-  const route = p.route!;
-  const wp = p.features !== null && (p.features & K.UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
-  const trips: Record<string, TripResult> = {};
-  for (const t of TRIPS.filter((t) => wp || t.mode !== WP)) trips[t.key] = await roundTrip(p, route, t);
+  const { route, features } = p.learnt;
+  const wp = features !== null && (features & K.UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
+  const trips = p.learnt.trips;
+  for (const t of TRIPS.filter((t) => wp || t.mode !== WP)) trips[t.key] = await roundTrip(p, t);
   const all = Object.values(trips);
   const detail = all.map((t) => t.detail).join(", ");
   const limit = all.find((t) => limited(t.detail));
-  if (limit) return result(head, "skip", `could not run: ${limit.detail} ${OWN_LIMIT}`, { trips, route, limit: true });
-  if (route === "user-mode-only" && p.qemuByFileCap) {
+  if (limit) {
+    p.learnt.limited.push(head.id);
+    return result(head, "skip", `could not run: ${limit.detail} ${OWN_LIMIT}`, { trips });
+  }
+  if (route === "user-mode-only" && p.learnt.qemuRoute?.byFileCap) {
     const why = `QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: ${AS_QEMU}`;
-    return result(head, "warn", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips, route });
+    return result(head, "warn", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
   }
   if (route === "user-mode-only") {
     const why = "QEMU cannot serve KVM's and vhost's kernel-mode faults with it";
-    return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips, route });
+    return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
   }
-  return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips, route });
+  return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips });
 }
+const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
 
-/**
- * --bench: one native thread runs strlen across `faults` registered pages, each missing, and the
- * main thread serves every fault with UFFDIO_COPY as fast as it can. The hot loop allocates nothing
- * but the Sys's answers: the copy struct and the time table are made once.
- */
-export function bench(p: Probe, route: Route, faults: number, kind: "anon" | "hugetlb", progress?: Progress) {
-  const pageSize = kind === "anon" ? p.facts.pageSize : p.facts.hugePageSize!;
-  const len = faults * pageSize;
-  // The kernel copies from `fill` and `last` on every fault: `serve` holds them until the last one.
-  const fill = new Uint8Array(pageSize).fill(0x50);
-  const last = new Uint8Array(pageSize).fill(0x50);
-  last[pageSize - 1] = 0; // strlen stops at the very end of the last page
-  const copy = new BigUint64Array([0n, 0n, BigInt(pageSize), 0n, 0n]);
-  const mask = ~BigInt(pageSize - 1);
-  let [lastPage, start] = [0n, 0];
-  const prepare = (_: number, area: number) => {
-    [lastPage, start] = [BigInt(area + len - pageSize), Bun.nanoseconds()];
-    return null;
-  };
-  const serve = (fd: number, msg: BigUint64Array) => {
-    copy[0] = msg[2] & mask;
-    copy[1] = BigInt(K.addressOf(copy[0] === lastPage ? last : fill));
-    const c = p.sys.ioctl(fd, COPY, copy);
-    return c.ret < 0 ? `UFFDIO_COPY: ${errnoName(c.errno)}` : null;
-  };
-  const finish = (ret: number, _: number, served: Float64Array) => {
-    // The join reads 32 bits of strlen's size_t: compare those (huge pages can pass 2 GiB).
-    if (ret !== Number(BigInt.asIntN(32, BigInt(len - 1)))) return `strlen returned ${ret}, not ${len - 1}`;
-    // Each fault's time is the gap between two served faults; the first also holds the thread's start.
-    const gaps = served.subarray(1).map((t, i) => t - served[i]);
-    gaps.sort();
-    const at = (q: number) => Math.round(gaps[Math.min(gaps.length - 1, Math.floor(gaps.length * q))]);
-    const pagesPerSec = Math.round(faults / ((served[faults - 1] - start) / 1e9));
-    return {
-      faults,
-      pageSize,
-      route,
-      p50Ns: at(0.5),
-      p99Ns: at(0.99),
-      pagesPerSec,
-      bytesPerSec: pagesPerSec * pageSize,
-    };
-  };
-  return serveFaults(
-    p,
-    route,
-    { kind, len, mode: MISSING, fn: "strlen", count: faults, prepare, serve, finish },
-    progress,
-  );
-}
-export type Bench = Exclude<Awaited<ReturnType<typeof bench>>, string>;
-
-// ── Capabilities: each consumer, on the route it takes ──
-
-/** How a consumer gets its uffd: what it would get from the routes' answers, and the routes a fix could open. */
-type Consumer = { answer: (a: Answers) => string; routes: (a: Answers) => Route[] };
-/** /dev/userfaultfd first; when the node's open() fails as `fallsBack` says, the syscall instead. */
-const deviceFirst = (fallsBack: (node: string) => boolean): Consumer => ({
-  answer: (a) => (fallsBack(a["device-node"]) ? a.syscall : a.device),
-  routes: (a) => (fallsBack(a["device-node"]) ? ["device", "syscall"] : ["device"]),
-});
-const syscallOnly: Consumer = { answer: (a) => a.syscall, routes: () => ["syscall"] };
-/** The route each consumer takes (README: "Which route each consumer takes"). */
-export const CONSUMERS = {
-  // QEMU before 8.0 only calls userfaultfd(2).
-  "qemu<8.0": syscallOnly,
-  // QEMU 8.0+ (util/userfaultfd.c): the device when its open() succeeds, with no way back; else the syscall.
-  "qemu>=8.0": deviceFirst((node) => node !== "ok"),
-  // CRIU's lazy pages (criu/uffd.c) only call userfaultfd(2).
-  criu: syscallOnly,
-  // Firecracker's userfaultfd-rs 0.9: the device unless it is absent (ENOENT), then the syscall.
-  firecracker: deviceFirst((node) => node === "ENOENT"),
-};
-type ConsumerName = keyof typeof CONSUMERS;
+// ── Capabilities: each consumer, judged on the route it takes ──
 
 export const CAPABILITIES = [
   ...["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"],
@@ -756,132 +754,171 @@ const NEEDS: Record<Capability, Need> = {
   "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
   "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
 };
-
-/** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
-function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
-  const s = seen(f, a);
-  const onlySysctl = a.syscall === "EPERM" && !GATES.seccompFilterDeniesSyscall(s) && !f.noNewPrivs;
-  const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
-  // libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists.
-  const device = GATES.libvirtAclLacksDevice(s) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
-  return { ...a, syscall, ...device };
-}
-/** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
-const qemuConsumer = (q: Qemu | null): ConsumerName =>
-  q?.major !== undefined && q.major < 8 ? "qemu<8.0" : "qemu>=8.0";
 const consumerOf = (cap: Capability, q: Qemu | null) =>
-  NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : NEEDS[cap].consumer;
+  NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : (NEEDS[cap].consumer as ConsumerName);
 
-/** What each consumer can do here, and the capabilities a limit of the probe's own left undetermined. */
-export function capabilities(
-  checks: Check[],
-  features: bigint | null,
-  f: Facts,
-  qemu: Qemu | null = null,
-  vm?: Context,
-) {
-  const a = answersOf(checks);
+/** Why a capability could not be judged, by what stopped it. */
+const UNJUDGED = {
+  limit: OWN_LIMIT,
+  byFileCap: `QEMU opens its uffd by a file capability this run lacks; ${AS_QEMU}`,
+  borrowed: "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
+  impostor: `${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides; ask QEMU with --qemu`,
+};
+
+/**
+ * What each consumer can do here, judged from the checks and what they learnt: yes or no for each
+ * capability, why for each one the run could not judge, and postcopy-ram for QEMU before and after 8.0.
+ */
+export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Context) {
+  const { answers: a, trips, features, qemu } = learnt;
   const check = (id: string) => checks.find((c) => c.id === id);
-  const trips = tripsOf(checks);
   const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
-  const kernelMode = extra(checks, "round-trip", "route") !== "user-mode-only";
-  const ok = {} as Record<Capability, boolean>;
-  /** Each capability the run could not judge, and why. */
-  const unknown: Partial<Record<Capability, string>> = {};
-  for (const cap of CAPABILITIES) {
+  const kernelMode = learnt.route !== "user-mode-only";
+  // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
+  const vm = context?.checks ?? [];
+  const vmRefuses = vm.some((c) => c.status === "fail");
+  /** One capability for one consumer: yes or no, and why it could not be judged. */
+  const one = (cap: Capability, consumer: ConsumerName): [boolean, string | null] => {
     const need = NEEDS[cap];
-    const consumer = consumerOf(cap, qemu);
     const answer = a && CONSUMERS[consumer].answer(need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
     const opens = answer === "ok";
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
     // when ours is not.
     const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
     const passed = need.checks.every((id) => ["pass", "warn"].includes(check(id)?.status ?? ""));
-    ok[cap] = opens && passed && served && (need.features ?? []).every(has);
-    const limit = LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => check(id)?.limit);
+    const ok =
+      opens && passed && served && (need.features ?? []).every(has) && !(vmRefuses && need.consumer === "qemu");
+    const limit =
+      LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => learnt.limited.includes(id));
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
-    const untaken = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
+    const byFileCap = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
     // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
-    const borrowed = vm?.ptrace === true && need.consumer !== "qemu";
+    const borrowed = context?.ptrace === true && need.consumer !== "qemu";
     // QEMU 8.0+ opens whatever is at the device's path: only a failed open() sends it to the syscall.
     const impostor = opens && consumer === "qemu>=8.0" && a?.["device-node"] === "ENODEV";
-    if (borrowed || impostor) ok[cap] = false;
-    const why = limit ? OWN_LIMIT : untaken ? BY_FILE_CAP : borrowed ? BORROWED : impostor ? IMPOSTOR : null;
-    if (!ok[cap] && why) unknown[cap] = why;
-  }
-  // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
-  const vmRefuses = checks.some((c) => c.vm && c.status === "fail");
-  const vmUnknown = checks.find((c) => c.vm && c.status === "skip");
-  for (const cap of CAPABILITIES) if (NEEDS[cap].consumer === "qemu") ok[cap] &&= !vmRefuses;
-  ok["postcopy-ram"] &&= (vm?.needs ?? []).every((cap) => ok[cap]);
-  if (vmUnknown && ok["postcopy-ram"]) [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, vmUnknown.detail];
-  return { ok, undetermined: Object.keys(unknown) as Capability[], unknown };
+    const why = limit ? "limit" : byFileCap ? "byFileCap" : borrowed ? "borrowed" : impostor ? "impostor" : null;
+    const yes = ok && !borrowed && !impostor;
+    return [yes, yes || !why ? null : UNJUDGED[why]];
+  };
+  /** Every capability, QEMU's judged for `qemuAs`: the deciding QEMU's consumer, or one generation's. */
+  const all = (qemuAs: ConsumerName) => {
+    const ok = {} as Record<Capability, boolean>;
+    const unknown: Partial<Record<Capability, string>> = {};
+    for (const cap of CAPABILITIES) {
+      const [yes, why] = one(cap, NEEDS[cap].consumer === "qemu" ? qemuAs : consumerOf(cap, qemu));
+      ok[cap] = yes;
+      if (why) unknown[cap] = why;
+    }
+    ok["postcopy-ram"] &&= (context?.needs ?? []).every((cap) => ok[cap]);
+    const vmUnknown = vm.find((c) => c.status === "skip");
+    if (vmUnknown && ok["postcopy-ram"]) [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, vmUnknown.detail];
+    return { ok, unknown };
+  };
+  const ramAs = (generation: ConsumerName) => {
+    const { ok, unknown } = all(generation);
+    return unknown["postcopy-ram"] ? null : ok["postcopy-ram"];
+  };
+  const { ok, unknown } = all(qemuConsumer(qemu));
+  const generations = { "qemu<8.0": ramAs("qemu<8.0"), "qemu>=8.0": ramAs("qemu>=8.0") };
+  return { ok, unknown, undetermined: Object.keys(unknown) as Capability[], generations };
 }
-const BY_FILE_CAP =
-  "QEMU opens its uffd by a file capability this run lacks; run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
-const BORROWED = "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have";
-const IMPOSTOR = `${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides; ask QEMU with --qemu`;
+export type Judged = ReturnType<typeof judge>;
 
-// ── Diagnosis: gates as named predicates, causes and fixes ──
+// ── Diagnosis: one typed table of causes, their gates and fixes ──
 
-export type Diagnosis = { cause: string; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
-/** What the diagnosis sees: the facts, what each route answered, the checks, what failed, and the deciding QEMU. */
-type Seen = { f: Facts; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
-const seen = (f: Facts, a: Answers, checks: Check[] = [], failing = [...CAPABILITIES], qemu: Qemu | null = null) => {
-  return { f, a, checks, failing, qemu } as Seen;
+/** What the diagnosis reads beyond the facts, and only when a cause needs it. */
+export type Evidence = { sysctlSource: { file: string; value: string } | null; kernelConfig: string | null };
+/** Where the sysctl is set when the syscall said EPERM; how the kernel was built when it said ENOSYS. */
+export function moreEvidence(sys: Sys, f: Facts, a: Answers | null): Evidence {
+  return {
+    sysctlSource: a?.syscall === "EPERM" ? sysctlSource(sys) : null,
+    kernelConfig: a?.syscall === "ENOSYS" ? kernelConfig(sys, f.kernel) : null,
+  };
+}
+/** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
+function sysctlSource(sys: Sys) {
+  const { readdirSync } = require("node:fs") as typeof import("node:fs");
+  const list = (dir: string) => {
+    try {
+      return readdirSync(dir).map((n) => [n, `${dir}/${n}`] as const);
+    } catch {
+      return [];
+    }
+  };
+  // The same name in an earlier directory wins; the files then apply in the order of their names.
+  const files = new Map(SYSCTL_DIRS.flatMap(list).reverse());
+  const order = [...files.keys()].filter((n) => n.endsWith(".conf")).sort();
+  let source: Evidence["sysctlSource"] = null;
+  for (const file of [...order.map((n) => files.get(n)!), "/etc/sysctl.conf"]) {
+    const set = (sys.readText(file) ?? "").matchAll(/^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm);
+    for (const m of set) source = { file, value: m[1] };
+  }
+  return source;
+}
+const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
+/** CONFIG_USERFAULTFD as the running kernel was built, from /boot or /proc/config.gz, when readable. */
+function kernelConfig(sys: Sys, release: string) {
+  let text = sys.readText(`/boot/config-${release}`);
+  try {
+    const gz = sys.readText("/proc/config.gz");
+    if (gz) text ??= K.latin1(Bun.gunzipSync(Uint8Array.from(gz, (c) => c.charCodeAt(0))));
+  } catch {
+    // neither is readable: the evidence goes without it
+  }
+  return text?.match(/^(CONFIG_USERFAULTFD=\w+|# CONFIG_USERFAULTFD is not set)$/m)?.[1] ?? null;
+}
+
+/**
+ * What the diagnosis sees: the facts and evidence, what each route answered, the checks, the capabilities
+ * that failed, the deciding QEMU, and --pid's checks of the running process and its VM.
+ */
+export type Seen = {
+  f: Facts & Evidence;
+  a: Answers;
+  checks: Check[];
+  failing: Capability[];
+  qemu: Qemu | null;
+  vm: Check[];
 };
 type Gate = (s: Seen) => boolean;
-
+export type Diagnosis = { cause: CauseId; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
 const refused = (answer: string) => answer !== "ok";
-/** The capability/sysctl gate is open: the kernel would not say EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
-const permitted: Gate = ({ f }) =>
-  f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
-const filtered: Gate = ({ f }) => f.seccomp === 2 && !f.gvisor;
-/**
- * UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's (older
- * kernels check the sysctl first).
- */
-const userModeOnlyExists: Gate = ({ f }) => kernelAtLeast(f.kernel, "5.11");
-const missingOf = (checks: Check[]) => checks.flatMap((c) => (c.missing as string[] | undefined) ?? []);
-/** The gates between this context and a uffd, each judged on its own from the facts and the routes' answers. */
-export const GATES = {
-  // ENOSYS with no filter to explain it, no device that opened, and no sysctl (which exists with CONFIG_USERFAULTFD).
-  kernelLacksUserfaultfd: (s: Seen) =>
-    s.a.syscall === "ENOSYS" &&
-    !s.f.seccomp &&
-    !s.f.gvisor &&
-    s.a.device !== "ok" &&
-    s.f.unprivilegedUserfaultfd === null,
-  gvisorLacksUserfaultfd: (s: Seen) => s.f.gvisor && refused(s.a.syscall),
-  selinuxDenies: (s: Seen) => s.f.selinux === "enforcing" && [s.a.syscall, s.a["device-node"]].includes("EACCES"),
-  deviceNotInThisKernel: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor === null,
-  // ENODEV: the probe found something else at the device's path, and never opened it.
-  somethingElseIsThere: (s: Seen) => s.a["device-node"] === "ENODEV" && s.f.devnode !== null,
-  deviceNotInThisDev: (s: Seen) => s.a["device-node"] === "ENOENT" && s.f.miscMinor !== null,
-  libvirtAclLacksDevice: (s: Seen) => !!s.f.libvirt?.deviceAcl && !s.f.libvirt.deviceAcl.includes(DEVICE),
-  modeRefusesThisUser: (s: Seen) => s.a["device-node"] === "EACCES" && !GATES.selinuxDenies(s),
-  deviceCgroupDenies: (s: Seen) => s.a["device-node"] === "EPERM" || s.f.deviceCgroup?.allows === false,
-  seccompFilterDeniesSyscall: (s: Seen) =>
-    filtered(s) &&
-    (s.a.syscall === "ENOSYS" ||
-      (s.a.syscall === "EPERM" && (permitted(s) || (s.a["user-mode-only"] === "EPERM" && userModeOnlyExists(s))))),
-  ptraceIgnoredInUserNamespace: (s: Seen) =>
-    s.f.unprivilegedUserfaultfd === 0 && s.f.capSysPtrace === true && s.f.userNamespace === true,
-  sysctlRefusesThisUser: (s: Seen) =>
-    s.f.unprivilegedUserfaultfd === 0
-      ? s.f.capSysPtrace === false
-      : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace,
-  qemuPredatesDevice: (s: Seen) => qemuConsumer(s.qemu) === "qemu<8.0" && refused(s.a.syscall) && s.a.device === "ok",
-  vmConfigRefuses: (s: Seen) => s.checks.some((c) => c.vm && c.status === "fail"),
-  kernelLacksAFeature: (s: Seen) => missingOf(s.checks).length > 0,
-  noHugePagesReserved: (s: Seen) => s.checks.some((c) => c.id === "register-hugetlb" && c.status === "warn"),
+const missingOf = (checks: Check[]) => checks.flatMap((c) => c.missing ?? []);
+// The gates more than one cause reads.
+const selinuxDenies: Gate = ({ f, a }) => f.selinux === "enforcing" && [a.syscall, a["device-node"]].includes("EACCES");
+const ptraceOnlyInUserNamespace: Gate = ({ f }) =>
+  f.unprivilegedUserfaultfd === 0 && f.capSysPtrace === true && f.userNamespace === true;
+
+/** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
+const through =
+  (route: Route) =>
+  ({ f, a, failing, qemu }: Seen) =>
+    failing.filter((cap) => {
+      const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
+      return CONSUMERS[consumerOf(cap, qemu)].routes(answers).includes(route) && refused(answers[route]);
+    });
+const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
+/** What a cause can stand in the way of, by where its gate is. */
+const BLOCKS = {
+  kernel: (s: Seen) => s.failing,
+  device: through("device"),
+  syscall: through("syscall"),
+  "qemu-device": (s: Seen) => ofQemu(through("device")(s)),
+  qemu: (s: Seen) => ofQemu(s.failing),
+  features: ({ checks, failing }: Seen) =>
+    failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
+  note: () => [] as Capability[],
+};
+/** The feature and ioctl names a capability's checks ask for. */
+const needed = (cap: Capability) => {
+  const registrations = REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).map(needs);
+  const features = (NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`);
+  return [
+    ...features,
+    ...registrations.flatMap((r) => [...missingFeatures(0n, r.feature), ...r.ioctls.map((n) => `UFFDIO_${n}`)]),
+  ];
 };
 
-/** Whether release `kernel` (6.1.0-50-amd64) is at least `version` (5.11). */
-function kernelAtLeast(kernel: string, version: string) {
-  const [a, b] = [kernel, version].map((v) => v.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0));
-  return a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]);
-}
 /** The first kernel with each flag, feature or ioctl, per architecture where they differ. */
 const SINCE: Record<string, string | Record<string, string>> = {
   UFFD_FEATURE_THREAD_ID: "4.14",
@@ -900,59 +937,6 @@ function boot(name: string, f: Facts) {
     : `no Linux release for ${f.arch} has ${name} yet`;
 }
 
-/** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
-const through =
-  (route: Route) =>
-  ({ f, a, failing, qemu }: Seen) =>
-    failing.filter((cap) => {
-      const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
-      return CONSUMERS[consumerOf(cap, qemu)].routes(answers).includes(route) && refused(answers[route]);
-    });
-const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
-const ON: Record<string, (s: Seen) => Capability[]> = {
-  kernel: (s) => s.failing,
-  device: through("device"),
-  syscall: through("syscall"),
-  "qemu-device": (s) => ofQemu(through("device")(s)),
-  qemu: (s) => ofQemu(s.failing),
-  features: ({ checks, failing }) => failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
-  note: () => [],
-};
-/** The feature and ioctl names a capability's checks ask for. */
-const needed = (cap: Capability) => {
-  const registrations = REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).map(needs);
-  const features = (NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`);
-  return [
-    ...features,
-    ...registrations.flatMap((r) => [...missingFeatures(0n, r.feature), ...r.ioctls.map((n) => `UFFDIO_${n}`)]),
-  ];
-};
-
-/** The decision table: each cause, the gate that names it, and where it stands. In the order to act on them. */
-const CAUSES: Array<[cause: string, when: Gate, on: keyof typeof ON]> = [
-  ["no-kernel-support", GATES.kernelLacksUserfaultfd, "kernel"],
-  ["gvisor", GATES.gvisorLacksUserfaultfd, "kernel"],
-  ["selinux", GATES.selinuxDenies, "kernel"],
-  ["devnode-missing", GATES.deviceNotInThisDev, "device"],
-  ["devnode-impostor", GATES.somethingElseIsThere, "device"],
-  ["libvirt-device-acl", GATES.libvirtAclLacksDevice, "qemu-device"],
-  ["devnode-permission", GATES.modeRefusesThisUser, "device"],
-  ["device-cgroup", GATES.deviceCgroupDenies, "device"],
-  ["seccomp", GATES.seccompFilterDeniesSyscall, "syscall"],
-  ["user-namespace", GATES.ptraceIgnoredInUserNamespace, "syscall"],
-  [
-    "unprivileged-userfaultfd",
-    (s) => GATES.sysctlRefusesThisUser(s) && !GATES.ptraceIgnoredInUserNamespace(s),
-    "syscall",
-  ],
-  // A kernel without the device: a kernel upgrade, the path after the fixes this kernel takes.
-  ["devnode-missing", GATES.deviceNotInThisKernel, "device"],
-  ["qemu-before-8.0", GATES.qemuPredatesDevice, "qemu"],
-  ["vm-config", GATES.vmConfigRefuses, "qemu"],
-  ["missing-feature", GATES.kernelLacksAFeature, "features"],
-  ["hugepages-not-reserved", GATES.noHugePagesReserved, "note"],
-];
-
 const answered = ({ a }: Seen) => {
   const umo = a["user-mode-only"];
   const old = umo === "EINVAL" ? " (the flag came in Linux 5.11)" : "";
@@ -968,7 +952,7 @@ const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev
 const CONTAINER = `docker run --device ${DEVICE} ...   # a container: or podman run --device`;
 
 /** Where the running value comes from at boot. */
-const sysctlFrom = ({ sysctlSource: from }: Facts) =>
+const sysctlFrom = ({ sysctlSource: from }: Evidence) =>
   from ? `${from.file} sets ${from.value}` : "no sysctl file sets it";
 /** The file that makes the sysctl stick: named to sort after the file that sets it now, so it wins. */
 function persistSysctl({ f }: Seen) {
@@ -992,204 +976,271 @@ function deviceAccess({ f }: Seen) {
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
   return [...now, ...group, ...persist];
 }
-
-/** What each cause says and the commands that fix it here, least privilege first. */
-const TELL: Record<string, (s: Seen) => { summary: string; evidence: string[]; fix: string[] }> = {
-  "no-kernel-support": ({ f }) => ({
-    summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
-    evidence: [
-      "userfaultfd(2): ENOSYS without a seccomp filter",
-      `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
-    ],
-    fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
-  }),
-  gvisor: (s) => ({
-    summary: "gVisor's kernel does not implement userfaultfd",
-    evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, answered(s)],
-    fix: [
-      "docker run --runtime=runc ...   # not --runtime=runsc",
-      "kubectl edit pod ...   # drop runtimeClassName: gvisor",
-    ],
-  }),
-  selinux: (s) => ({
-    summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
-    evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, answered(s)],
-    fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
-  }),
-  "devnode-missing": ({ f }) => ({
-    summary: `${DEVICE} is not there`,
-    evidence: [
-      f.miscMinor === null
-        ? "no userfaultfd in /proc/misc: this kernel has no such device"
-        : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev not`,
-    ],
-    fix:
-      f.miscMinor === null
-        ? [`${boot(DEVICE, f)}   # the upgrade path`]
-        : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
-  }),
-  "devnode-impostor": ({ f }) => ({
-    summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
-    evidence: [`${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
-    fix: [CONTAINER, ...(f.miscMinor === null ? [] : [`rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`])],
-  }),
-  "libvirt-device-acl": ({ f }) => ({
-    summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
-    evidence: [`/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
-    fix: [
-      `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
-      `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
-    ],
-  }),
-  "devnode-permission": (s) => ({
-    summary: `${DEVICE}'s mode and owner do not let this user in`,
-    evidence: [
-      `${DEVICE}: ${s.f.devnode?.mode} ${s.f.devnode?.owner} ${s.f.devnode?.group}`,
-      `open as ${s.f.user}: ${s.a["device-node"]}`,
-    ],
-    fix: deviceAccess(s),
-  }),
-  "device-cgroup": ({ f, a }) => ({
-    summary: `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
-    evidence: [
-      `open as ${f.user}: ${a["device-node"]}`,
-      f.deviceCgroup
-        ? `${f.deviceCgroup.dir}/devices.list: no c 10:${f.miscMinor} rw`
-        : "cgroup v2: a BPF device program",
-    ],
-    fix: [
-      ...(f.deviceCgroup
-        ? [`echo 'c 10:${f.miscMinor} rw' > ${sh(`${f.deviceCgroup.dir}/devices.allow`)}   # this cgroup, now`]
-        : []),
-      CONTAINER,
-      `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
-    ],
-  }),
-  seccomp: (s) => ({
-    summary: "a seccomp filter denies userfaultfd(2)",
-    evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, answered(s)],
-    fix: SECCOMP,
-  }),
-  "user-namespace": (s) => ({
-    summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
-    evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, answered(s)],
-    fix: [`${SYSCTL}   # on the host`, `${persistSysctl(s)}   # on the host`],
-  }),
-  "unprivileged-userfaultfd": (s) => ({
-    summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
-    evidence: [
-      answered(s),
-      `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(s.f)})`,
-      `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
-      ...(filtered(s) && !GATES.seccompFilterDeniesSyscall(s)
-        ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]
-        : []),
-    ],
-    fix: [SYSCTL, persistSysctl(s), ...(s.f.tools.includes("setcap") && ofQemu(ON.syscall(s)).length ? setcap(s) : [])],
-  }),
-  "qemu-before-8.0": (s) => ({
-    summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
-    evidence: [`${DEVICE}: ok`, answered(s)],
-    fix: [`install QEMU 8.0 or later in place of ${sh(s.qemu?.path ?? "")}   # the upgrade path`],
-  }),
-  "vm-config": ({ checks }) => ({
-    summary: "this VM's own configuration refuses postcopy, whatever the host allows",
-    evidence: checks.filter((c) => c.vm && c.status === "fail").map((c) => `${c.id}: ${c.detail}`),
-    fix: checks.flatMap((c) => (c.vm && c.status === "fail" && c.hint ? [String(c.hint)] : [])),
-  }),
-  "missing-feature": ({ f, checks }) => ({
-    summary: "the kernel lacks a feature or ioctl a capability needs",
-    evidence: checks.filter((c) => missingOf([c]).length).map((c) => `${c.id}: ${c.detail}`),
-    fix: [...new Set(missingOf(checks))].map((n) => boot(n, f)),
-  }),
-  "hugepages-not-reserved": ({ f }) => ({
-    summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
-    evidence: [`vm.nr_hugepages = ${f.nrHugepages}`],
-    fix: [
-      "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
-      "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
-    ],
-  }),
-};
 /** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
-const setcap = ({ f, qemu }: Seen) => {
-  if (qemu?.path && !qemu.grantable) return [];
+function setcap({ f, qemu }: Seen) {
+  if (!f.tools.includes("setcap") || (qemu?.path && !qemu.grantable)) return [];
   const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
-};
-/** `value` as one shell word: as it is when plainly safe, else in single quotes (a fix is pasted into a root shell). */
-export const sh = (value: string) => (/^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`);
+}
+
+type Told = { summary: string; evidence: string[]; fix: string[] };
+/** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, and what it says. */
+type Cause = { when: Gate; blocks: keyof typeof BLOCKS; upgrade?: Gate; tell: (s: Seen) => Told };
+/**
+ * The decision table, in the order to act on the causes: each one's gate, what it blocks, and what it
+ * says and runs. An upgrade path (a newer kernel or QEMU) comes after the fixes this host takes.
+ */
+const CAUSES = {
+  "no-kernel-support": {
+    // ENOSYS with no filter to explain it, no device that opened, and no sysctl (which exists with CONFIG_USERFAULTFD).
+    when: ({ f, a }) =>
+      a.syscall === "ENOSYS" && !f.seccomp && !f.gvisor && a.device !== "ok" && f.unprivilegedUserfaultfd === null,
+    blocks: "kernel",
+    tell: ({ f }) => ({
+      summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
+      evidence: [
+        "userfaultfd(2): ENOSYS without a seccomp filter",
+        `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
+      ],
+      fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
+    }),
+  },
+  gvisor: {
+    when: ({ f, a }) => f.gvisor && refused(a.syscall),
+    blocks: "kernel",
+    tell: (s) => ({
+      summary: "gVisor's kernel does not implement userfaultfd",
+      evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, answered(s)],
+      fix: [
+        "docker run --runtime=runc ...   # not --runtime=runsc",
+        "kubectl edit pod ...   # drop runtimeClassName: gvisor",
+      ],
+    }),
+  },
+  selinux: {
+    when: selinuxDenies,
+    blocks: "kernel",
+    tell: (s) => ({
+      summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
+      evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, answered(s)],
+      fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
+    }),
+  },
+  "devnode-missing": {
+    when: ({ a }) => a["device-node"] === "ENOENT",
+    blocks: "device",
+    // A kernel without the device: a kernel upgrade, the path after the fixes this kernel takes.
+    upgrade: ({ f }) => f.miscMinor === null,
+    tell: ({ f }) => ({
+      summary: `${DEVICE} is not there`,
+      evidence: [
+        f.miscMinor === null
+          ? "no userfaultfd in /proc/misc: this kernel has no such device"
+          : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev not`,
+      ],
+      fix:
+        f.miscMinor === null
+          ? [`${boot(DEVICE, f)}   # the upgrade path`]
+          : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
+    }),
+  },
+  "devnode-impostor": {
+    // ENODEV: the probe found something else at the device's path, and never opened it.
+    when: ({ f, a }) => a["device-node"] === "ENODEV" && f.devnode !== null,
+    blocks: "device",
+    tell: ({ f }) => ({
+      summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
+      evidence: [`${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
+      fix: [
+        CONTAINER,
+        ...(f.miscMinor === null ? [] : [`rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`]),
+      ],
+    }),
+  },
+  "libvirt-device-acl": {
+    when: ({ f }) => libvirtHidesDevice(f),
+    blocks: "qemu-device",
+    tell: ({ f }) => ({
+      summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
+      evidence: [`/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
+      fix: [
+        `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
+        `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
+      ],
+    }),
+  },
+  "devnode-permission": {
+    when: (s) => s.a["device-node"] === "EACCES" && !selinuxDenies(s),
+    blocks: "device",
+    tell: (s) => ({
+      summary: `${DEVICE}'s mode and owner do not let this user in`,
+      evidence: [
+        `${DEVICE}: ${s.f.devnode?.mode} ${s.f.devnode?.owner} ${s.f.devnode?.group}`,
+        `open as ${s.f.user}: ${s.a["device-node"]}`,
+      ],
+      fix: deviceAccess(s),
+    }),
+  },
+  "device-cgroup": {
+    when: ({ f, a }) => a["device-node"] === "EPERM" || f.deviceCgroup?.allows === false,
+    blocks: "device",
+    tell: ({ f, a }) => ({
+      summary: `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
+      evidence: [
+        `open as ${f.user}: ${a["device-node"]}`,
+        f.deviceCgroup
+          ? `${f.deviceCgroup.dir}/devices.list: no c 10:${f.miscMinor} rw`
+          : "cgroup v2: a BPF device program",
+      ],
+      fix: [
+        ...(f.deviceCgroup
+          ? [`echo 'c 10:${f.miscMinor} rw' > ${sh(`${f.deviceCgroup.dir}/devices.allow`)}   # this cgroup, now`]
+          : []),
+        CONTAINER,
+        `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
+      ],
+    }),
+  },
+  seccomp: {
+    when: ({ f, a }) => filterDeniesSyscall(f, a),
+    blocks: "syscall",
+    tell: (s) => ({
+      summary: "a seccomp filter denies userfaultfd(2)",
+      evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, answered(s)],
+      fix: SECCOMP,
+    }),
+  },
+  "user-namespace": {
+    when: ptraceOnlyInUserNamespace,
+    blocks: "syscall",
+    tell: (s) => ({
+      summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+      evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, answered(s)],
+      fix: [`${SYSCTL}   # on the host`, `${persistSysctl(s)}   # on the host`],
+    }),
+  },
+  "unprivileged-userfaultfd": {
+    when: (s) =>
+      !ptraceOnlyInUserNamespace(s) &&
+      (s.f.unprivilegedUserfaultfd === 0
+        ? s.f.capSysPtrace === false
+        : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace),
+    blocks: "syscall",
+    tell: (s) => ({
+      summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+      evidence: [
+        answered(s),
+        `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(s.f)})`,
+        `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
+        ...(filtered(s.f) && !filterDeniesSyscall(s.f, s.a)
+          ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]
+          : []),
+      ],
+      fix: [SYSCTL, persistSysctl(s), ...(ofQemu(BLOCKS.syscall(s)).length ? setcap(s) : [])],
+    }),
+  },
+  "qemu-before-8.0": {
+    when: ({ a, qemu }) => qemuConsumer(qemu) === "qemu<8.0" && refused(a.syscall) && a.device === "ok",
+    blocks: "qemu",
+    upgrade: () => true,
+    tell: (s) => ({
+      summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
+      evidence: [`${DEVICE}: ok`, answered(s)],
+      fix: [`install QEMU 8.0 or later in place of ${sh(s.qemu?.path ?? "")}   # the upgrade path`],
+    }),
+  },
+  "vm-config": {
+    when: ({ vm }) => vm.some((c) => c.status === "fail"),
+    blocks: "qemu",
+    tell: ({ vm }) => ({
+      summary: "this VM's own configuration refuses postcopy, whatever the host allows",
+      evidence: vm.filter((c) => c.status === "fail").map((c) => `${c.id}: ${c.detail}`),
+      fix: vm.flatMap((c) => (c.status === "fail" && c.hint ? [c.hint] : [])),
+    }),
+  },
+  "missing-feature": {
+    when: ({ checks }) => missingOf(checks).length > 0,
+    blocks: "features",
+    upgrade: () => true,
+    tell: ({ f, checks }) => ({
+      summary: "the kernel lacks a feature or ioctl a capability needs",
+      evidence: checks.filter((c) => missingOf([c]).length).map((c) => `${c.id}: ${c.detail}`),
+      fix: [...new Set(missingOf(checks))].map((n) => boot(n, f)),
+    }),
+  },
+  "hugepages-not-reserved": {
+    when: ({ checks }) => checks.some((c) => c.id === "register-hugetlb" && c.status === "warn"),
+    blocks: "note",
+    tell: ({ f }) => ({
+      summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
+      evidence: [`vm.nr_hugepages = ${f.nrHugepages}`],
+      fix: [
+        "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
+        "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
+      ],
+    }),
+  },
+} satisfies Record<string, Cause>;
+export type CauseId = keyof typeof CAUSES;
+export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
 
 /**
- * Why, and what to run: every gate that holds and stands in the way of a capability that failed, in
- * the order to fix them, each fix once. Nothing that blocks nothing is a cause, only a note (huge pages).
+ * Why, and what to run: every gate that holds and stands in the way of a capability that failed, the
+ * fixes this host takes first and the upgrade paths after them, each fix once. Nothing that blocks
+ * nothing is a cause, only a note (huge pages).
  */
-export function diagnose(facts: Facts, checks: Check[], failing = [...CAPABILITIES], qemu: Qemu | null = null) {
-  const a = answersOf(checks);
-  if (!a) return [];
-  const s = seen(facts, a, checks, failing, qemu);
-  const given = new Set<string>();
-  return CAUSES.flatMap(([cause, when, on]): Diagnosis[] => {
-    const blocks = when(s) ? ON[on](s) : [];
-    if (!blocks.length && on !== "note") return [];
-    if (on === "note" && !when(s)) return [];
-    const { summary, evidence, fix } = TELL[cause](s);
-    return [{ cause, summary, blocks, evidence, fix: fix.filter((x) => !given.has(x) && given.add(x)) }];
+export function diagnose(s: Seen): Diagnosis[] {
+  const rank = (cause: CauseId) => {
+    const c: Cause = CAUSES[cause];
+    return c.blocks === "note" ? 2 : c.upgrade?.(s) ? 1 : 0;
+  };
+  const holding = CAUSE_IDS.filter((cause) => CAUSES[cause].when(s)).map((cause) => {
+    const blocks = BLOCKS[CAUSES[cause].blocks](s);
+    return { cause, blocks };
   });
+  const given = new Set<string>();
+  return holding
+    .filter(({ cause, blocks }) => blocks.length || CAUSES[cause].blocks === "note")
+    .sort((x, y) => rank(x.cause) - rank(y.cause))
+    .map(({ cause, blocks }) => {
+      const { summary, evidence, fix } = CAUSES[cause].tell(s);
+      return { cause, summary, blocks, evidence, fix: fix.filter((x) => !given.has(x) && given.add(x)) };
+    });
 }
 
-// ── Report: the whole probe as data, then one renderer ──
+// ── Report: the pipeline, then one renderer ──
 
-/** The kernel-mode write trip decides for QEMU: its result and time, when the check ran. */
-function roundTripSummary(checks: Check[]) {
-  const trips = tripsOf(checks);
-  const served = trips["kernel-write"];
-  return served && { ok: Boolean(trips["user-read"]?.ok && served.ok), ns: served.ns };
-}
-
-/** --bench on base pages, and on huge pages when enough are free; an error names what stopped it. */
-async function benchAll(p: Probe, progress?: Progress): Promise<Bench | Bench[] | { error: string }> {
-  const route = p.route;
-  if (!route) return { error: "no userfaultfd could be opened" };
-  const base = await bench(p, route, p.opts.bench, "anon", progress);
-  if (typeof base === "string") return { error: base };
-  const { hugePageSize: huge, freeHugepages: free } = p.facts;
-  if (!huge || !free || free < 2) return base;
-  const more = await bench(p, route, Math.min(p.opts.bench, free), "hugetlb", progress);
-  return typeof more === "string" ? [base] : [base, more];
-}
-
-const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu";
-
-/** The whole probe, without printing: the report the renderers turn into text (the postcopy-probe/1 document). */
-export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Progress, context?: Context) {
-  const { checks, probe: p } = await runChecks(sys, facts, opts, context);
-  const a = p.answers;
-  // Read only when a gate needs them: where the sysctl is set, how the kernel was built.
-  if (a?.syscall === "EPERM") facts.sysctlSource = sysctlSource(sys);
-  if (a?.syscall === "ENOSYS") facts.kernelConfig = kernelConfig(sys, facts.kernel);
-  const judged = capabilities(checks, p.features, facts, p.qemu, context);
-  const { ok: caps, undetermined } = judged;
-  /** postcopy-ram as judged, null when it could not be. */
-  const ram = ({ ok, undetermined }: typeof judged) =>
-    undetermined.includes("postcopy-ram") ? null : ok["postcopy-ram"];
-  const forQemu = (major: number) =>
-    ram(capabilities(checks, p.features, facts, { ...p.qemu, major } as Qemu, context));
-  if (opts.qemu !== null) checks.push(loadQemu().checkQemu(p.qemu, ram(judged)));
-  const answer = p.qemu?.answer;
-  // What will happen decides: QEMU's own answer, when it gave one.
-  const decisive = { ...caps, "postcopy-ram": answer?.accepts ?? caps["postcopy-ram"] };
-  const unanswered = [
-    ...(opts.qemu !== null && !answer ? [`--qemu: ${p.qemu?.error ?? "no QEMU found"}`] : []),
+/** What the extra checks of --qemu and --pid could leave unanswered: each reason, when it holds. */
+function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context) {
+  const asked = learnt.qemu?.answer;
+  const reasons = [
+    opts.qemu !== null && !asked ? `--qemu: ${learnt.qemu?.error ?? "no QEMU found"}` : null,
     ...opts.require
-      .filter((c) => undetermined.includes(c) && !(c === "postcopy-ram" && answer))
+      .filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked))
       .map((c) => `${c}: ${judged.unknown[c]}`),
-    ...(context?.qemu && !context.qemu.version ? [`--pid: ${context.qemu.error}`] : []),
-    // --pid: a filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
-    ...(checks.some((c) => c.unknownFilter) && extra(checks, "qemu-route", "route") === "syscall"
-      ? ["--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"]
-      : []),
+    context?.qemu && !context.qemu.version ? `--pid: ${context.qemu.error}` : null,
+    // A filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
+    context?.filterUnread && learnt.qemuRoute?.route === "syscall"
+      ? "--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"
+      : null,
   ];
+  return reasons.filter((r) => r !== null);
+}
+
+/** The pipeline, without printing: checks, capabilities judged, the diagnosis, and the postcopy-probe/1 document. */
+export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Context) {
+  const { checks, learnt } = await runChecks(sys, facts, opts, context);
+  const judged = judge(checks, learnt, facts, context);
+  const ram = judged.unknown["postcopy-ram"] ? null : judged.ok["postcopy-ram"];
+  // --qemu: QEMU's own answer beside the probe's, and what will happen decides.
+  const asked = opts.qemu === null ? [] : [loadQemu().checkQemu(learnt.qemu, ram)];
+  const answer = learnt.qemu?.answer;
+  const decisive = { ...judged.ok, "postcopy-ram": answer?.accepts ?? judged.ok["postcopy-ram"] };
+  const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
+  const evidence = moreEvidence(sys, facts, learnt.answers);
+  const seen = { f: { ...facts, ...evidence }, checks, failing, qemu: learnt.qemu, vm: context?.checks ?? [] };
+  const why = unanswered(opts, judged, learnt, context);
+  const trip = learnt.trips["kernel-write"];
   return {
     schema: SCHEMA,
     version: VERSION,
@@ -1197,40 +1248,37 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, progress?: Pr
     postcopy: decisive["postcopy-ram"],
     /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
     probe: {
-      postcopy: caps["postcopy-ram"],
-      qemu: p.qemu?.version ? `QEMU ${p.qemu.version}` : "QEMU",
-      route: extra<string>(checks, "qemu-route", "route") ?? null,
-      "qemu<8.0": forQemu(7),
-      "qemu>=8.0": forQemu(8),
+      postcopy: judged.ok["postcopy-ram"],
+      qemu: learnt.qemu?.version ? `QEMU ${learnt.qemu.version}` : "QEMU",
+      consumer: qemuConsumer(learnt.qemu),
+      route: learnt.qemuRoute?.route ?? null,
+      ...judged.generations,
     },
-    host: { ...facts } as Record<string, unknown>,
-    checks,
-    features: decodeFeatures(p.features),
-    capabilities: caps,
-    /** Capabilities a limit of the probe's own process kept it from judging. */
-    undetermined,
-    diagnosis: diagnose(
-      facts,
-      checks,
-      CAPABILITIES.filter((c) => !caps[c] && !undetermined.includes(c)),
-      p.qemu,
-    ),
+    host: seen.f as Record<string, unknown>,
+    checks: [...checks, ...asked],
+    features: decodeFeatures(learnt.features),
+    capabilities: judged.ok,
+    /** Capabilities the run could not judge. */
+    undetermined: judged.undetermined,
+    diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }) : [],
     /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
     required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
-    roundTrip: roundTripSummary(checks),
+    /** The kernel-mode write trip decides for QEMU: its result and time, when it ran. */
+    roundTrip: trip && { ok: Boolean(learnt.trips["user-read"]?.ok && trip.ok), ns: trip.ns },
     ...(answer ? { qemu: answer } : {}),
     ...(context?.process ? { context: { ...context.process, ...UNSHOWN, user: context.name } } : {}),
-    ...(opts.bench ? { bench: await benchAll(p, progress) } : {}),
     /** Set when the probe could not answer what was asked: the exit status is then 2. */
-    ...(unanswered.length ? { error: `could not answer what was asked: ${unanswered.join("; ")}` } : {}),
+    ...(why.length ? { error: `could not answer what was asked: ${why.join("; ")}` } : {}),
   };
 }
-export type Report = Awaited<ReturnType<typeof probe>>;
+/** The report, and what main() adds to it: --bench's figures. */
+export type Report = Awaited<ReturnType<typeof probe>> & { bench?: Bench | { error: string } };
+type Bench = import("./bench.ts").Bench;
 /** What --pid read of the process but the report leaves out: its arguments, mounts and files can be large. */
 const UNSHOWN = { cmdline: undefined, mounts: undefined, files: undefined };
 
 const COLORS: Record<Status, number> = { pass: 32, warn: 33, fail: 31, skip: 90 };
-const STATUSES = Object.keys(COLORS) as Status[];
+export const STATUSES = Object.keys(COLORS) as Status[];
 const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
 const WIDTH = 72;
 
@@ -1238,11 +1286,8 @@ const WIDTH = 72;
 function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
   const { host, probe: own, qemu, postcopy } = report;
   const word = (yes: boolean | null) => yesNo(yes === true, yes ? "SUPPORTED" : "NOT SUPPORTED");
-  const [before, after, whose] = [
-    own["qemu<8.0"],
-    own["qemu>=8.0"],
-    qemu ? `QEMU ${qemu.version}'s own answer` : own.qemu,
-  ];
+  const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
+  const whose = qemu ? `QEMU ${qemu.version}'s own answer` : `${own.qemu} postcopy-ram`;
   const split = before !== null && after !== null && before !== after;
   const unknown = own.qemu === "QEMU" && !qemu && split;
   const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
@@ -1251,17 +1296,10 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
     : unjudged
       ? "UNKNOWN"
       : word(postcopy);
-  const what = `${whose}${qemu ? "" : " postcopy-ram"}`;
-  const line = `Postcopy live migration (${what}): ${answer} for ${host.user} (uid ${host.uid})`;
-  const [other, theirs] = /^QEMU [0-7]\./.test(own.qemu) ? ["8.0 and later", after] : ["before 8.0", before];
-  const differs = !qemu && !unknown && split;
-  return differs ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
+  const line = `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
+  const [other, theirs] = own.consumer === "qemu<8.0" ? ["8.0 and later", after] : ["before 8.0", before];
+  return !qemu && !unknown && split ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
 }
-
-/** Control characters as escapes: nothing a target wrote (a path, QEMU's words) reaches a terminal as it is. */
-export const shown = (text: string) =>
-  text.replace(/\p{Cc}/gu, (c) => ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
-const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
 
 /** The human report, in the style of virt-host-validate: every string in it shown(). */
 export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">): string {
@@ -1281,7 +1319,7 @@ export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">)
     const unknown = report.undetermined.includes(name as Capability);
     lines.push(`  ${name.padEnd(22)}${unknown ? "unknown" : yesNo(yes, yes ? "yes" : "no")}`);
   }
-  for (const b of [report.bench ?? []].flat()) lines.push("", benchLine(b));
+  if (report.bench) lines.push("", loadBench().benchLine(report.bench));
   if (!opts.quiet) lines.push("", STATUSES.map(count).join(", "));
   if (report.diagnosis.length) lines.push("", "Why / Fix:");
   for (const d of report.diagnosis) {
@@ -1299,82 +1337,20 @@ export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">)
   return `${lines.join("\n")}\n`;
 }
 
-const us = (ns: number) => `${(ns / NS_PER_US).toFixed(1)} µs`;
-const benchLine = (b: Bench | { error: string }) => {
-  if ("error" in b) return `Benchmark: could not run (${b.error})`;
-  const rate = `${b.pagesPerSec} pages/s, ${((b.pagesPerSec * b.pageSize) / 2 ** 20).toFixed(0)} MiB/s`;
-  const on = `${b.faults} faults on ${b.pageSize} B pages, ${b.route}`;
-  return `Benchmark (${on}): p50 ${us(b.p50Ns)}, p99 ${us(b.p99Ns)}, ${rate}`;
-};
-
 /** The report as the postcopy-probe/1 JSON document. */
 export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)}\n`;
-
-/** Labels in the exposition format: backslash, quote and newline escaped. */
-const labels = (pairs: Record<string, unknown>) => {
-  const quote = (v: unknown) => String(v).replace(/[\\"\n]/g, (c) => (c === "\n" ? "\\n" : `\\${c}`));
-  return `{${Object.entries(pairs).map(([k, v]) => `${k}="${quote(v)}"`)}}`;
-};
-type Sample = [labels: string, value: number];
-const bool = (b: unknown) => (b === true ? 1 : 0);
-const one = (value: number): Sample[] => [["", value]];
-const up = (r: Report) => one(r.error ? 0 : 1);
-const supported = (r: Report) => (r.error ? [] : one(bool(r.postcopy)));
-const known = (r: Report) => Object.entries(r.capabilities).filter(([c]) => !r.undetermined.includes(c as Capability));
-const capability = (r: Report) => known(r).map(([c, ok]): Sample => [labels({ capability: c }), bool(ok)]);
-const byStatus = (c: Check) => STATUSES.map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
-const bits = (r: Report) => Object.entries(r.features).filter(([n]) => n !== "unknown");
-const feature = (r: Report) => bits(r).map(([n, on]): Sample => [labels({ name: n }), bool(on)]);
-const roundTripSeconds = (r: Report) => (r.roundTrip ? one(r.roundTrip.ns / 1e9) : []);
-const qemuAccepts = ({ qemu: q }: Report) =>
-  q ? [[labels({ version: q.version, path: q.path }), bool(q.accepts)] as Sample] : [];
-const info = ({ version, host: h }: Report): Sample[] => [
-  [labels({ version, kernel: h.kernel, user: h.user, uid: h.uid }), 1],
-];
-/** The gauges: name, help, and the samples a report gives it (none: the gauge is left out). */
-const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample[]]> = [
-  ["up", "1 when the probe answered what was asked, 0 when it could not.", up],
-  ["supported", "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer).", supported],
-  [
-    "probe_supported",
-    "1 when the probe's own checks say the QEMU that will run can.",
-    (r) => one(bool(r.probe.postcopy)),
-  ],
-  ["capability", "1 when a userfaultfd consumer can work here.", capability],
-  ["check", "1 on the status each check has, 0 on the others.", (r) => r.checks.flatMap(byStatus)],
-  ["feature", "1 when the kernel offers the UFFD_FEATURE_* bit.", feature],
-  ["round_trip_seconds", "The kernel-mode write fault round trip, thread start to join.", roundTripSeconds],
-  ["qemu_accepts", "1 when the QEMU asked (--qemu) accepts postcopy-ram.", qemuAccepts],
-  ["info", "The probe's version and the context it answered for.", info],
-];
-
-/** Metrics for node_exporter's textfile collector: alert on postcopy_probe_supported == 0 or postcopy_probe_up == 0. */
-export function renderPrometheus(report: Report, metrics = METRICS): string {
-  const gauge = ([name, help, of]: (typeof METRICS)[number]) => {
-    const samples = of(report);
-    const metric = `postcopy_probe_${name}`;
-    return samples.length
-      ? [`# HELP ${metric} ${help}`, `# TYPE ${metric} gauge`, ...samples.map(([l, v]) => `${metric}${l} ${v}`)]
-      : [];
-  };
-  return `${metrics.flatMap(gauge).join("\n")}\n`;
-}
 
 type Format = "human" | "json" | "prometheus";
 const RENDERERS: Record<Format, (report: Report, opts: Options) => string> = {
   human: renderHuman,
   json: renderJson,
-  prometheus: (report) => renderPrometheus(report),
+  prometheus: (report) => loadTextfile().renderPrometheus(report),
 };
 
 /** The document of a run that could not answer: JSON and Prometheus readers still get one; a human gets stderr. */
 export function errorDocument(format: Format, error: string) {
   const partial = { schema: SCHEMA, version: VERSION, error } as unknown as Report;
-  return format === "json"
-    ? renderJson(partial)
-    : format === "prometheus"
-      ? renderPrometheus(partial, METRICS.slice(0, 1))
-      : "";
+  return format === "human" ? "" : format === "json" ? renderJson(partial) : loadTextfile().renderPrometheus(partial);
 }
 
 // ── Command line: options as data, main() and the exit status ──
@@ -1383,10 +1359,6 @@ const BENCH_FAULTS = 10000;
 /** At most 2 GiB of 4 KiB pages in one --bench. */
 const BENCH_MAX = 500000;
 
-/** A wrong command line: exit 2 with the message and the usage line. */
-export class UsageError extends Error {}
-/** An argument as a message shows it: quoted, control characters escaped, cut at 60 characters. */
-const quoted = (arg: string) => JSON.stringify(arg.length > 60 ? `${arg.slice(0, 60)}…` : arg);
 /** `value` if it is one of `valid`, else a UsageError naming the valid ones. */
 function oneOf<T extends string>(value: string, valid: readonly T[], what: string): T {
   if (!valid.includes(value as T)) throw new UsageError(`Unknown ${what} ${quoted(value)}: use ${valid.join(", ")}`);
@@ -1491,74 +1463,34 @@ function formatAsked(argv: string[]): Format {
   return FORMATS.includes(value as Format) ? (value as Format) : "human";
 }
 
-/** Writes the whole document to stdout, or to `output` by a temporary file renamed over it; throws when it cannot. */
+/** Writes the whole document to stdout, or to `output` whole (textfile.ts); throws when it cannot. */
 function emit(sys: Sys | null, text: string, output: string | null) {
   if (!text) return;
-  if (output) {
-    const fs = require("node:fs") as typeof import("node:fs");
-    const tmp = `${output}.${process.pid}.tmp`;
-    const cannot = (why: string) => new Error(`Cannot write ${quoted(output)}: ${why}`);
-    // Only a regular file is replaced: never a device (/dev/null), a FIFO, a socket, a link or a directory.
-    const there = (() => {
-      try {
-        return fs.lstatSync(output);
-      } catch {
-        return null; // not there yet, or unreadable: the write below says which
-      }
-    })();
-    if (there && !there.isFile()) throw cannot(`it is ${typeOf(there.mode)[1]}, not a regular file`);
-    let made = false;
-    try {
-      fs.writeFileSync(tmp, text, { flag: "wx", mode: 0o644 });
-      made = true;
-      fs.renameSync(tmp, output);
-    } catch (e) {
-      if (made) fs.rmSync(tmp, { force: true });
-      throw cannot((e as NodeJS.ErrnoException).code ?? (e as Error).message);
-    }
-  } else if (!sys) {
-    console.log(text.trimEnd());
-  } else {
-    // Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout we inherited ever is.
-    const flags = field(sys.readText("/proc/self/fdinfo/1"), "flags");
-    if (flags && (Number.parseInt(flags, 8) & K.O_CLOEXEC) !== 0)
-      throw new Error("Cannot write the report: stdout is closed");
-    const bytes = new TextEncoder().encode(text);
-    for (let at = 0, tries = 0; at < bytes.length; ) {
-      const r = sys.write(1, bytes.subarray(at));
-      if (r.ret > 0) at += r.ret;
-      else if (["EINTR", "EAGAIN"].includes(errnoName(r.errno)) && tries++ < 1000) Bun.sleepSync(1);
-      else throw new Error(`Cannot write the report to stdout: ${errnoName(r.errno)}`);
-    }
+  if (output) return loadTextfile().writeWhole(output, text);
+  if (!sys) return console.log(text.trimEnd());
+  // Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout we inherited ever is.
+  const flags = field(sys.readText("/proc/self/fdinfo/1"), "flags");
+  if (flags && (Number.parseInt(flags, 8) & K.O_CLOEXEC) !== 0)
+    throw new Error("Cannot write the report: stdout is closed");
+  const bytes = new TextEncoder().encode(text);
+  for (let at = 0, tries = 0; at < bytes.length; ) {
+    const r = sys.write(1, bytes.subarray(at));
+    if (r.ret > 0) at += r.ret;
+    else if (["EINTR", "EAGAIN"].includes(errnoName(r.errno)) && tries++ < 1000) Bun.sleepSync(1);
+    else throw new Error(`Cannot write the report to stdout: ${errnoName(r.errno)}`);
   }
 }
 
-/** A progress line on a terminal that goes away on every way out, signals included. */
-function progressLine(sys: Sys, total: number) {
-  const erase = () => sys.write(2, "\r\x1b[K");
-  for (const [signal, n] of [
-    ["SIGINT", 2],
-    ["SIGTERM", 15],
-    ["SIGHUP", 1],
-  ] as const) {
-    process.on(signal, () => {
-      erase();
-      process.exit(128 + n);
-    });
-  }
-  // The await lets the event loop run the signal handlers above during a long --bench.
-  const show = async (n: number) => {
-    sys.write(2, `\rbench: ${n}/${total} faults`);
-    await Bun.sleep(0);
-  };
-  return { show, erase };
-}
+/** Each option's own file, loaded on first use only: a run that does not ask for it does not pay for it. */
+const loadContext = () => require("./context.ts") as typeof import("./context.ts");
+const loadBench = () => require("./bench.ts") as typeof import("./bench.ts");
+const loadTextfile = () => require("./textfile.ts") as typeof import("./textfile.ts");
 
-/** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status. */
+/** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
   const format = formatAsked(argv);
   let [sys, output]: [Sys | null, string | null] = [null, null];
-  let line: ReturnType<typeof progressLine> | undefined;
+  let progress: ReturnType<typeof import("./bench.ts").progressLine> | undefined;
   try {
     const opts = parseArgs(argv, process.env);
     output = opts.output;
@@ -1566,11 +1498,11 @@ export async function main(argv = process.argv.slice(2)) {
       throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = K.loadSys();
     if (opts.help || opts.version) return emit(sys, `${opts.help ? HELP : VERSION}\n`, null);
-    // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (qemu.ts).
-    const elsewhere = opts.user !== null || opts.pid !== null ? loadQemu() : null;
+    // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (context.ts).
+    const elsewhere = opts.user !== null || opts.pid !== null ? loadContext() : null;
     // A child orphaned while it started must not start a child of its own: it ends here.
     if (elsewhere?.isOrphan(sys)) throw new Error("The parent probe is gone");
-    if (elsewhere && !elsewhere.isChild(sys)) {
+    if (elsewhere && !elsewhere.isChild()) {
       elsewhere.contextOf(sys, opts);
       process.exitCode = await elsewhere.runInContext(argv, elsewhere.childMs(opts));
       return;
@@ -1578,15 +1510,19 @@ export async function main(argv = process.argv.slice(2)) {
     const context = elsewhere?.enterContext(sys, opts);
     if (context) opts.user = context.name;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
-    line = opts.bench && sys.isatty(2) ? progressLine(sys, opts.bench) : undefined;
-    const report = await probe(sys, readFacts(sys, context?.device), opts, line?.show, context);
-    line?.erase();
-    line = undefined;
+    const facts = readFacts(sys, context?.device);
+    const report: Report = await probe(sys, facts, opts, context);
+    if (opts.bench) {
+      progress = sys.isatty(2) ? loadBench().progressLine(sys, opts.bench) : undefined;
+      report.bench = await loadBench().bench(sys, facts, report, opts, progress?.show);
+      progress?.erase();
+      progress = undefined;
+    }
     emit(sys, RENDERERS[opts.format](report, opts), output);
     if (report.error) console.error(`postcopy-probe: ${shown(report.error)}`);
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
-    line?.erase();
+    progress?.erase();
     const usage = (e as Error).name === "UsageError" || e instanceof UsageError;
     console.error(`postcopy-probe: ${shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);
     try {
