@@ -983,12 +983,14 @@ function setcap({ f, qemu }: Seen) {
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
 }
 
-type Told = { summary: string; evidence: string[]; fix: string[] };
-/** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, and what it says. */
-type Cause = { when: Gate; blocks: keyof typeof BLOCKS; upgrade?: Gate; tell: (s: Seen) => Told };
+/** A line of a cause's evidence or fixes: fixed text, or text made from what the diagnosis sees (null: none). */
+type Says = string | ((s: Seen) => string | string[] | null);
+const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
+/** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, what it says and runs. */
+type Cause = { when: Gate; blocks: keyof typeof BLOCKS; upgrade?: Gate; summary: Says; evidence: Says[]; fix: Says[] };
 /**
- * The decision table, in the order to act on the causes: each one's gate, what it blocks, and what it
- * says and runs. An upgrade path (a newer kernel or QEMU) comes after the fixes this host takes.
+ * The decision table, in the order to act on the causes. An upgrade path (a newer kernel or QEMU)
+ * comes after the fixes this host takes, whatever its place here.
  */
 const CAUSES = {
   "no-kernel-support": {
@@ -996,128 +998,112 @@ const CAUSES = {
     when: ({ f, a }) =>
       a.syscall === "ENOSYS" && !f.seccomp && !f.gvisor && a.device !== "ok" && f.unprivilegedUserfaultfd === null,
     blocks: "kernel",
-    tell: ({ f }) => ({
-      summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
-      evidence: [
-        "userfaultfd(2): ENOSYS without a seccomp filter",
-        `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
-      ],
-      fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
-    }),
+    summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
+    evidence: [
+      "userfaultfd(2): ENOSYS without a seccomp filter",
+      ({ f }) => `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
+    ],
+    fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
   },
   gvisor: {
     when: ({ f, a }) => f.gvisor && refused(a.syscall),
     blocks: "kernel",
-    tell: (s) => ({
-      summary: "gVisor's kernel does not implement userfaultfd",
-      evidence: [`/proc/version: gVisor (release ${s.f.kernel})`, answered(s)],
-      fix: [
-        "docker run --runtime=runc ...   # not --runtime=runsc",
-        "kubectl edit pod ...   # drop runtimeClassName: gvisor",
-      ],
-    }),
+    summary: "gVisor's kernel does not implement userfaultfd",
+    evidence: [({ f }) => `/proc/version: gVisor (release ${f.kernel})`, answered],
+    fix: [
+      "docker run --runtime=runc ...   # not --runtime=runsc",
+      "kubectl edit pod ...   # drop runtimeClassName: gvisor",
+    ],
   },
   selinux: {
     when: selinuxDenies,
     blocks: "kernel",
-    tell: (s) => ({
-      summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
-      evidence: ["/sys/fs/selinux/enforce: 1", `${DEVICE}: ${s.a["device-node"]}`, answered(s)],
-      fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
-    }),
+    summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
+    evidence: ["/sys/fs/selinux/enforce: 1", ({ a }) => `${DEVICE}: ${a["device-node"]}`, answered],
+    fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
   },
   "devnode-missing": {
     when: ({ a }) => a["device-node"] === "ENOENT",
     blocks: "device",
     // A kernel without the device: a kernel upgrade, the path after the fixes this kernel takes.
     upgrade: ({ f }) => f.miscMinor === null,
-    tell: ({ f }) => ({
-      summary: `${DEVICE} is not there`,
-      evidence: [
+    summary: `${DEVICE} is not there`,
+    evidence: [
+      ({ f }) =>
         f.miscMinor === null
           ? "no userfaultfd in /proc/misc: this kernel has no such device"
           : `/proc/misc: ${f.miscMinor} userfaultfd: the kernel has it, this /dev not`,
-      ],
-      fix:
+    ],
+    fix: [
+      ({ f }) =>
         f.miscMinor === null
-          ? [`${boot(DEVICE, f)}   # the upgrade path`]
+          ? `${boot(DEVICE, f)}   # the upgrade path`
           : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
-    }),
+    ],
   },
   "devnode-impostor": {
     // ENODEV: the probe found something else at the device's path, and never opened it.
     when: ({ f, a }) => a["device-node"] === "ENODEV" && f.devnode !== null,
     blocks: "device",
-    tell: ({ f }) => ({
-      summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
-      evidence: [`${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
-      fix: [
-        CONTAINER,
-        ...(f.miscMinor === null ? [] : [`rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`]),
-      ],
-    }),
+    summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
+    evidence: [({ f }) => `${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
+    fix: [
+      CONTAINER,
+      ({ f }) => (f.miscMinor === null ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`),
+    ],
   },
   "libvirt-device-acl": {
     when: ({ f }) => libvirtHidesDevice(f),
     blocks: "qemu-device",
-    tell: ({ f }) => ({
-      summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
-      evidence: [`/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
-      fix: [
-        `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
-        `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
-      ],
-    }),
+    summary: `libvirt's cgroup_device_acl leaves ${DEVICE} out of QEMU's /dev and device cgroup`,
+    evidence: [({ f }) => `/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
+    fix: [
+      `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
+      `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
+    ],
   },
   "devnode-permission": {
     when: (s) => s.a["device-node"] === "EACCES" && !selinuxDenies(s),
     blocks: "device",
-    tell: (s) => ({
-      summary: `${DEVICE}'s mode and owner do not let this user in`,
-      evidence: [
-        `${DEVICE}: ${s.f.devnode?.mode} ${s.f.devnode?.owner} ${s.f.devnode?.group}`,
-        `open as ${s.f.user}: ${s.a["device-node"]}`,
-      ],
-      fix: deviceAccess(s),
-    }),
+    summary: `${DEVICE}'s mode and owner do not let this user in`,
+    evidence: [
+      ({ f }) => `${DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`,
+      ({ f, a }) => `open as ${f.user}: ${a["device-node"]}`,
+    ],
+    fix: [deviceAccess],
   },
   "device-cgroup": {
     when: ({ f, a }) => a["device-node"] === "EPERM" || f.deviceCgroup?.allows === false,
     blocks: "device",
-    tell: ({ f, a }) => ({
-      summary: `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
-      evidence: [
-        `open as ${f.user}: ${a["device-node"]}`,
+    summary: ({ f }) => `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
+    evidence: [
+      ({ f, a }) => `open as ${f.user}: ${a["device-node"]}`,
+      ({ f }) =>
         f.deviceCgroup
           ? `${f.deviceCgroup.dir}/devices.list: no c 10:${f.miscMinor} rw`
           : "cgroup v2: a BPF device program",
-      ],
-      fix: [
-        ...(f.deviceCgroup
-          ? [`echo 'c 10:${f.miscMinor} rw' > ${sh(`${f.deviceCgroup.dir}/devices.allow`)}   # this cgroup, now`]
-          : []),
-        CONTAINER,
-        `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
-      ],
-    }),
+    ],
+    fix: [
+      ({ f }) =>
+        f.deviceCgroup &&
+        `echo 'c 10:${f.miscMinor} rw' > ${sh(`${f.deviceCgroup.dir}/devices.allow`)}   # this cgroup, now`,
+      CONTAINER,
+      `systemctl set-property UNIT DeviceAllow='${DEVICE} rw'   # a systemd unit`,
+    ],
   },
   seccomp: {
     when: ({ f, a }) => filterDeniesSyscall(f, a),
     blocks: "syscall",
-    tell: (s) => ({
-      summary: "a seccomp filter denies userfaultfd(2)",
-      evidence: [`Seccomp: 2 in /proc/self/status (${s.f.seccompFilters} filters)`, answered(s)],
-      fix: SECCOMP,
-    }),
+    summary: "a seccomp filter denies userfaultfd(2)",
+    evidence: [({ f }) => `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, answered],
+    fix: SECCOMP,
   },
   "user-namespace": {
     when: ptraceOnlyInUserNamespace,
     blocks: "syscall",
-    tell: (s) => ({
-      summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
-      evidence: [`/proc/self/uid_map: ${s.f.uidMap}`, answered(s)],
-      fix: [`${SYSCTL}   # on the host`, `${persistSysctl(s)}   # on the host`],
-    }),
+    summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
+    evidence: [({ f }) => `/proc/self/uid_map: ${f.uidMap}`, answered],
+    fix: [`${SYSCTL}   # on the host`, (s) => `${persistSysctl(s)}   # on the host`],
   },
   "unprivileged-userfaultfd": {
     when: (s) =>
@@ -1126,59 +1112,51 @@ const CAUSES = {
         ? s.f.capSysPtrace === false
         : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace),
     blocks: "syscall",
-    tell: (s) => ({
-      summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
-      evidence: [
-        answered(s),
-        `vm.unprivileged_userfaultfd = ${s.f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(s.f)})`,
-        `CAP_SYS_PTRACE: not held by ${s.f.user} (uid ${s.f.uid})`,
-        ...(filtered(s.f) && !filterDeniesSyscall(s.f, s.a)
-          ? ["Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"]
-          : []),
-      ],
-      fix: [SYSCTL, persistSysctl(s), ...(ofQemu(BLOCKS.syscall(s)).length ? setcap(s) : [])],
-    }),
+    summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
+    evidence: [
+      answered,
+      ({ f }) => `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(f)})`,
+      ({ f }) => `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`,
+      ({ f, a }) =>
+        filtered(f) && !filterDeniesSyscall(f, a)
+          ? "Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"
+          : null,
+    ],
+    fix: [SYSCTL, persistSysctl, (s) => (ofQemu(BLOCKS.syscall(s)).length ? setcap(s) : null)],
   },
   "qemu-before-8.0": {
     when: ({ a, qemu }) => qemuConsumer(qemu) === "qemu<8.0" && refused(a.syscall) && a.device === "ok",
     blocks: "qemu",
     upgrade: () => true,
-    tell: (s) => ({
-      summary: `QEMU ${s.qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
-      evidence: [`${DEVICE}: ok`, answered(s)],
-      fix: [`install QEMU 8.0 or later in place of ${sh(s.qemu?.path ?? "")}   # the upgrade path`],
-    }),
+    summary: ({ qemu }) =>
+      `QEMU ${qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
+    evidence: [`${DEVICE}: ok`, answered],
+    fix: [({ qemu }) => `install QEMU 8.0 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`],
   },
   "vm-config": {
     when: ({ vm }) => vm.some((c) => c.status === "fail"),
     blocks: "qemu",
-    tell: ({ vm }) => ({
-      summary: "this VM's own configuration refuses postcopy, whatever the host allows",
-      evidence: vm.filter((c) => c.status === "fail").map((c) => `${c.id}: ${c.detail}`),
-      fix: vm.flatMap((c) => (c.status === "fail" && c.hint ? [c.hint] : [])),
-    }),
+    summary: "this VM's own configuration refuses postcopy, whatever the host allows",
+    evidence: [({ vm }) => vm.filter((c) => c.status === "fail").map((c) => `${c.id}: ${c.detail}`)],
+    fix: [({ vm }) => vm.flatMap((c) => (c.status === "fail" && c.hint ? [c.hint] : []))],
   },
   "missing-feature": {
     when: ({ checks }) => missingOf(checks).length > 0,
     blocks: "features",
     upgrade: () => true,
-    tell: ({ f, checks }) => ({
-      summary: "the kernel lacks a feature or ioctl a capability needs",
-      evidence: checks.filter((c) => missingOf([c]).length).map((c) => `${c.id}: ${c.detail}`),
-      fix: [...new Set(missingOf(checks))].map((n) => boot(n, f)),
-    }),
+    summary: "the kernel lacks a feature or ioctl a capability needs",
+    evidence: [({ checks }) => checks.filter((c) => c.missing?.length).map((c) => `${c.id}: ${c.detail}`)],
+    fix: [({ f, checks }) => [...new Set(missingOf(checks))].map((n) => boot(n, f))],
   },
   "hugepages-not-reserved": {
     when: ({ checks }) => checks.some((c) => c.id === "register-hugetlb" && c.status === "warn"),
     blocks: "note",
-    tell: ({ f }) => ({
-      summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
-      evidence: [`vm.nr_hugepages = ${f.nrHugepages}`],
-      fix: [
-        "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
-        "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
-      ],
-    }),
+    summary: "no huge pages are reserved: hugetlbfs-backed guests get none",
+    evidence: [({ f }) => `vm.nr_hugepages = ${f.nrHugepages}`],
+    fix: [
+      "sysctl -w vm.nr_hugepages=1024   # 2 GiB of 2 MiB pages: size it to the guests' RAM",
+      "echo vm.nr_hugepages=1024 > /etc/sysctl.d/80-hugepages.conf",
+    ],
   },
 } satisfies Record<string, Cause>;
 export type CauseId = keyof typeof CAUSES;
@@ -1203,7 +1181,8 @@ export function diagnose(s: Seen): Diagnosis[] {
     .filter(({ cause, blocks }) => blocks.length || CAUSES[cause].blocks === "note")
     .sort((x, y) => rank(x.cause) - rank(y.cause))
     .map(({ cause, blocks }) => {
-      const { summary, evidence, fix } = CAUSES[cause].tell(s);
+      const c: Cause = CAUSES[cause];
+      const [summary, evidence, fix] = [spoken([c.summary], s)[0], spoken(c.evidence, s), spoken(c.fix, s)];
       return { cause, summary, blocks, evidence, fix: fix.filter((x) => !given.has(x) && given.add(x)) };
     });
 }
