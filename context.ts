@@ -22,6 +22,8 @@ import { fileCapPtrace, find, hostOwned, versionIn } from "./qemu.ts";
 const CHILD = "POSTCOPY_PROBE_PARENT";
 const MAX_ID = 4294967294; // (uid_t)-1 means "no change", not an id
 const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) : null);
+/** The initial user namespace's uid_map, as uidMapOf() reads it. */
+const INITIAL_UID_MAP = "0 0 4294967295";
 // include/uapi/linux/prctl.h, capability.h, asm-generic/signal.h
 const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS] = [1, 4, 8];
 const [_LINUX_CAPABILITY_VERSION_3, SIGKILL] = [0x20080522, 9];
@@ -45,21 +47,22 @@ let opened: ReturnType<typeof calls> | null = null;
 export const libc = () => (opened ??= calls());
 
 /**
- * Sets groups, gid and uid (real, effective, saved), and stays dumpable as after an exec. With
- * `ptrace`, this thread keeps CAP_SYS_PTRACE alone, as a binary with that file capability would.
+ * Sets groups, gid and uid (real, effective, saved), then the capabilities QEMU has: `all` (root in the
+ * initial user namespace), `ptrace` alone (as a binary with that file capability would), or `none`.
+ * The child stays not dumpable, so no process of that user can trace it or read its environment.
  */
-function become(uid: number, gid: number, groups: number[], ptrace: boolean): R {
+function become(uid: number, gid: number, groups: number[], caps: "all" | "ptrace" | "none"): R {
   const c = libc();
   const set = K.answer(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
   if (set.ret === -1) return set;
   const g = K.answer(c.setresgid(gid, gid, gid));
-  const keep = g.ret === -1 || !ptrace ? g : K.answer(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
+  const keep = g.ret === -1 || caps !== "ptrace" ? g : K.answer(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
   const u = keep.ret === -1 ? keep : K.answer(c.setresuid(uid, uid, uid));
   // __user_cap_header_struct {version, pid} and two __user_cap_data_struct {effective, permitted, inheritable}.
-  const caps = new Uint32Array([1 << Number(CAP_SYS_PTRACE), 1 << Number(CAP_SYS_PTRACE), 0, 0, 0, 0]);
+  const bit = caps === "ptrace" ? 1 << Number(CAP_SYS_PTRACE) : 0;
   const header = new Uint32Array([_LINUX_CAPABILITY_VERSION_3, 0]);
-  const kept = u.ret === -1 || !ptrace ? u : K.answer(c.capset(header, caps));
-  return kept.ret === -1 ? kept : K.answer(c.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0));
+  const kept = u.ret === -1 || caps === "all" ? u : K.answer(c.capset(header, new Uint32Array([bit, bit, 0, 0, 0, 0])));
+  return kept.ret === -1 ? kept : K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
 }
 const getppid = () => libc().getppid();
 
@@ -125,17 +128,40 @@ export const childMs = (opts: Options) => 60_000 + (opts.bench ? 60_000 : 0) + (
  * The whole probe again in a child that takes on the context first; signals go on to it; its status is
  * the answer. The wait is bounded by `ms`: a child still there then is killed, and the run is exit 2.
  */
-export async function runInContext(argv: string[], ms: number, command?: string[]) {
+export async function runInContext(argv: string[], ms: number, o: { capture?: boolean; command?: string[] } = {}) {
   // A compiled binary is its own script; `bun probe.ts` needs the script named.
   const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
-  const env = { ...process.env, [CHILD]: String(process.pid) };
-  const child = Bun.spawn([...(command ?? self), ...argv], { env, stdio: ["inherit", "inherit", "inherit"] });
+  // The child runs as another user: it gets none of root's environment but what it needs, and a session
+  // of its own, so it has no controlling terminal to push input into.
+  const env = Object.fromEntries(CHILD_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
+  const stdout = o.capture ? "pipe" : "inherit";
+  const child = Bun.spawn([...(o.command ?? self), ...argv], {
+    env: { ...env, [CHILD]: String(process.pid) },
+    stdio: ["ignore", stdout, "inherit"],
+    detached: true,
+  });
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
-  if (await within(child.exited, ms)) return child.exitCode ?? 2;
+  // --output is written by the parent, as root: the child's document comes through a pipe, bounded.
+  const text = o.capture ? readBounded(child.stdout as ReadableStream<Uint8Array>) : Promise.resolve("");
+  if (await within(child.exited, ms)) return { code: child.exitCode ?? 2, out: await text };
   child.kill("SIGKILL");
-  // A child stuck in the kernel may not die at once: the parent does not wait on it for long.
+  // A child stuck in the kernel may not die at once: the parent does not wait on it, and does not stay for it.
   const gone = await within(child.exited, 1000);
+  if (!gone) child.unref();
   throw new Error(`The probe's child did not finish within ${ms} ms: killed${gone ? "" : " (it may remain)"}`);
+}
+/** What the child may see of the parent's environment. */
+const CHILD_ENV = ["PATH", "TERM", "NO_COLOR", "LANG", "LC_ALL"];
+/** A report is a few kilobytes: a child's stdout is read up to this, and cut there. */
+const OUTPUT_MAX = 1 << 24;
+async function readBounded(stream: ReadableStream<Uint8Array>) {
+  const [decoder, parts] = [new TextDecoder(), [] as string[]];
+  let length = 0;
+  for await (const chunk of stream) {
+    if (length < OUTPUT_MAX) parts.push(decoder.decode(chunk, { stream: true }));
+    length += chunk.length;
+  }
+  return parts.join("").slice(0, OUTPUT_MAX);
 }
 
 /** Whether `done` settles within `ms`; the timer goes with it, so nothing is left to keep the process up. */
@@ -159,9 +185,12 @@ export function enterContext(sys: Sys, opts: Options): Context {
   // QEMU's own CAP_SYS_PTRACE (its binary's file capability) comes along: the syscall's gate is then QEMU's.
   const exe = pid === null ? find(sys, opts.qemu) : null;
   const capEff = context.process?.capEff ?? null;
-  const ptrace = exe ? fileCapPtrace(exe) : capBit(capEff, CAP_SYS_PTRACE) === true;
+  // A capability held only inside a user namespace of the process's own is no capability here.
+  const initial = context.process ? context.process.uidMap === INITIAL_UID_MAP : true;
+  const ptrace = exe ? fileCapPtrace(exe) : initial && capBit(capEff, CAP_SYS_PTRACE) === true;
   context.ptrace = ptrace && context.uid !== 0;
-  const r = become(context.uid, context.gid, context.groups, ptrace);
+  const caps = context.uid === 0 ? (initial ? "all" : "none") : ptrace ? "ptrace" : "none";
+  const r = become(context.uid, context.gid, context.groups, caps);
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
   libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -203,8 +232,16 @@ function processFacts(sys: Sys, pid: number) {
   const seen = (path: string | null) =>
     path && root && root !== "/" && path.startsWith(`${root}/`) ? path.slice(root.length) : path;
   const cmdline = sys.readText(`${at}/cmdline`);
+  // /proc/PID/stat's ninth field, the task's flags: PF_KTHREAD (include/linux/sched.h) marks a kernel thread.
+  const flags = Number(
+    sys
+      .readText(`${at}/stat`)
+      ?.replace(/^.*\) /s, "")
+      .split(" ")[6],
+  );
   return {
     pid,
+    kernelThread: (flags & PF_KTHREAD) !== 0,
     comm: sys.readText(`${at}/comm`)?.trim() ?? null,
     exe: seen(link(`${at}/exe`)),
     uids: field(status, "Uid")?.split(/\s+/).map(Number) ?? [],
@@ -233,6 +270,7 @@ function processFacts(sys: Sys, pid: number) {
       })),
   };
 }
+const PF_KTHREAD = 0x00200000;
 /** A symbolic link's text (magic links in /proc: d_path(), nothing of the target file system is touched). */
 const link = (path: string) => {
   try {
@@ -348,35 +386,46 @@ function pidContext(sys: Sys, pid: number): Context {
   const [uid, gid] = [f.uids[1], f.gids[1]];
   if (uid === undefined || gid === undefined)
     throw new UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
-  if (f.exe === null && !f.cmdline?.length) throw new Error(`${who} is a kernel thread, not a QEMU`);
+  if (f.kernelThread) throw new Error(`${who} is a kernel thread, not a QEMU`);
   if ([process.pid, getppid()].includes(pid)) throw new Error(`${who} is the probe itself, not a QEMU`);
   if (f.cmdline === null)
     throw new Error(`${who}: its command line could not be read whole (over ${K.READ_MAX} bytes)`);
+  if (f.mounts === null) throw new Error(`${who}: its mount table could not be read`);
   const root = sys.open(`/proc/${pid}/root`, K.O_PATH | K.O_CLOEXEC);
   if (root.ret < 0) throw new Error(`Cannot open /proc/${pid}/root: ${K.errnoName(root.errno)}`);
-  // A QEMU started through its dynamic loader (a QEMU in a tree of its own) runs the program the loader was given.
+  const walk = walker(sys, root.ret, f.mounts);
+  // A QEMU started through its dynamic loader (a QEMU in a tree of its own) runs the program the loader
+  // was given; its command line (which it can rewrite) only names it: the program must be mapped to run.
   const exe = f.exe?.replace(/ \(deleted\)$/, "") ?? "";
   const program = /\/ld-[^/]*\.so[^/]*$/.test(exe) ? loadedProgram(f.cmdline) : null;
   const path = program === null ? exe : program.startsWith("/") ? program : `${f.cwd ?? ""}/${program}`;
   if (!/qemu/i.test(path.split("/").at(-1)!)) throw new Error(`${who} is not a QEMU: it runs ${path}`);
-  const opened = program === null ? null : resolveIn(sys, root.ret, path);
-  const binary = opened === null ? `/proc/${pid}/exe` : `/proc/self/fd/${opened.ret}`;
-  const read = opened?.ret === -1 ? null : versionIn(sys, binary, Date.now() + 5000);
+  const binary = program === null ? sys.open(`/proc/${pid}/exe`, K.O_PATH | K.O_CLOEXEC) : walk.resolve(path);
+  const unread = binary.ret < 0 ? K.errnoName(binary.errno) : walk.refuses(binary.ret);
+  if (!unread && program !== null && !mapped(sys, pid, binary.ret))
+    throw new Error(`${who} is not a QEMU: its command line names ${path}, which it does not run`);
+  // Its bytes are read only once the file is known to be on a file system that answers.
+  const read = unread ? null : versionIn(sys, `/proc/self/fd/${binary.ret}`, Date.now() + 5000);
   const version = read === "script" ? null : read;
-  const device = resolveIn(sys, root.ret, DEVICE);
+  // The device, resolved as it resolves it, and looked at only where the file system answers.
+  const node = walk.resolve(DEVICE);
+  const device = node.ret >= 0 && walk.refuses(node.ret) ? { ret: -1, errno: K.errnoOf("ENODEV") } : node;
   // Only a QEMU of the host's own (this mount namespace and root, root's file) may be offered a file capability.
-  const here = !f.ownMountNamespace && f.root === "/" && sameFile(sys, path, `/proc/${pid}/exe`);
+  const here = !unread && !f.ownMountNamespace && f.root === "/" && sameFile(sys, path, `/proc/self/fd/${binary.ret}`);
   const qemu: Qemu = {
     path,
     version,
     major: version ? Number(version.split(".")[0]) : undefined,
     ptrace: false, // the process's own CapEff decides, and comes along with the child
     grantable: here && hostOwned(sys, path),
-    error: version ? undefined : `${path}: no QEMU version could be read from its binary`,
+    error: version
+      ? undefined
+      : `${path}: no QEMU version could be read from its binary${unread ? ` (${unread})` : ""}`,
   };
-  const vm = configChecks({ ...f, cmdline: f.cmdline, walk: (at) => walkedTo(sys, root.ret, at, f.mounts!) });
+  const vm = configChecks({ ...f, cmdline: f.cmdline, walk: (at) => walkedTo(sys, walk, at) });
   const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const own = contextCheck(f, qemu, name);
+  processed(sys, pid); // read whole, or not at all: a process that went while it was read is no answer
   return {
     name,
     uid,
@@ -390,24 +439,48 @@ function pidContext(sys: Sys, pid: number): Context {
     filterUnread: own.status === "warn",
   };
 }
-/** The file system a path reaches inside the process's root, by its mount (fdinfo's mnt_id): FUSE is not entered. */
-function walkedTo(sys: Sys, root: number, path: string, mounts: NonNullable<ReturnType<typeof mountsOf>>) {
-  const mountOf = (fd: number) => {
-    const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
-    return mounts.find((m) => m.id === id);
-  };
-  const fuse = (fd: number) => {
+/**
+ * How the probe walks a process's files: inside its root, and never into a file system that may never
+ * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one). openat2() where no such
+ * mount is there, else the walk, which looks at each file's mount before it looks into it.
+ */
+function walker(sys: Sys, root: number, mounts: NonNullable<ReturnType<typeof mountsOf>>) {
+  const fuse = mounts.some((m) => m.type.startsWith("fuse"));
+  const mountOf = (fd: number) =>
+    mounts.find((m) => m.id === Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id")));
+  const refuses = (fd: number) => {
     const m = mountOf(fd);
-    return m?.type.startsWith("fuse")
-      ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter`
-      : null;
+    const untrusted = m && (m.type.startsWith("fuse") || (fuse && m.type === "overlay"));
+    return untrusted ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter` : null;
   };
-  const r = walkIn(sys, root, path, fuse);
+  // A walk stopped before a mount it does not enter answers ENODEV: what is there was not looked at.
+  const resolve = (path: string): R & { stopped?: string } => {
+    const r: R & { stopped?: string } = fuse ? walkIn(sys, root, path, refuses) : resolveIn(sys, root, path);
+    return r.stopped ? { ...r, errno: K.errnoOf("ENODEV") } : r;
+  };
+  return { resolve, refuses, mountOf };
+}
+/** The file system a path reaches inside the process's root, by its mount (fdinfo's mnt_id). */
+function walkedTo(sys: Sys, walk: ReturnType<typeof walker>, path: string) {
+  const r = walk.resolve(path);
   if (r.stopped) return { type: null, how: r.stopped };
   if (r.ret < 0) return { type: null, how: `its path in the process's root: ${K.errnoName(r.errno)}` };
-  const type = mountOf(r.ret)?.type ?? null;
+  const [type, refused] = [walk.mountOf(r.ret)?.type ?? null, walk.refuses(r.ret)];
   sys.close(r.ret);
-  return { type, how: type ? "its path in the process's root" : "its mount is not in the process's mount table" };
+  if (type?.startsWith("fuse") || !refused)
+    return { type, how: type ? "its path in the process's root" : "its mount is not in the process's mount table" };
+  return { type: null, how: refused };
+}
+/** Whether the file at `fd` is mapped executable in the process (/proc/PID/maps: its device and inode). */
+function mapped(sys: Sys, pid: number, fd: number) {
+  const st = sys.stat("", fd, K.AT_EMPTY_PATH);
+  const [major, minor] = st.dev.split(":").map(Number);
+  const dev = `${major.toString(16).padStart(2, "0")}:${minor.toString(16).padStart(2, "0")}`;
+  const maps = sys.readText(`/proc/${pid}/maps`) ?? "";
+  return maps.split("\n").some((l) => {
+    const [, perms, , at, inode] = l.split(/\s+/);
+    return perms?.[2] === "x" && at === dev && inode === String(st.ino);
+  });
 }
 /** Whether two paths name the same file (the same device and inode). */
 function sameFile(sys: Sys, a: string, b: string) {

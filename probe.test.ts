@@ -40,7 +40,7 @@ import {
   VERSION,
 } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { askQemu, pipe, poll } from "./qemu.ts";
+import { askQemu, pipe, poll, versionIn } from "./qemu.ts";
 import { renderPrometheus } from "./textfile.ts";
 
 const sys = K.loadSys();
@@ -107,7 +107,9 @@ const pids = () => readdirSync("/proc").filter((p) => /^\d+$/.test(p));
 /** A world-readable directory for this run: bun, the probe, fake QEMUs; uid 65534 can reach it. */
 const world = mkdtempSync(`${tmpdir()}/postcopy-probe-test-`);
 chmodSync(world, 0o755);
-for (const file of ["probe.ts", "ffi.ts", "qemu.ts", "context.ts", "bench.ts", "textfile.ts", "package.json"])
+/** The package's files, as npm packs them: the probe and each option's file. */
+const shipped: string[] = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8")).files;
+for (const file of [...shipped.filter((f) => f.endsWith(".ts")), "package.json"])
   copyFileSync(`${import.meta.dir}/${file}`, `${world}/${file}`);
 try {
   linkSync(process.execPath, `${world}/bun`);
@@ -800,6 +802,37 @@ describe("capabilities: the QEMU that will run decides", () => {
     },
   );
 
+  test.skipIf(!Bun.which("strace"))("a binary that is a link to a device or a FIFO is looked at, never opened", () => {
+    const dir = `${world}/qemu-device-link`;
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    symlinkSync("/dev/ptmx", `${dir}/ptmx-link`);
+    Bun.spawnSync(["mkfifo", `${dir}/fifo`]);
+    const script = `${dir}/read.ts`;
+    writeFileSync(
+      script,
+      `import { loadSys } from "../ffi.ts"; import { versionIn } from "../qemu.ts";
+      const sys = loadSys();
+      console.log(JSON.stringify(["${dir}/ptmx-link", "${dir}/fifo"].map((p) => versionIn(sys, p, Date.now() + 1000))));`,
+    );
+    const log = `${dir}.strace`;
+    const run = Bun.spawnSync([
+      Bun.which("strace")!,
+      "-f",
+      "-qq",
+      "-e",
+      "trace=open,openat,openat2",
+      "-o",
+      log,
+      `${world}/bun`,
+      script,
+    ]);
+    expect(run.stdout.toString()).toBe("[null,null]\n");
+    const opened = readFileSync(log, "utf8")
+      .split("\n")
+      .filter((l) => /ptmx|fifo/.test(l));
+    expect([opened.length, opened.filter((l) => !l.includes("O_PATH"))]).toEqual([2, []]);
+  });
+
   test.skipIf(!isRoot || unprivileged !== "0")(
     "a wrapper script is run for its version only when it is the host's own, in a group killed whole",
     () => {
@@ -1089,7 +1122,7 @@ describe("diagnose() as a decision table", () => {
       cause: "devnode-impostor",
       hit: { facts: { devnode: { ...base.devnode!, mode: "prw-r--r--", kind: "a FIFO" } }, routes: IMPOSTOR },
       causes: ["devnode-impostor", "unprivileged-userfaultfd"],
-      miss: { facts: { devnode: null }, routes: IMPOSTOR },
+      miss: { facts: { devnode: null }, routes: ["ENOENT", "ENOENT", "EPERM", "ok"] },
     },
     {
       cause: "libvirt-device-acl",
@@ -1619,6 +1652,15 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
 });
 
 describe("--user (context.ts): the whole probe again, as QEMU's user", () => {
+  test.skipIf(!isRoot)("--output is written by the parent, as root, where only root may write", () => {
+    const dir = mkdtempSync(`${world}/root-only-`);
+    chmodSync(dir, 0o755);
+    const run = cli(["--user", "nobody", "--format", "prometheus", "--output", `${dir}/postcopy.prom`]);
+    expect([run.code === 0 || run.code === 1, run.stdout, readdirSync(dir)]).toEqual([true, "", ["postcopy.prom"]]);
+    expect(statSync(`${dir}/postcopy.prom`).uid).toBe(0);
+    expect(readFileSync(`${dir}/postcopy.prom`, "utf8")).toContain('user="nobody"');
+  });
+
   test.skipIf(!isRoot || unprivileged !== "0")("--user nobody answers exactly as a process started as nobody", () => {
     const strip = (r: Report) =>
       JSON.stringify({
@@ -2006,6 +2048,7 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
             ["/dev/zero", () => symlinkSync("/dev/zero", program)],
             ["a 16 GiB sparse file", () => Bun.spawnSync(["truncate", "-s", "16G", program])],
           ];
+          // What it names is not what it runs: the program it maps is no longer that file.
           for (const [what, swap] of swaps) {
             rmSync(program, { force: true });
             swap();
@@ -2013,7 +2056,12 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
             expect([what, run.code, run.report.error]).toEqual([
               what,
               2,
-              `could not answer what was asked: --pid: ${program}: no QEMU version could be read from its binary`,
+              `Process ${pid} (ld-linux-x86-64) is not a QEMU: its command line names ${program}, which it does not run`,
+            ]);
+            // And read as a binary, each ends at once: never run, never a wait, never 16 GiB read.
+            expect([what, versionIn(sys, program, Date.now() + 5000)]).toEqual([
+              what,
+              what === "a script" ? "script" : null,
             ]);
           }
         },
@@ -2145,6 +2193,17 @@ int main(int argc, char **argv) {
           `mem-path ${fuse} is on fuse.stuck (by its path in the process's root): "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
         ]);
       });
+      // Where FUSE is mounted, an overlay may stack on it: the probe does not look into one either.
+      const layers = `${world}/layers`;
+      mkdirSync(layers, { recursive: true });
+      const overlay = `mount -t tmpfs none ${layers} && mkdir ${layers}/l ${layers}/u ${layers}/w ${layers}/m && mount -t overlay none -o lowerdir=${layers}/l,upperdir=${layers}/u,workdir=${layers}/w ${layers}/m`;
+      const stacked = [...inNamespace(`${overlay} && ${mounted}`), "sh"];
+      await withTarget([q, "-mem-path", `${layers}/m/ram`], { prefix: stacked }, (pid) => {
+        expect(memoryOf(byPid(pid).report)).toEqual([
+          "skip",
+          `could not tell what mem-path ${layers}/m/ram is on: it lies under the overlay mount at ${layers}/m, which the probe does not enter`,
+        ]);
+      });
       // A relative mem-path is the target's cwd's; a link to /dev/shm is followed inside its root.
       const ram = `/dev/shm/postcopy-probe-${process.pid}`;
       writeFileSync(ram, "");
@@ -2186,7 +2245,85 @@ int main(int argc, char **argv) {
         // JSON keeps the characters, escaped as JSON escapes them.
         expect(byPid(pid).stdout).toContain("mem-path /x\\u001b[2K\\r");
       });
+      // Bidirectional overrides and line separators arrive in QEMU's JSON syntax: shown escaped too.
+      const json = '{"qom-type": "memory-backend-file", "id": "m", "mem-path": "/a\\u202eb\\u2028c"}';
+      await withTarget([q, "-object", json], {}, (pid) => {
+        const human = cli(["--pid", String(pid)]).stdout;
+        expect(human).not.toMatch(/[\u202e\u2028]/);
+        expect(human).toContain("mem-path /a\\u{202e}b\\u{2028}c");
+      });
     },
+  );
+
+  test.skipIf(skip)(
+    "the child is its target's user yet not its target's to trace: not dumpable, no terminal, no root environment",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+      await withTarget([q], { prefix: nobody }, async (pid) => {
+        const env = { ...process.env, NO_COLOR: "1", ROOTS_SECRET: "s.root-only" };
+        const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--pid", String(pid), "--bench", "500000"], {
+          env,
+          stdio: ["ignore", "ignore", "ignore"],
+        });
+        try {
+          let child = 0;
+          for (let i = 0; i < 300 && !child; i++) {
+            await Bun.sleep(20);
+            child = Number(
+              pids().find(
+                (p) =>
+                  readFileSync(`/proc/${p}/status`, "latin1").includes("\nUid:\t65534") &&
+                  cmdlineOf(p).includes("--bench"),
+              ),
+            );
+          }
+          expect(child).toBeGreaterThan(0);
+          const environ = readFileSync(`/proc/${child}/environ`, "latin1");
+          expect([environ.includes("ROOTS_SECRET"), environ.includes(`POSTCOPY_PROBE_PARENT=${parent.pid}`)]).toEqual([
+            false,
+            true,
+          ]);
+          // As the target's own user: no environment to read, nothing to attach to.
+          const peek = Bun.spawnSync([...nobody, "/bin/cat", `/proc/${child}/environ`]);
+          expect([peek.exitCode, peek.stderr.toString()]).toEqual([
+            1,
+            `/bin/cat: /proc/${child}/environ: Permission denied\n`,
+          ]);
+          const stat = readFileSync(`/proc/${child}/stat`, "latin1")
+            .replace(/^.*\) /s, "")
+            .split(" ");
+          expect([stat[3], stat[4]]).toEqual([String(child), "0"]); // a session of its own, no controlling terminal
+        } finally {
+          parent.kill("SIGKILL");
+          await parent.exited;
+        }
+      });
+    },
+    20_000,
+  );
+
+  test.skipIf(skip || !existsSync("/dev/fuse"))(
+    "devnode-impostor: a /dev on a FUSE mount that never answers is not looked into, and the run ends",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      writeFileSync(`${world}/stuck-fuse-dev.c`, STUCK_FUSE);
+      Bun.spawnSync([cc!, "-o", `${world}/stuck-fuse-dev`, `${world}/stuck-fuse-dev.c`]);
+      const mounted = `${world}/stuck-fuse-dev /dev & while ! grep -q fuse.stuck /proc/self/mountinfo; do sleep 0.01; done; exec "$@"`;
+      await withTarget([q], { prefix: [...inNamespace(mounted), "sh"] }, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, routesOf(report)["device-node"], report.diagnosis[0]]).toEqual([
+          0,
+          "ENODEV",
+          expect.objectContaining({
+            cause: "devnode-impostor",
+            blocks: ["firecracker-uffd"],
+            evidence: ["/dev/userfaultfd: not looked at, on a file system that may never answer (FUSE)"],
+          }),
+        ]);
+      });
+    },
+    20_000,
   );
 
   test.skipIf(skip)(
@@ -2289,7 +2426,7 @@ int main(int argc, char **argv) {
   test("the parent's wait for its child has a deadline: a child still there then is killed, and the run is exit 2", async () => {
     const marker = `${4000 + (process.pid % 1000)}.5`;
     const start = Date.now();
-    const waited = runInContext([marker], 300, ["/bin/sleep"]).catch((e: Error) => e.message);
+    const waited = runInContext([marker], 300, { command: ["/bin/sleep"] }).catch((e: Error) => e.message);
     expect(await waited).toBe("The probe's child did not finish within 300 ms: killed");
     expect(Date.now() - start).toBeLessThan(3000);
     expect(pids().filter((p) => cmdlineOf(p).includes(marker))).toEqual([]);

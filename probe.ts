@@ -64,9 +64,13 @@ export class UsageError extends Error {}
 export const quoted = (arg: string) => JSON.stringify(arg.length > 60 ? `${arg.slice(0, 60)}…` : arg);
 /** `value` as one shell word: as it is when plainly safe, else in single quotes (a fix is pasted into a root shell). */
 export const sh = (value: string) => (/^[\w@%+=:,./-]+$/.test(value) ? value : `'${value.replaceAll("'", `'\\''`)}'`);
-/** Control characters as escapes: nothing a target wrote (a path, QEMU's words) reaches a terminal as it is. */
+/**
+ * Control, format (bidirectional) and line-separator characters as escapes: nothing a target wrote (a
+ * path, QEMU's words) reaches a terminal as it is.
+ */
 export const shown = (text: string) =>
-  text.replace(/\p{Cc}/gu, (c) => ESCAPES[c] ?? `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => ESCAPES[c] ?? escaped(c.codePointAt(0)!));
+const escaped = (n: number) => (n < 0x100 ? `\\x${n.toString(16).padStart(2, "0")}` : `\\u{${n.toString(16)}}`);
 const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
@@ -1042,11 +1046,16 @@ const CAUSES = {
     ],
   },
   "devnode-impostor": {
-    // ENODEV: the probe found something else at the device's path, and never opened it.
-    when: ({ f, a }) => a["device-node"] === "ENODEV" && f.devnode !== null,
+    // ENODEV: the probe found something else at the device's path, or a file system it does not enter.
+    when: ({ a }) => a["device-node"] === "ENODEV",
     blocks: "device",
     summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
-    evidence: [({ f }) => `${DEVICE}: ${f.devnode?.mode}, ${f.devnode?.kind}, not c 10:${f.miscMinor ?? "?"}`],
+    evidence: [
+      ({ f }) =>
+        f.devnode
+          ? `${DEVICE}: ${f.devnode.mode}, ${f.devnode.kind}, not c 10:${f.miscMinor ?? "?"}`
+          : `${DEVICE}: not looked at, on a file system that may never answer (FUSE)`,
+    ],
     fix: [
       CONTAINER,
       ({ f }) => (f.miscMinor === null ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`),
@@ -1481,11 +1490,16 @@ export async function main(argv = process.argv.slice(2)) {
     const elsewhere = opts.user !== null || opts.pid !== null ? loadContext() : null;
     // A child orphaned while it started must not start a child of its own: it ends here.
     if (elsewhere?.isOrphan(sys)) throw new Error("The parent probe is gone");
-    if (elsewhere && !elsewhere.isChild()) {
+    const child = elsewhere?.isChild() ?? false;
+    if (elsewhere && !child) {
       elsewhere.contextOf(sys, opts);
-      process.exitCode = await elsewhere.runInContext(argv, elsewhere.childMs(opts));
+      // The child's document comes back to be written here, as root: --output is never the child's to write.
+      const ran = await elsewhere.runInContext(argv, elsewhere.childMs(opts), { capture: output !== null });
+      emit(sys, ran.out, output);
+      process.exitCode = ran.code;
       return;
     }
+    if (child) output = null;
     const context = elsewhere?.enterContext(sys, opts);
     if (context) opts.user = context.name;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;

@@ -113,16 +113,20 @@ export function fileCapPtrace(path: string) {
 }
 
 /**
- * "QEMU emulator version X.Y.Z" from a file's own bytes, never by running it: opened non-blocking and
+ * "QEMU emulator version X.Y.Z" from a file's own bytes, never by running it: opened (non-blocking) and
  * read only when it is a regular file of at most BINARY_MAX bytes, until `deadline` (Date.now() ms).
  * "script" for a `#!` file; null when there is no version, or it could not be read in time.
  */
 export function versionIn(sys: Sys, path: string, deadline: number): string | null {
-  const fd = sys.open(path, K.O_RDONLY | K.O_CLOEXEC | K.O_NONBLOCK);
-  if (fd.ret < 0) return null;
+  // Looked at before it is opened: opening a device (a tty, a tape) or a FIFO can do something.
+  const where = sys.open(path, K.O_PATH | K.O_CLOEXEC);
+  if (where.ret < 0) return null;
+  const st = sys.stat("", where.ret, K.AT_EMPTY_PATH);
+  const regular = st.ret === 0 && (st.mode & K.S_IFMT) === K.S_IFREG && st.size <= BINARY_MAX;
+  const fd = regular ? sys.open(`/proc/self/fd/${where.ret}`, K.O_RDONLY | K.O_CLOEXEC | K.O_NONBLOCK) : where;
+  sys.close(where.ret);
+  if (!regular || fd.ret < 0) return null;
   try {
-    const st = sys.stat("", fd.ret, K.AT_EMPTY_PATH);
-    if (st.ret < 0 || (st.mode & K.S_IFMT) !== K.S_IFREG || st.size > BINARY_MAX) return null;
     const chunk = new Uint8Array(CHUNK);
     for (let [tail, at] = ["", 0]; Date.now() < deadline; ) {
       const n = sys.read(fd.ret, chunk).ret;
