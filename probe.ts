@@ -593,14 +593,7 @@ export type Faulting<T> = { kind: "anon" | "hugetlb"; len: number; mode: bigint;
  * without faulting (EFAULT under user-mode-only) is seen at once. Owns the thread: its cleanup closes
  * the uffd before the join, which frees a thread stuck in a fault nobody served.
  */
-export function serveFaults<T>(
-  sys: Sys,
-  facts: Facts,
-  route: Route,
-  boundMs: number,
-  f: Faulting<T>,
-  pause?: Progress,
-) {
+export function serveFaults<T>(sys: Sys, facts: Facts, route: Route, boundMs: number, f: Faulting<T>, tick?: Progress) {
   const features = f.mode === WP ? K.UFFD_FEATURE.PAGEFAULT_FLAG_WP : 0n;
   return registered(sys, facts, route, { ...f, features }, async (fd, area, _, release) => {
     const unready = f.prepare?.(fd, area);
@@ -622,7 +615,7 @@ export function serveFaults<T>(
           if (unserved) return unserved;
           served[n++] = Bun.nanoseconds();
           deadline = served[n - 1] + boundMs * 1e6;
-          if (pause && (n & 1023) === 0) await pause(n);
+          if (tick && (n & 1023) === 0) await tick(n);
           continue;
         }
         if (r.errno !== EAGAIN) return said("read", r);
@@ -650,11 +643,8 @@ type Trip = { key: string; name: string; fn: string; mode: bigint; resolve: bigi
 /** Where the copied pattern's NUL sits: strlen's answer proves the bytes arrived. */
 export const PATTERN_NUL = 1234;
 const [COPY, ZEROPAGE, WRITEPROTECT] = [K.UFFDIO_COPY, K.UFFDIO_ZEROPAGE, K.UFFDIO_WRITEPROTECT];
-const [READ, WRITE, WP_WRITE] = [
-  0n,
-  K.UFFD_PAGEFAULT_FLAG_WRITE,
-  K.UFFD_PAGEFAULT_FLAG_WP | K.UFFD_PAGEFAULT_FLAG_WRITE,
-];
+const [READ, WRITE] = [0n, K.UFFD_PAGEFAULT_FLAG_WRITE];
+const WP_WRITE = K.UFFD_PAGEFAULT_FLAG_WP | WRITE;
 const TRIPS: Trip[] = [
   { key: "user-read", name: "user-mode read", fn: "strlen", mode: MISSING, resolve: COPY, flags: READ },
   // The kernel's copy_to_user, as KVM and vhost touch guest RAM; a user-mode-only uffd gets no event.
@@ -1358,18 +1348,12 @@ function number(value: string, what: string, must: string, ok: (n: bigint) => bo
   if (n < 0n || !ok(n)) throw new UsageError(`Invalid ${what} ${quoted(value)}: ${must}`);
   return Number(n);
 }
-const pageSizeOf = (v: string) =>
-  number(
-    v,
-    "target page size",
-    "a power of two in bytes, such as 4096",
-    (n) => n > 0n && n <= 1n << 30n && !(n & (n - 1n)),
-  );
+const isPageSize = (n: bigint) => n > 0n && n <= 1n << 30n && !(n & (n - 1n));
+const pageSizeOf = (v: string) => number(v, "target page size", "a power of two in bytes, such as 4096", isPageSize);
 const pidOf = (v: string) => number(v, "pid", "a process id", (n) => n > 0n && n < 1n << 22n);
+const isFaultCount = (n: bigint) => n >= 2n && n <= BENCH_MAX;
 const faultsOf = (v: string) =>
-  v
-    ? number(v, "fault count", `a whole number from 2 to ${BENCH_MAX}`, (n) => n >= 2n && n <= BENCH_MAX)
-    : BENCH_FAULTS;
+  v ? number(v, "fault count", `a whole number from 2 to ${BENCH_MAX}`, isFaultCount) : BENCH_FAULTS;
 
 const defaults = () => ({
   format: "human" as Format,
@@ -1443,11 +1427,8 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
 /** The format asked for, read leniently: an error document must match it even when the command line is wrong. */
 function formatAsked(argv: string[]): Format {
   const at = argv.findLastIndex((a) => a.startsWith("--json") || a.startsWith("--format"));
-  const value = argv[at]?.startsWith("--json")
-    ? "json"
-    : argv[at]?.includes("=")
-      ? argv[at].split("=")[1]
-      : argv[at + 1];
+  const arg = argv[at] ?? "";
+  const value = arg.startsWith("--json") ? "json" : arg.includes("=") ? arg.split("=")[1] : argv[at + 1];
   return FORMATS.includes(value as Format) ? (value as Format) : "human";
 }
 
