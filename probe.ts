@@ -308,16 +308,20 @@ const featureMask = (...names: string[]) => names.reduce((m, n) => m | K.UFFD_FE
 const LIMITS = ["EMFILE", "ENFILE", "ENOMEM", "EAGAIN"];
 const limited = (detail: string) => LIMITS.some((e) => detail.endsWith(`: ${e}`));
 const OWN_LIMIT = "(a limit of the probe's own process, not an answer about the host)";
-const result = (head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check => {
+function result(head: Head, status: Status, detail: string, more: Partial<Check> = {}): Check {
   return { id: head.id, title: head.title, status, detail, ...more };
-};
+}
 /** A failed call, `UFFDIO_REGISTER: EINVAL`. */
 const said = (call: string, r: R) => `${call}: ${errnoName(r.errno)}`;
+/** A check a limit of the probe's own process kept from running: skipped, and remembered as such. */
+function ownLimit(p: Probe, head: Head, detail: string, more: Partial<Check> = {}) {
+  p.learnt.limited.push(head.id);
+  return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`, more);
+}
 /** A failed call as a check result; a limit of the probe's own is a check it could not run. */
 function failed(p: Probe, head: Head, detail: string) {
-  if (!limited(detail)) return result(head, "fail", detail, { errno: detail.split(": ").at(-1) });
-  p.learnt.limited.push(head.id);
-  return result(head, "skip", `could not run: ${detail} ${OWN_LIMIT}`);
+  if (limited(detail)) return ownLimit(p, head, detail);
+  return result(head, "fail", detail, { errno: detail.split(": ").at(-1) });
 }
 /** The failed check when the kernel lacks features of `wanted` (QEMU's "Missing userfault features"), or null. */
 function lacking(head: Head, offered: bigint, wanted: bigint) {
@@ -343,8 +347,7 @@ function checkOpen(p: Probe, head: Head): Check {
   const route = ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
   const said = `${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}, user-mode-only: ${a["user-mode-only"]}`;
-  if (Object.values(a).some((e) => LIMITS.includes(e)))
-    return result(head, "skip", `could not run: ${said} ${OWN_LIMIT}`, { routes: a });
+  if (Object.values(a).some((e) => LIMITS.includes(e))) return ownLimit(p, head, said, { routes: a });
   if (route === "device" || route === "syscall")
     return result(head, "pass", `${said}; checks use ${route}`, { routes: a });
   return result(head, "fail", said, { routes: a, errno: a.syscall });
@@ -709,10 +712,7 @@ async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
   const all = Object.values(trips);
   const detail = all.map((t) => t.detail).join(", ");
   const limit = all.find((t) => limited(t.detail));
-  if (limit) {
-    p.learnt.limited.push(head.id);
-    return result(head, "skip", `could not run: ${limit.detail} ${OWN_LIMIT}`, { trips });
-  }
+  if (limit) return ownLimit(p, head, limit.detail, { trips });
   if (route === "user-mode-only" && p.learnt.qemuRoute?.byFileCap) {
     const why = `QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: ${AS_QEMU}`;
     return result(head, "warn", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
