@@ -219,14 +219,13 @@ function openRoute(sys: Sys, facts: Facts, route: Route, node?: (r: R) => void):
   }
 }
 
-/** How a consumer gets its uffd: what it would get from the routes' answers, and the routes a fix could open. */
-type Consumer = { answer: (a: Answers) => string; routes: (a: Answers) => Route[] };
+/** The routes a consumer tries, given what each answered: a fix on any could open it; it takes the last one. */
+type Consumer = (a: Answers) => Route[];
 /** /dev/userfaultfd first; when the node's open() fails as `fallsBack` says, the syscall instead. */
-const deviceFirst = (fallsBack: (node: string) => boolean): Consumer => ({
-  answer: (a) => (fallsBack(a["device-node"]) ? a.syscall : a.device),
-  routes: (a) => (fallsBack(a["device-node"]) ? ["device", "syscall"] : ["device"]),
-});
-const syscallOnly: Consumer = { answer: (a) => a.syscall, routes: () => ["syscall"] };
+function deviceFirst(fallsBack: (node: string) => boolean): Consumer {
+  return (a) => (fallsBack(a["device-node"]) ? ["device", "syscall"] : ["device"]);
+}
+const syscallOnly: Consumer = () => ["syscall"];
 /** The route each consumer takes (README: "Which route each consumer takes"). */
 export const CONSUMERS = {
   // QEMU before 8.0 only calls userfaultfd(2).
@@ -239,6 +238,8 @@ export const CONSUMERS = {
   firecracker: deviceFirst((node) => node === "ENOENT"),
 };
 export type ConsumerName = keyof typeof CONSUMERS;
+/** What a consumer gets: the answer on the route it takes. */
+const answerOf = (consumer: ConsumerName, a: Answers) => a[CONSUMERS[consumer](a).at(-1)!];
 /** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
 const qemuConsumer = (q: Qemu | null): ConsumerName =>
   q?.major !== undefined && q.major < 8 ? "qemu<8.0" : "qemu>=8.0";
@@ -282,8 +283,8 @@ export type Learnt = {
   features: bigint | null;
   /** qemu-route: the QEMU that will run, read only when it matters. */
   qemu: Qemu | null;
-  /** qemu-route: the consumer that decides, the way it takes, and whether only its file capability opens it. */
-  qemuRoute: { consumer: ConsumerName; route: Route; byFileCap: boolean } | null;
+  /** qemu-route: the way the deciding QEMU takes, and whether only its file capability opens it. */
+  qemuRoute: { route: Route; byFileCap: boolean } | null;
   /** round-trip: each fault, served or not. */
   trips: Record<string, TripResult>;
   /** The checks a limit of the probe's own process (EMFILE, ENOMEM, ...) kept from running. */
@@ -358,14 +359,14 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const { facts, learnt } = p;
   const a = learnt.answers!;
   const seenByQemu = qemuAnswers(a, facts, null);
-  const split = CONSUMERS["qemu<8.0"].answer(seenByQemu) !== CONSUMERS["qemu>=8.0"].answer(seenByQemu);
+  const split = answerOf("qemu<8.0", seenByQemu) !== answerOf("qemu>=8.0", seenByQemu);
   if ((split || p.opts.qemu !== null || a.syscall === "EPERM") && !learnt.qemu)
     learnt.qemu = loadQemu().identify(p.sys, facts, p.opts);
   const q = learnt.qemu;
   const consumer = qemuConsumer(q);
-  const answer = CONSUMERS[consumer].answer(qemuAnswers(a, facts, q));
-  const route = CONSUMERS[consumer].routes(a).at(-1)!;
-  learnt.qemuRoute = { consumer, route, byFileCap: answer === "ok" && a[route] !== "ok" };
+  const answer = answerOf(consumer, qemuAnswers(a, facts, q));
+  const route = CONSUMERS[consumer](a).at(-1)!;
+  learnt.qemuRoute = { route, byFileCap: answer === "ok" && a[route] !== "ok" };
   const via = learnt.qemuRoute.byFileCap ? " (by its cap_sys_ptrace file capability)" : "";
   if (split && !q?.version) {
     const both = "yes for QEMU 8.0 and later, no before 8.0";
@@ -774,7 +775,7 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
   /** One capability for one consumer: yes or no, and why it could not be judged. */
   const one = (cap: Capability, consumer: ConsumerName): [boolean, string | null] => {
     const need = NEEDS[cap];
-    const answer = a && CONSUMERS[consumer].answer(need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
+    const answer = a && answerOf(consumer, need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
     const opens = answer === "ok";
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
     // when ours is not.
@@ -889,7 +890,7 @@ const through =
   ({ f, a, failing, qemu }: Seen) =>
     failing.filter((cap) => {
       const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
-      return CONSUMERS[consumerOf(cap, qemu)].routes(answers).includes(route) && refused(answers[route]);
+      return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && refused(answers[route]);
     });
 const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
 /** What a cause can stand in the way of, by where its gate is. */
