@@ -823,13 +823,6 @@ export type Judged = ReturnType<typeof judge>;
 
 /** What the diagnosis reads beyond the facts, and only when a cause needs it. */
 export type Evidence = { sysctlSource: { file: string; value: string } | null; kernelConfig: string | null };
-/** Where the sysctl is set when the syscall said EPERM; how the kernel was built when it said ENOSYS. */
-export function moreEvidence(sys: Sys, f: Facts, a: Answers | null): Evidence {
-  return {
-    sysctlSource: a?.syscall === "EPERM" ? sysctlSource(sys) : null,
-    kernelConfig: a?.syscall === "ENOSYS" ? kernelConfig(sys, f.kernel) : null,
-  };
-}
 /** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
 function sysctlSource(sys: Sys) {
   const { readdirSync } = require("node:fs") as typeof import("node:fs");
@@ -843,14 +836,12 @@ function sysctlSource(sys: Sys) {
   // The same name in an earlier directory wins; the files then apply in the order of their names.
   const files = new Map(SYSCTL_DIRS.flatMap(list).reverse());
   const order = [...files.keys()].filter((n) => n.endsWith(".conf")).sort();
-  let source: Evidence["sysctlSource"] = null;
-  for (const file of [...order.map((n) => files.get(n)!), "/etc/sysctl.conf"]) {
-    const set = (sys.readText(file) ?? "").matchAll(/^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm);
-    for (const m of set) source = { file, value: m[1] };
-  }
-  return source;
+  const settings = (file: string) => [...(sys.readText(file) ?? "").matchAll(SETS)].map((m) => ({ file, value: m[1] }));
+  // Of every line that sets it, in the order they apply, the last is what boot leaves.
+  return [...order.map((n) => files.get(n)!), "/etc/sysctl.conf"].flatMap(settings).at(-1) ?? null;
 }
 const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
+const SETS = /^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm;
 /** CONFIG_USERFAULTFD as the running kernel was built, from /boot or /proc/config.gz, when readable. */
 function kernelConfig(sys: Sys, release: string) {
   let text = sys.readText(`/boot/config-${release}`);
@@ -907,11 +898,8 @@ const BLOCKS = {
 /** The feature and ioctl names a capability's checks ask for. */
 const needed = (cap: Capability) => {
   const registrations = REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).map(needs);
-  const features = (NEEDS[cap].features ?? []).map((n) => `UFFD_FEATURE_${n}`);
-  return [
-    ...features,
-    ...registrations.flatMap((r) => [...missingFeatures(0n, r.feature), ...r.ioctls.map((n) => `UFFDIO_${n}`)]),
-  ];
+  const features = registrations.reduce((mask, r) => mask | r.feature, featureMask(...(NEEDS[cap].features ?? [])));
+  return [...missingFeatures(0n, features), ...registrations.flatMap((r) => missingIoctls(0n, r.ioctls))];
 };
 
 /** The first kernel with each flag, feature or ioctl, per architecture where they differ. */
@@ -927,9 +915,8 @@ const SINCE: Record<string, string | Record<string, string>> = {
 function boot(name: string, f: Facts) {
   const v = SINCE[name] ?? "4.11";
   const at = typeof v === "string" ? v : v[f.arch];
-  return at
-    ? `boot Linux ${at} or later for ${name} (this is ${f.kernel})`
-    : `no Linux release for ${f.arch} has ${name} yet`;
+  if (!at) return `no Linux release for ${f.arch} has ${name} yet`;
+  return `boot Linux ${at} or later for ${name} (this is ${f.kernel})`;
 }
 
 const answered = ({ a }: Seen) => {
@@ -962,14 +949,12 @@ function persistSysctl({ f }: Seen) {
 function deviceAccess({ f }: Seen) {
   const user = f.uid === 0 && f.qemuUser ? f.qemuUser : f.user;
   const now = f.tools.includes("setfacl") ? [`setfacl -m ${sh(`u:${user}:rw`)} ${DEVICE}   # now; lost at reboot`] : [];
-  const group = [
-    ...(f.kvmGroup ? [] : ["groupadd -r kvm"]),
-    `usermod -aG kvm ${sh(user)}   # QEMU started after this gets it`,
-  ];
+  const group = f.kvmGroup ? [] : ["groupadd -r kvm"];
+  const join = `usermod -aG kvm ${sh(user)}   # QEMU started after this gets it`;
   const persist = f.tools.includes("udevadm")
     ? [UDEV, "udevadm control --reload && udevadm trigger --subsystem-match=misc"]
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
-  return [...now, ...group, ...persist];
+  return [...now, ...group, join, ...persist];
 }
 /** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
 function setcap({ f, qemu }: Seen) {
@@ -1168,21 +1153,14 @@ export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
  * nothing is a cause, only a note (huge pages).
  */
 export function diagnose(s: Seen): Diagnosis[] {
-  const rank = (cause: CauseId) => {
-    const c: Cause = CAUSES[cause];
-    return c.blocks === "note" ? 2 : c.upgrade?.(s) ? 1 : 0;
-  };
-  const holding = CAUSE_IDS.filter((cause) => CAUSES[cause].when(s)).map((cause) => {
-    const blocks = BLOCKS[CAUSES[cause].blocks](s);
-    return { cause, blocks };
-  });
+  const rank = ([, c]: [CauseId, Cause]) => (c.blocks === "note" ? 2 : c.upgrade?.(s) ? 1 : 0);
   const given = new Set<string>();
-  return holding
-    .filter(({ cause, blocks }) => blocks.length || CAUSES[cause].blocks === "note")
-    .sort((x, y) => rank(x.cause) - rank(y.cause))
-    .map(({ cause, blocks }) => {
-      const c: Cause = CAUSES[cause];
+  return (Object.entries(CAUSES) as [CauseId, Cause][])
+    .filter(([, c]) => c.when(s) && (c.blocks === "note" || BLOCKS[c.blocks](s).length > 0))
+    .sort((x, y) => rank(x) - rank(y))
+    .map(([cause, c]) => {
       const [summary, evidence, fix] = [spoken([c.summary], s)[0], spoken(c.evidence, s), spoken(c.fix, s)];
+      const blocks = BLOCKS[c.blocks](s);
       return { cause, summary, blocks, evidence, fix: fix.filter((x) => !given.has(x) && given.add(x)) };
     });
 }
@@ -1216,8 +1194,13 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   const answer = learnt.qemu?.answer;
   const decisive = { ...judged.ok, "postcopy-ram": answer?.accepts ?? judged.ok["postcopy-ram"] };
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
-  const evidence = moreEvidence(sys, facts, learnt.answers);
-  const seen = { f: { ...facts, ...evidence }, checks, failing, qemu: learnt.qemu, vm: context?.checks ?? [] };
+  // Where the sysctl is set when the syscall said EPERM; how the kernel was built when it said ENOSYS.
+  const f: Facts & Evidence = {
+    ...facts,
+    sysctlSource: learnt.answers?.syscall === "EPERM" ? sysctlSource(sys) : null,
+    kernelConfig: learnt.answers?.syscall === "ENOSYS" ? kernelConfig(sys, facts.kernel) : null,
+  };
+  const seen = { f, checks, failing, qemu: learnt.qemu, vm: context?.checks ?? [] };
   const why = unanswered(opts, judged, learnt, context);
   const trip = learnt.trips["kernel-write"];
   return {
