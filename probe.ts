@@ -728,19 +728,13 @@ const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask 
 
 // ── Capabilities: each consumer, judged on the route it takes ──
 
-export const CAPABILITIES = [
-  ...["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"],
-  ...["criu-lazy-pages", "firecracker-uffd"],
-] as const;
-export type Capability = (typeof CAPABILITIES)[number];
-
 /** Each capability: whose it is, the checks it needs passed, the faults it needs served, the features it needs. */
 type Need = { consumer: "qemu" | ConsumerName; checks: string[]; trips: string[]; features?: string[] };
 const RAM = {
   checks: ["page-size", "uffd-api", "uffd-features", "register-anon"],
   trips: ["user-read", "kernel-write"],
 };
-const NEEDS: Record<Capability, Need> = {
+const NEEDS = {
   "postcopy-ram": { consumer: "qemu", ...RAM },
   "postcopy-hugetlbfs": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-hugetlb"] },
   "postcopy-shmem": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-shmem"] },
@@ -748,7 +742,9 @@ const NEEDS: Record<Capability, Need> = {
   "postcopy-blocktime": { consumer: "qemu", ...RAM, features: ["THREAD_ID"] },
   "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
   "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
-};
+} satisfies Record<string, Need>;
+export type Capability = keyof typeof NEEDS;
+export const CAPABILITIES = Object.keys(NEEDS) as Capability[];
 const consumerOf = (cap: Capability, q: Qemu | null) =>
   NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : (NEEDS[cap].consumer as ConsumerName);
 
@@ -766,29 +762,30 @@ const UNJUDGED = {
  */
 export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Context) {
   const { answers: a, trips, features, qemu } = learnt;
-  const check = (id: string) => checks.find((c) => c.id === id);
   const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
+  const passed = (id: string) => ["pass", "warn"].includes(checks.find((c) => c.id === id)?.status ?? "");
   const kernelMode = learnt.route !== "user-mode-only";
   // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
   const vm = context?.checks ?? [];
   const vmRefuses = vm.some((c) => c.status === "fail");
   /** One capability for one consumer: yes or no, and why it could not be judged. */
-  const one = (cap: Capability, consumer: ConsumerName): [boolean, string | null] => {
-    const need = NEEDS[cap];
-    const answer = a && answerOf(consumer, need.consumer === "qemu" ? qemuAnswers(a, f, qemu) : a);
+  const one = (cap: Capability, qemuAs: ConsumerName): [boolean, string | null] => {
+    const need: Need = NEEDS[cap];
+    const forQemu = need.consumer === "qemu";
+    const consumer = forQemu ? qemuAs : (need.consumer as ConsumerName);
+    const answer = a && answerOf(consumer, forQemu ? qemuAnswers(a, f, qemu) : a);
     const opens = answer === "ok";
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
     // when ours is not.
     const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
-    const passed = need.checks.every((id) => ["pass", "warn"].includes(check(id)?.status ?? ""));
     const ok =
-      opens && passed && served && (need.features ?? []).every(has) && !(vmRefuses && need.consumer === "qemu");
+      opens && served && need.checks.every(passed) && (need.features ?? []).every(has) && !(forQemu && vmRefuses);
     const limit =
       LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => learnt.limited.includes(id));
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
     const byFileCap = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
     // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
-    const borrowed = context?.ptrace === true && need.consumer !== "qemu";
+    const borrowed = context?.ptrace === true && !forQemu;
     // QEMU 8.0+ opens whatever is at the device's path: only a failed open() sends it to the syscall.
     const impostor = opens && consumer === "qemu>=8.0" && a?.["device-node"] === "ENODEV";
     const why = limit ? "limit" : byFileCap ? "byFileCap" : borrowed ? "borrowed" : impostor ? "impostor" : null;
@@ -800,22 +797,19 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     const ok = {} as Record<Capability, boolean>;
     const unknown: Partial<Record<Capability, string>> = {};
     for (const cap of CAPABILITIES) {
-      const [yes, why] = one(cap, NEEDS[cap].consumer === "qemu" ? qemuAs : consumerOf(cap, qemu));
+      const [yes, why] = one(cap, qemuAs);
       ok[cap] = yes;
       if (why) unknown[cap] = why;
     }
     ok["postcopy-ram"] &&= (context?.needs ?? []).every((cap) => ok[cap]);
     const vmUnknown = vm.find((c) => c.status === "skip");
     if (vmUnknown && ok["postcopy-ram"]) [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, vmUnknown.detail];
-    return { ok, unknown };
+    // postcopy-ram's answer, or null when the run could not judge it.
+    return { ok, unknown, ram: unknown["postcopy-ram"] ? null : ok["postcopy-ram"] };
   };
-  const ramAs = (generation: ConsumerName) => {
-    const { ok, unknown } = all(generation);
-    return unknown["postcopy-ram"] ? null : ok["postcopy-ram"];
-  };
-  const { ok, unknown } = all(qemuConsumer(qemu));
-  const generations = { "qemu<8.0": ramAs("qemu<8.0"), "qemu>=8.0": ramAs("qemu>=8.0") };
-  return { ok, unknown, undetermined: Object.keys(unknown) as Capability[], generations };
+  const { ok, unknown, ram } = all(qemuConsumer(qemu));
+  const generations = { "qemu<8.0": all("qemu<8.0").ram, "qemu>=8.0": all("qemu>=8.0").ram };
+  return { ok, unknown, ram, undetermined: Object.keys(unknown) as Capability[], generations };
 }
 export type Judged = ReturnType<typeof judge>;
 
@@ -897,8 +891,9 @@ const BLOCKS = {
 };
 /** The feature and ioctl names a capability's checks ask for. */
 const needed = (cap: Capability) => {
-  const registrations = REGISTRATIONS.filter((r) => NEEDS[cap].checks.includes(r.id)).map(needs);
-  const features = registrations.reduce((mask, r) => mask | r.feature, featureMask(...(NEEDS[cap].features ?? [])));
+  const need: Need = NEEDS[cap];
+  const registrations = REGISTRATIONS.filter((r) => need.checks.includes(r.id)).map(needs);
+  const features = registrations.reduce((mask, r) => mask | r.feature, featureMask(...(need.features ?? [])));
   return [...missingFeatures(0n, features), ...registrations.flatMap((r) => missingIoctls(0n, r.ioctls))];
 };
 
@@ -1188,9 +1183,8 @@ function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Con
 export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Context) {
   const { checks, learnt } = await runChecks(sys, facts, opts, context);
   const judged = judge(checks, learnt, facts, context);
-  const ram = judged.unknown["postcopy-ram"] ? null : judged.ok["postcopy-ram"];
   // --qemu: QEMU's own answer beside the probe's, and what will happen decides.
-  const asked = opts.qemu === null ? [] : [loadQemu().checkQemu(learnt.qemu, ram)];
+  const asked = opts.qemu === null ? [] : [loadQemu().checkQemu(learnt.qemu, judged.ram)];
   const answer = learnt.qemu?.answer;
   const decisive = { ...judged.ok, "postcopy-ram": answer?.accepts ?? judged.ok["postcopy-ram"] };
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
