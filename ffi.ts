@@ -177,10 +177,8 @@ export function cstr(s: string) {
 /** The real `Sys`, backed by libc. Throws when libc cannot be loaded or the arch is unknown. */
 export function loadSys() {
   if (!arch) throw new Error(`Unknown architecture "${process.arch}": no __NR_userfaultfd known`);
-  const { nr, statx } = arch;
   const c = openLibc(SYMBOLS);
   errnoAt = c.__errno_location() as ReturnType<typeof ptr>;
-  const r = answer;
   const pollfd = new Int32Array(2);
   const textBuffer = new Uint8Array(READ_CHUNK);
   const tid = new BigUint64Array(1);
@@ -192,29 +190,29 @@ export function loadSys() {
     const [name, buf] = [cstr(path), new Uint8Array(STATX_SIZE)];
     // syscall() takes the addresses as numbers: `held` keeps both buffers alive until it returns.
     held.push(name, buf);
-    const at = r(c.syscall(statx, dirfd, ptr(name), flags, STATX_BASIC_STATS, ptr(buf)) as number);
+    const at = answer(c.syscall(arch.statx, dirfd, ptr(name), flags, STATX_BASIC_STATS, ptr(buf)) as number);
     held.length = 0;
     const [u32, u64] = [new Uint32Array(buf.buffer), new BigUint64Array(buf.buffer)];
     const [rdev, dev] = [[u32[32], u32[33]], `${u32[34]}:${u32[35]}`];
     return { ...at, uid: u32[5], gid: u32[6], mode: u32[7] & 0xffff, ino: u64[4], size: Number(u64[5]), rdev, dev };
   };
   return {
-    userfaultfd: (flags: number) => r(c.syscall(nr, flags, 0, 0, 0, 0) as number),
+    userfaultfd: (flags: number) => answer(c.syscall(arch.nr, flags, 0, 0, 0, 0) as number),
     stat,
-    open: (path: string, flags: number) => r(c.open(cstr(path), flags)),
+    open: (path: string, flags: number) => answer(c.open(cstr(path), flags)),
     /** `arg` is a struct buffer, or an integer argument such as USERFAULTFD_IOC_NEW's flags. */
-    ioctl: (fd: number, request: bigint, arg: Buf | number) => r(c.ioctl(fd, request, arg as never)),
+    ioctl: (fd: number, request: bigint, arg: Buf | number) => answer(c.ioctl(fd, request, arg as never)),
     mmap: (addr: number, length: number, prot: number, flags: number, fd: number) =>
-      r(c.mmap(addr, length, prot, flags, fd, 0) as number),
-    munmap: (addr: number, length: number) => r(c.munmap(addr, length)),
-    close: (fd: number) => r(c.close(fd)),
-    memfdCreate: (name: string, flags: number) => r(c.memfd_create(cstr(name), flags)),
-    ftruncate: (fd: number, length: number) => r(c.ftruncate(fd, length)),
-    read: (fd: number, buf: Buf) => r(c.read(fd, buf, buf.byteLength) as number),
+      answer(c.mmap(addr, length, prot, flags, fd, 0) as number),
+    munmap: (addr: number, length: number) => answer(c.munmap(addr, length)),
+    close: (fd: number) => answer(c.close(fd)),
+    memfdCreate: (name: string, flags: number) => answer(c.memfd_create(cstr(name), flags)),
+    ftruncate: (fd: number, length: number) => answer(c.ftruncate(fd, length)),
+    read: (fd: number, buf: Buf) => answer(c.read(fd, buf, buf.byteLength) as number),
     /** poll() for POLLIN on one fd: ret 1 when it is ready, 0 when the time ran out. */
     poll(fd: number, timeoutMs: number) {
       pollfd.set([fd, POLLIN]); // a pollfd: the fd, then events in the low half and revents cleared
-      return r(c.poll(pollfd, 1, timeoutMs));
+      return answer(c.poll(pollfd, 1, timeoutMs));
     },
     /** Starts the libc function `fn(arg)` on a new native thread; ret is the thread handle. */
     thread(fn: string, arg: number): R {
@@ -233,7 +231,7 @@ export function loadSys() {
     /** Writes bytes (or text as UTF-8) to fd with one write(2): ret is how many were written. */
     write(fd: number, data: string | Uint8Array) {
       const bytes = typeof data === "string" ? utf8.encode(data) : data;
-      return r(c.write(fd, bytes, bytes.length) as number);
+      return answer(c.write(fd, bytes, bytes.length) as number);
     },
     /**
      * A small regular file (/proc, /sys, /etc) as Latin-1, or null when it cannot be read whole: opened
