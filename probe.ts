@@ -249,7 +249,10 @@ const permitted = (f: Facts) =>
   f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
 const filtered = (f: Facts) => f.seccomp === 2 && !f.gvisor;
 /** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's. */
-const userModeOnlyExists = (f: Facts) => kernelAtLeast(f.kernel, "5.11");
+function userModeOnlyExists(f: Facts) {
+  const [major, minor] = f.kernel.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0);
+  return major > 5 || (major === 5 && minor >= 11);
+}
 /** A seccomp filter, not the kernel, refuses userfaultfd(2): ENOSYS, or EPERM where the kernel would allow it. */
 const filterDeniesSyscall = (f: Facts, a: Answers) =>
   filtered(f) &&
@@ -263,12 +266,6 @@ function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
   const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
   const device = libvirtHidesDevice(f) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
   return { ...a, syscall, ...device };
-}
-
-/** Whether release `kernel` (6.1.0-50-amd64) is at least `version` (5.11). */
-function kernelAtLeast(kernel: string, version: string) {
-  const [a, b] = [kernel, version].map((v) => v.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0));
-  return a[0] > b[0] || (a[0] === b[0] && a[1] >= b[1]);
 }
 
 // ── Checks: QEMU's sequence, one row per check; what they learn ──
@@ -852,14 +849,7 @@ function kernelConfig(sys: Sys, release: string) {
  * What the diagnosis sees: the facts and evidence, what each route answered, the checks, the capabilities
  * that failed, the deciding QEMU, and --pid's checks of the running process and its VM.
  */
-export type Seen = {
-  f: Facts & Evidence;
-  a: Answers;
-  checks: Check[];
-  failing: Capability[];
-  qemu: Qemu | null;
-  vm: Check[];
-};
+type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null; vm: Check[] };
 type Gate = (s: Seen) => boolean;
 export type Diagnosis = { cause: CauseId; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
 const refused = (answer: string) => answer !== "ok";
@@ -1247,11 +1237,8 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
   const split = before !== null && after !== null && before !== after;
   const unknown = own.qemu === "QEMU" && !qemu && split;
   const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
-  const answer = unknown
-    ? `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`
-    : unjudged
-      ? "UNKNOWN"
-      : word(postcopy);
+  const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`;
+  const answer = unknown ? both : unjudged ? "UNKNOWN" : word(postcopy);
   const line = `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
   const [other, theirs] = own.consumer === "qemu<8.0" ? ["8.0 and later", after] : ["before 8.0", before];
   return !qemu && !unknown && split ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
@@ -1373,15 +1360,13 @@ const OPTIONS: Option[] = [
 const usageOf = ([names, value]: (typeof OPTIONS)[number]) =>
   `[${names.split(", ").at(-1)}${value ? ` ${value}` : ""}]`;
 const USAGE = `Usage: postcopy-probe ${OPTIONS.map(usageOf).join(" ")}`;
-const HELP = [
-  USAGE,
-  "",
-  "Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.",
-  "",
-  ...OPTIONS.map(([names, value, help]) => `  ${`${names} ${value}`.padEnd(24)}${help}`),
-  "",
-  "Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not answer what was asked.",
-].join("\n");
+const HELP = `${USAGE}
+
+Tells whether QEMU can do userfaultfd postcopy live migration on this host, in this context.
+
+${OPTIONS.map(([names, value, help]) => `  ${`${names} ${value}`.padEnd(24)}${help}`).join("\n")}
+
+Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not answer what was asked.`;
 
 /** Parses argv (without the runtime and script). Throws UsageError for anything it does not know. */
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
