@@ -390,11 +390,14 @@ function handshake(p: Probe, head: Head, features: bigint, call = "UFFDIO_API"):
     p.sys.close(fd.ret);
   }
 }
-/** QEMU's ufd_check_and_apply() requires REGISTER and UNREGISTER: "Missing userfault features". */
-function registerIoctls(head: Head, api: BigUint64Array, detail: string): Check {
-  const missing = missingIoctls(api[2], ["REGISTER", "UNREGISTER"]);
+/**
+ * The check passed, or failed when the `ioctls` mask lacks any of `names`: QEMU's "Missing userfault
+ * features" (ufd_check_and_apply() requires REGISTER and UNREGISTER), or "Missing userfault map features".
+ */
+function offering(head: Head, ioctls: bigint, detail: string, names = ["REGISTER", "UNREGISTER"], what = "features") {
+  const missing = missingIoctls(ioctls, names);
   if (!missing.length) return result(head, "pass", detail);
-  return result(head, "fail", `${detail}; Missing userfault features: ${missing.join(", ")}`, { missing });
+  return result(head, "fail", `${detail}; Missing userfault ${what}: ${missing.join(", ")}`, { missing });
 }
 
 function checkApi(p: Probe, head: Head): Check {
@@ -404,7 +407,7 @@ function checkApi(p: Probe, head: Head): Check {
   if (!(api instanceof BigUint64Array)) return api;
   p.learnt.features = api[1];
   const on = p.learnt.route === "user-mode-only" ? " on a user-mode-only uffd, the only one here" : "";
-  return registerIoctls(head, api, `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}${on}`);
+  return offering(head, api[2], `features 0x${api[1].toString(16)}, ioctls 0x${api[2].toString(16)}${on}`);
 }
 
 function checkFeatures(p: Probe, head: Head): Check {
@@ -412,7 +415,7 @@ function checkFeatures(p: Probe, head: Head): Check {
   const asked = p.learnt.features! & K.UFFD_FEATURE.THREAD_ID;
   const api = handshake(p, head, asked);
   if (!(api instanceof BigUint64Array)) return api;
-  const applied = registerIoctls(head, api, "UFFD_FEATURE_THREAD_ID applied");
+  const applied = offering(head, api[2], "UFFD_FEATURE_THREAD_ID applied");
   if (asked || applied.status === "fail") return applied;
   const missing = ["UFFD_FEATURE_THREAD_ID"];
   return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing });
@@ -493,24 +496,21 @@ async function registered<T>(sys: Sys, facts: Facts, route: Route, m: Range, use
 
 /** One registration: register, unregister, and the ioctls the range offers ("Missing userfault map features"). */
 async function register(p: Probe, spec: Registration): Promise<Check> {
-  const head = { id: spec.id, title: spec.title };
   const { feature, ioctls } = needs(spec);
-  const absent = lacking(head, p.learnt.features!, feature);
+  const absent = lacking(spec, p.learnt.features!, feature);
   if (absent) return absent;
   const len = spec.kind === "hugetlb" ? p.facts.hugePageSize : p.facts.pageSize;
-  if (!len) return result(head, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
+  if (!len) return result(spec, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
   const range = { ...spec, len, features: feature };
   const checked = await registered(p.sys, p.facts, p.learnt.route!, range, (fd, _, reg) => {
     const r = p.sys.ioctl(fd, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
-    if (r.ret < 0) return failed(p, head, said("UFFDIO_UNREGISTER", r));
-    const missing = missingIoctls(reg[3], ioctls);
+    if (r.ret < 0) return failed(p, spec, said("UFFDIO_UNREGISTER", r));
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
-    if (missing.length)
-      return result(head, "fail", `${detail}; Missing userfault map features: ${missing.join(", ")}`, { missing });
-    if (spec.kind !== "hugetlb" || p.facts.nrHugepages !== 0) return result(head, "pass", detail);
-    return result(head, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
+    const offered = offering(spec, reg[3], detail, ioctls, "map features");
+    if (offered.status === "fail" || spec.kind !== "hugetlb" || p.facts.nrHugepages !== 0) return offered;
+    return result(spec, "warn", `${detail}; vm.nr_hugepages is 0: hugetlbfs guests would get no pages`);
   });
-  return typeof checked === "string" ? failed(p, head, checked) : checked;
+  return typeof checked === "string" ? failed(p, spec, checked) : checked;
 }
 
 function checkRunAs(p: Probe, head: Head): Check {
@@ -703,21 +703,20 @@ function resolution(t: Trip, page: bigint, len: number, src: Uint8Array) {
 }
 
 async function checkRoundTrip(p: Probe, head: Head): Promise<Check> {
-  const { route, features } = p.learnt;
+  const { route, features, trips } = p.learnt;
   const wp = features !== null && (features & K.UFFD_FEATURE.PAGEFAULT_FLAG_WP) !== 0n;
-  const trips = p.learnt.trips;
   for (const t of TRIPS.filter((t) => wp || t.mode !== WP)) trips[t.key] = await roundTrip(p, t);
   const all = Object.values(trips);
   const detail = all.map((t) => t.detail).join(", ");
   const limit = all.find((t) => limited(t.detail));
   if (limit) return ownLimit(p, head, limit.detail, { trips });
-  if (route === "user-mode-only" && p.learnt.qemuRoute?.byFileCap) {
-    const why = `QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: ${AS_QEMU}`;
-    return result(head, "warn", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
-  }
   if (route === "user-mode-only") {
-    const why = "QEMU cannot serve KVM's and vhost's kernel-mode faults with it";
-    return result(head, "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
+    // QEMU's own uffd may be a kernel-mode one (by its file capability): that is unproven, not refused.
+    const byFileCap = p.learnt.qemuRoute?.byFileCap;
+    const why = byFileCap
+      ? `QEMU's own uffd (by its file capability) serves kernel-mode faults, unproven here: ${AS_QEMU}`
+      : "QEMU cannot serve KVM's and vhost's kernel-mode faults with it";
+    return result(head, byFileCap ? "warn" : "fail", `only a UFFD_USER_MODE_ONLY uffd: ${detail}; ${why}`, { trips });
   }
   return result(head, all.every((t) => t.ok) ? "pass" : "fail", `${detail} (thread start to join)`, { trips });
 }
@@ -1218,8 +1217,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   };
 }
 /** The report, and what main() adds to it: --bench's figures. */
-export type Report = Awaited<ReturnType<typeof probe>> & { bench?: Bench | { error: string } };
-type Bench = import("./bench.ts").Bench;
+export type Report = Awaited<ReturnType<typeof probe>> & { bench?: import("./bench.ts").Bench | { error: string } };
 /** What --pid read of the process but the report leaves out: its arguments, mounts and files can be large. */
 const UNSHOWN = { cmdline: undefined, mounts: undefined, files: undefined };
 
