@@ -357,8 +357,7 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const a = learnt.answers!;
   const seenByQemu = qemuAnswers(a, facts, null);
   const split = answerOf("qemu<8.0", seenByQemu) !== answerOf("qemu>=8.0", seenByQemu);
-  if ((split || p.opts.qemu !== null || a.syscall === "EPERM") && !learnt.qemu)
-    learnt.qemu = loadQemu().identify(p.sys, facts, p.opts);
+  if (split || p.opts.qemu !== null || a.syscall === "EPERM") learnt.qemu ??= loadQemu().identify(p.sys, facts, p.opts);
   const q = learnt.qemu;
   const consumer = qemuConsumer(q);
   const answer = answerOf(consumer, qemuAnswers(a, facts, q));
