@@ -13,7 +13,7 @@
  */
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Check, Options } from "./probe.ts";
+import type { Check, Options, ProcessFacts } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, quoted, rows, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find, hostOwned, versionIn } from "./qemu.ts";
@@ -81,8 +81,10 @@ export type Context = {
   needs?: Array<"postcopy-hugetlbfs" | "postcopy-shmem">;
   /** CAP_SYS_PTRACE kept for QEMU's sake (its file capability, or the process's): not CRIU's or Firecracker's. */
   ptrace?: boolean;
-  /** --pid: the process has a seccomp filter the probe cannot read. */
-  filterUnread?: boolean;
+  /** --pid: why the process's seccomp filters could not be read, when they could not. */
+  filterUnread?: string;
+  /** --pid: the facts that are the process's, not the child's: its seccomp filters, namespace, capability. */
+  facts?: ProcessFacts;
 };
 
 /**
@@ -424,7 +426,8 @@ function pidContext(sys: Sys, pid: number): Context {
   };
   const vm = configChecks({ ...f, cmdline: f.cmdline, walk: (at) => walkedTo(sys, walk, at) });
   const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
-  const own = contextCheck(f, qemu, name);
+  const filters = f.seccomp === 2 ? seccompOf(sys, pid, f.seccompFilters) : null;
+  const own = contextCheck(f, qemu, name, filters);
   processed(sys, pid); // read whole, or not at all: a process that went while it was read is no answer
   return {
     name,
@@ -436,8 +439,33 @@ function pidContext(sys: Sys, pid: number): Context {
     qemu,
     ...vm,
     checks: [own, ...vm.checks],
-    filterUnread: own.status === "warn",
+    filterUnread: filters?.error,
+    facts: {
+      ...{
+        seccomp: f.seccomp,
+        seccompFilters: f.seccompFilters,
+        noNewPrivs: f.noNewPrivs,
+        filter: filters?.verdict ?? null,
+      },
+      ...{ uidMap: f.uidMap, userNamespace: f.uidMap === null ? null : f.uidMap !== INITIAL_UID_MAP },
+      capSysPtrace: capBit(f.capEff, CAP_SYS_PTRACE),
+    },
   };
+}
+/**
+ * The process's seccomp filters, read (seccomp.ts, loaded only here) and answered for each route to a
+ * uffd; or why they could not be read, or answered on this architecture.
+ */
+function seccompOf(sys: Sys, pid: number, expected: number | null) {
+  const S = require("./seccomp.ts") as typeof import("./seccomp.ts");
+  const read = S.readFilters(pid);
+  if ("error" in read) return { error: `its seccomp filters could not be read: ${read.error}`, lengths: [] };
+  const lengths = read.filters.map((f) => f.length);
+  if (expected !== null && lengths.length !== expected)
+    return { error: `${lengths.length} of its ${expected} seccomp filters could be read`, lengths };
+  const verdict = S.verdicts(read.filters, K.arch!.name, sys.pageSize());
+  if (!verdict) return { error: `the probe knows no system call numbers for ${K.arch!.name}`, lengths };
+  return { verdict, lengths };
 }
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never
@@ -489,23 +517,23 @@ function sameFile(sys: Sys, a: string, b: string) {
 }
 
 /** What the child cannot take on of the process (its seccomp filter, label, namespaces), with its known effect. */
-function contextCheck(f: ReturnType<typeof processFacts>, qemu: Qemu, name: string): Check {
+function contextCheck(
+  f: ReturnType<typeof processFacts>,
+  qemu: Qemu,
+  name: string,
+  filters: ReturnType<typeof seccompOf> | null,
+): Check {
   const head = { id: "context", title: "the running process's own context (--pid)" };
-  const args = f.cmdline ?? [];
-  const sandbox = args.some((a, i) => /^--?sandbox$/.test(args[i - 1] ?? "") && /^on\b/.test(a));
   const what = [
     `${f.comm}[${f.pid}] runs as ${name} (uid ${f.uids[1]}), QEMU ${qemu.version ?? "of no known version"}`,
     f.ownMountNamespace ? "a mount namespace of its own" : "the host's mount namespace",
     `cgroup ${f.cgroups.find((c) => c.startsWith("0::"))?.slice(3) ?? f.cgroups[0]?.split(":")[2]}`,
     ...(f.label ? [`label ${f.label}`] : []),
   ].join(", ");
-  if (f.seccomp !== 2) return { ...head, status: "pass", detail: what };
-  // Measured with QEMU 7.2: postcopy-ram accepted as root under libvirt's -sandbox on,obsolete=deny,... filter.
-  if (sandbox && f.seccompFilters === 1)
-    return { ...head, status: "pass", detail: `${what}; QEMU's own -sandbox filter does not deny userfaultfd` };
-  const effect = "if one denies userfaultfd(2), QEMU before 8.0 fails";
-  const unknown = `${f.seccompFilters} seccomp filter(s) the probe cannot take on: ${effect}`;
-  return { ...head, status: "warn", detail: `${what}; ${unknown}` };
+  if (!filters) return { ...head, status: "pass", detail: what };
+  const read = `seccomp filters of ${filters.lengths.join(", ") || "?"} instructions`;
+  if (filters.error) return { ...head, status: "warn", detail: `${what}; ${filters.error}` };
+  return { ...head, status: "pass", detail: `${what}; ${read}, read and run for each route` };
 }
 
 /** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */

@@ -33,6 +33,7 @@ import type { Context } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { Qemu } from "./qemu.ts";
+import type { FilterVerdict } from "./seccomp.ts";
 
 export const VERSION = "0.1.0";
 export const SCHEMA = "postcopy-probe/1";
@@ -110,12 +111,22 @@ const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm",
 
 /** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
+/** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
+export type ProcessFacts = {
+  seccomp?: number | null;
+  seccompFilters?: number | null;
+  noNewPrivs?: boolean;
+  uidMap?: string | null;
+  userNamespace?: boolean | null;
+  capSysPtrace?: boolean | null;
+  filter?: FilterVerdict | null;
+};
 
 /**
  * Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it
  * (--pid: resolved inside its root), or the errno its resolution gave.
  */
-export function readFacts(sys: Sys, device: string | number = DEVICE) {
+export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: ProcessFacts = {}) {
   const meminfo = sys.readText("/proc/meminfo");
   const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
   const status = sys.readText("/proc/self/status");
@@ -167,6 +178,10 @@ export function readFacts(sys: Sys, device: string | number = DEVICE) {
     qemuUser: libvirt?.user ?? QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
     kvmGroup: groups.some((g) => g[0] === "kvm"),
     tools: TOOLS.filter((t) => Bun.which(t)),
+    /** --pid: its seccomp filters' answer for each route (seccomp.ts), which comes before the kernel's. */
+    filter: null as FilterVerdict | null,
+    // --pid: what is the process's own, not the probe's (its filters, namespace, capability, NoNewPrivs).
+    ...theirs,
   };
 }
 /** `crw-------` for a character device with mode 0600. */
@@ -341,6 +356,8 @@ function checkOpen(p: Probe, head: Head): Check {
     a[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
     if (r.ret >= 0) p.sys.close(r.ret);
   }
+  // --pid: a seccomp filter of the process answers before the kernel does (SIGSYS: it kills or traps).
+  Object.assign(a, p.facts.filter?.answers);
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
   const route = ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
@@ -744,11 +761,21 @@ const consumerOf = (cap: Capability, q: Qemu | null) =>
   NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : (NEEDS[cap].consumer as ConsumerName);
 
 /** Why a capability could not be judged, by what stopped it. */
-const UNJUDGED = {
-  limit: OWN_LIMIT,
-  byFileCap: `QEMU opens its uffd by a file capability this run lacks; ${AS_QEMU}`,
-  borrowed: "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
-  impostor: `${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides; ask QEMU with --qemu`,
+/** Why a capability could not be judged, and what would settle it. */
+type Unjudged = [why: string, settle: string];
+/** Each way a capability goes unjudged. */
+const UNJUDGED: Record<string, Unjudged> = {
+  undecided: [
+    "a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF) or a tracer (TRACE): they decide, not it",
+    "ask the container runtime's seccomp supervisor what it answers for userfaultfd",
+  ],
+  limit: [OWN_LIMIT, "run it again with more of what ran out (ulimit -n, free memory, fewer threads)"],
+  byFileCap: ["QEMU opens its uffd by a file capability this run lacks", AS_QEMU],
+  borrowed: [
+    "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
+    "run the probe as that user, without --user",
+  ],
+  impostor: [`${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides`, "ask QEMU with --qemu"],
 };
 
 /**
@@ -764,7 +791,7 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
   const vm = context?.checks ?? [];
   const vmRefuses = vm.some((c) => c.status === "fail");
   /** One capability for one consumer: yes or no, and why it could not be judged. */
-  const one = (cap: Capability, qemuAs: ConsumerName): [boolean, string | null] => {
+  const one = (cap: Capability, qemuAs: ConsumerName): [boolean, Unjudged | null] => {
     const need: Need = NEEDS[cap];
     const forQemu = need.consumer === "qemu";
     const consumer = forQemu ? qemuAs : (need.consumer as ConsumerName);
@@ -783,14 +810,17 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     const borrowed = context?.ptrace === true && !forQemu;
     // QEMU 8.0+ opens whatever is at the device's path: only a failed open() sends it to the syscall.
     const impostor = opens && consumer === "qemu>=8.0" && a?.["device-node"] === "ENODEV";
-    const why = limit ? "limit" : byFileCap ? "byFileCap" : borrowed ? "borrowed" : impostor ? "impostor" : null;
-    const yes = ok && !borrowed && !impostor;
+    // A seccomp supervisor (USER_NOTIF) or tracer (TRACE) answers this route: no filter can tell ahead.
+    const undecided = a !== null && f.filter?.undecided.some((r) => CONSUMERS[consumer](a).includes(r));
+    // The first of these that holds is why it could not be judged.
+    const why = Object.entries({ limit, byFileCap, borrowed, impostor, undecided }).find(([, holds]) => holds)?.[0];
+    const yes = ok && !borrowed && !impostor && !undecided;
     return [yes, yes || !why ? null : UNJUDGED[why]];
   };
   /** Every capability, QEMU's judged for `qemuAs`: the deciding QEMU's consumer, or one generation's. */
   const all = (qemuAs: ConsumerName) => {
     const ok = {} as Record<Capability, boolean>;
-    const unknown: Partial<Record<Capability, string>> = {};
+    const unknown: Partial<Record<Capability, Unjudged>> = {};
     for (const cap of CAPABILITIES) {
       const [yes, why] = one(cap, qemuAs);
       ok[cap] = yes;
@@ -798,7 +828,8 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     }
     ok["postcopy-ram"] &&= (context?.needs ?? []).every((cap) => ok[cap]);
     const vmUnknown = vm.find((c) => c.status === "skip");
-    if (vmUnknown && ok["postcopy-ram"]) [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, vmUnknown.detail];
+    if (vmUnknown && ok["postcopy-ram"])
+      [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, [vmUnknown.detail, vmUnknown.hint ?? ""]];
     // postcopy-ram's answer, or null when the run could not judge it.
     return { ok, unknown, ram: unknown["postcopy-ram"] ? null : ok["postcopy-ram"] };
   };
@@ -869,6 +900,11 @@ const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer 
 /** What a cause can stand in the way of, by where its gate is. */
 const BLOCKS = {
   kernel: (s: Seen) => s.failing,
+  // A filter of the process's refuses routes by name; the probe's own is told on the syscall's.
+  filtered: (s: Seen) =>
+    s.f.filter
+      ? [...new Set(ROUTES.flatMap((r) => (s.f.filter!.answers[r] ? through(r)(s) : [])))]
+      : through("syscall")(s),
   device: through("device"),
   syscall: through("syscall"),
   "qemu-device": (s: Seen) => ofQemu(through("device")(s)),
@@ -912,7 +948,14 @@ const SECCOMP = [
   "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
   "podman run --security-opt seccomp=PROFILE.json ...",
   "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
+  "systemctl edit UNIT   # a systemd unit: no SystemCallFilter= that denies userfaultfd",
 ];
+/** The rule a Docker-format profile needs for what the process's filter refused: those calls, allowed. */
+function allowing(filter: FilterVerdict) {
+  const names = [...new Set(Object.values(filter.says).map((said) => said!.split("(")[0]))];
+  const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
+  return `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   # its profile, allowing what QEMU calls`;
+}
 const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
 const CONTAINER = `docker run --device ${DEVICE} ...   # a container: or podman run --device`;
 
@@ -1060,17 +1103,22 @@ const CAUSES = {
     ],
   },
   seccomp: {
-    when: ({ f, a }) => filterDeniesSyscall(f, a),
-    blocks: "syscall",
-    summary: "a seccomp filter denies userfaultfd(2)",
-    evidence: [({ f }) => `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`, answered],
-    fix: SECCOMP,
+    // --pid: the process's filters, read and run; else the probe's own filter, told from how it answers.
+    when: ({ f, a }) => (f.filter ? Object.keys(f.filter.answers).length > 0 : filterDeniesSyscall(f, a)),
+    blocks: "filtered",
+    summary: "a seccomp filter denies what QEMU calls for its userfaultfd",
+    evidence: [
+      ({ f }) =>
+        f.filter ? Object.values(f.filter.says) : `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`,
+      (s) => (s.f.filter ? null : answered(s)),
+    ],
+    fix: [({ f }) => (f.filter ? allowing(f.filter) : null), ...SECCOMP],
   },
   "user-namespace": {
     when: ptraceOnlyInUserNamespace,
     blocks: "syscall",
     summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
-    evidence: [({ f }) => `/proc/self/uid_map: ${f.uidMap}`, answered],
+    evidence: [({ f }) => `uid_map: ${f.uidMap} (the initial user namespace has 0 0 4294967295)`, answered],
     fix: [`${SYSCTL}   # on the host`, (s) => `${persistSysctl(s)}   # on the host`],
   },
   "unprivileged-userfaultfd": {
@@ -1151,17 +1199,28 @@ export function diagnose(s: Seen): Diagnosis[] {
 // ── Report: the pipeline, then one renderer ──
 
 /** What the extra checks of --qemu and --pid could leave unanswered: each reason, when it holds. */
+/** Why the run could not answer what was asked, each reason with what would settle it: the exit status is then 2. */
 function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context) {
   const asked = learnt.qemu?.answer;
-  const reasons = [
-    opts.qemu !== null && !asked ? `--qemu: ${learnt.qemu?.error ?? "no QEMU found"}` : null,
+  const pid = context?.process?.pid;
+  const reasons: Array<[why: string, settle: string] | null> = [
+    opts.qemu !== null && !asked
+      ? [`--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`, "give --qemu the path of the QEMU that will run"]
+      : null,
     ...opts.require
       .filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked))
-      .map((c) => `${c}: ${judged.unknown[c]}`),
-    context?.qemu && !context.qemu.version ? `--pid: ${context.qemu.error}` : null,
-    // A filter the probe cannot read (without tracing the process) decides a QEMU that takes the syscall.
-    context?.filterUnread && learnt.qemuRoute?.route === "syscall"
-      ? "--pid: the process's seccomp filter, which the probe cannot read, may deny the userfaultfd(2) its QEMU needs"
+      .map((c): [string, string] => [`${c}: ${judged.unknown[c]![0]}`, judged.unknown[c]![1]]),
+    context?.qemu && !context.qemu.version
+      ? [
+          `--pid: ${context.qemu.error}`,
+          `read it from its bytes yourself: strings /proc/${pid}/exe | grep 'QEMU emulator version'`,
+        ]
+      : null,
+    context?.filterUnread
+      ? [
+          `--pid: ${context.filterUnread}`,
+          "let the probe stop the process a moment: no other tracer, and Yama's ptrace_scope below 3",
+        ]
       : null,
   ];
   return reasons.filter((r) => r !== null);
@@ -1184,15 +1243,16 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   };
   const seen = { f, checks, failing, qemu: learnt.qemu, vm: context?.checks ?? [] };
   const why = unanswered(opts, judged, learnt, context);
+  const known = why.length === 0;
   const trip = learnt.trips["kernel-write"];
   return {
     schema: SCHEMA,
     version: VERSION,
     /** The headline: QEMU's own answer when --qemu got one, else the probe's answer for the QEMU that will run. */
-    postcopy: decisive["postcopy-ram"],
+    postcopy: known ? decisive["postcopy-ram"] : null,
     /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
     probe: {
-      postcopy: judged.ok["postcopy-ram"],
+      postcopy: judged.ram,
       qemu: learnt.qemu?.version ? `QEMU ${learnt.qemu.version}` : "QEMU",
       consumer: qemuConsumer(learnt.qemu),
       route: learnt.qemuRoute?.route ?? null,
@@ -1206,13 +1266,15 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     undetermined: judged.undetermined,
     diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }) : [],
     /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
-    required: { capabilities: opts.require, ok: opts.require.every((c) => decisive[c]) },
+    required: { capabilities: opts.require, ok: known ? opts.require.every((c) => decisive[c]) : null },
     /** The kernel-mode write trip decides for QEMU: its result and time, when it ran. */
     roundTrip: trip && { ok: Boolean(learnt.trips["user-read"]?.ok && trip.ok), ns: trip.ns },
     ...(answer ? { qemu: answer } : {}),
     ...(context?.process ? { context: { ...context.process, ...UNSHOWN, user: context.name } } : {}),
     /** Set when the probe could not answer what was asked: the exit status is then 2. */
-    ...(why.length ? { error: `could not answer what was asked: ${why.join("; ")}` } : {}),
+    ...(known ? {} : { error: `could not answer what was asked: ${why.map(([w]) => w).join("; ")}` }),
+    /** With `error`: what would settle each thing the run could not answer. */
+    ...(known ? {} : { settle: why.map(([, settle]) => settle) }),
   };
 }
 /** The report, and what main() adds to it: --bench's figures. */
@@ -1237,6 +1299,12 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
   const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`;
   const answer = unknown ? both : unjudged ? "UNKNOWN" : word(postcopy);
   const line = `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
+  // Could not answer: never a yes or a no beside it, but why, and what would settle it.
+  if (report.error) {
+    const why = report.error.replace(/^could not answer what was asked: /, "");
+    const unknownLine = `Postcopy live migration (${whose}): UNKNOWN for ${host.user} (uid ${host.uid}): ${why}`;
+    return [unknownLine, ...(report.settle ?? []).map((s) => `  To settle it: ${s}`)];
+  }
   const [other, theirs] = own.consumer === "qemu<8.0" ? ["8.0 and later", after] : ["before 8.0", before];
   return !qemu && !unknown && split ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
 }
@@ -1273,7 +1341,8 @@ export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">)
     lines.push(yesNo(false, `${own}; QEMU ${qemu.version} (${qemu.path}) disagrees and decides: ${qemu.why}`));
   }
   const { capabilities: wanted, ok } = report.required;
-  if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${yesNo(ok, ok ? "YES" : "NO")}`);
+  const required = ok === null ? "UNKNOWN" : yesNo(ok, ok ? "YES" : "NO");
+  if (wanted.join() !== "postcopy-ram") lines.push(`Required ${wanted.join(", ")}: ${required}`);
   return `${lines.join("\n")}\n`;
 }
 
@@ -1444,7 +1513,7 @@ export async function main(argv = process.argv.slice(2)) {
     const context = elsewhere?.enterContext(sys, opts);
     if (context) opts.user = context.name;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
-    const facts = readFacts(sys, context?.device);
+    const facts = readFacts(sys, context?.device, context?.facts);
     const report: Report = await probe(sys, facts, opts, context);
     if (opts.bench) {
       progress = sys.isatty(2) ? loadBench().progressLine(sys, opts.bench) : undefined;

@@ -32,7 +32,7 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
   [
     "probe_supported",
     "1 when the probe's own checks say the QEMU that will run can.",
-    (r) => (r.probe ? one(bool(r.probe.postcopy)) : []),
+    (r) => (r.probe && r.probe.postcopy !== null ? one(bool(r.probe.postcopy)) : []),
   ],
   [
     "capability",

@@ -1,0 +1,294 @@
+/**
+ * A running process's seccomp filters, read and run. --pid reads them as CRIU dumps them: it seizes the
+ * process's main thread (PTRACE_SEIZE), stops it for a few milliseconds (PTRACE_INTERRUPT and a bounded
+ * wait), copies each classic-BPF program (PTRACE_SECCOMP_GET_FILTER, one index at a time until the
+ * kernel says there is none) and lets go (PTRACE_DETACH, on every path). A small interpreter then runs
+ * the programs over struct seccomp_data for each system call a route to a uffd makes, with the
+ * arguments QEMU makes it with, and combines them as the kernel does: the most restrictive action wins.
+ * context.ts loads this file only for --pid of a process that has filters.
+ *
+ * ```ts
+ * import { readFilters, verdicts } from "./seccomp.ts";
+ * const read = readFilters(pid); // { filters: [[{ code, jt, jf, k }, ...], ...] } or { error }
+ * ```
+ */
+
+import * as K from "./ffi.ts";
+import type { Answers, Route } from "./probe.ts";
+
+// include/uapi/linux/ptrace.h, asm-generic/errno.h; wait.h: __WALL and WNOHANG
+const [PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_SECCOMP_GET_FILTER] = [17, 0x4206, 0x4207, 0x420c];
+const [__WALL, WNOHANG] = [0x40000000, 1];
+// include/uapi/linux/seccomp.h: the actions, from the most restrictive; a filter's value is action | data.
+const ACTIONS = {
+  SECCOMP_RET_KILL_PROCESS: 0x80000000,
+  SECCOMP_RET_KILL_THREAD: 0x00000000,
+  SECCOMP_RET_TRAP: 0x00030000,
+  SECCOMP_RET_ERRNO: 0x00050000,
+  SECCOMP_RET_USER_NOTIF: 0x7fc00000,
+  SECCOMP_RET_TRACE: 0x7ff00000,
+  SECCOMP_RET_LOG: 0x7ffc0000,
+  SECCOMP_RET_ALLOW: 0x7fff0000,
+};
+const [SECCOMP_RET_ACTION_FULL, SECCOMP_RET_DATA] = [0xffff0000, 0x0000ffff];
+// include/uapi/linux/filter.h and bpf_common.h: instruction classes, sizes, modes, ops and sources.
+const [BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_RET, BPF_MISC] = [0, 1, 2, 3, 4, 5, 6, 7];
+const [BPF_W, BPF_IMM, BPF_ABS, BPF_MEM, BPF_LEN, BPF_X, BPF_A, BPF_TXA] = [0, 0, 0x20, 0x60, 0x80, 0x08, 0x10, 0x80];
+const BPF_DIV = 0x30;
+/** struct seccomp_data: int nr, __u32 arch, __u64 instruction_pointer, __u64 args[6]: 64 bytes. */
+const SECCOMP_DATA_SIZE = 64;
+/** The kernel's limit on a filter's length (BPF_MAXINSNS). */
+const BPF_MAXINSNS = 4096;
+
+/** The system calls on a route to a uffd, per architecture; AUDIT_ARCH_* (linux/audit.h) for seccomp_data.arch. */
+const NR: Record<
+  string,
+  { arch: number } & Record<"userfaultfd" | "openat" | "ioctl" | "mmap" | "munmap" | "madvise", number>
+> = {
+  x86_64: { arch: 0xc000003e, userfaultfd: 323, openat: 257, ioctl: 16, mmap: 9, munmap: 11, madvise: 28 },
+  // asm-generic/unistd.h
+  aarch64: { arch: 0xc00000b7, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
+  riscv64: { arch: 0xc00000f3, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
+  loongarch64: { arch: 0xc0000102, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
+};
+/** MADV_DONTNEED (mman-common.h), and AT_FDCWD and an mmap's fd -1 as the 64-bit registers carry them. */
+const [MADV_DONTNEED, AT_FDCWD_ARG, NO_FD] = [4, 0xffffffffffffff9cn, 0xffffffffffffffffn];
+
+const T = K.FFIType;
+/** libc calls only this file makes. */
+const calls = () =>
+  K.openLibc({
+    ptrace: { args: [T.i64, T.i32, T.u64, T.ptr], returns: T.i64_fast },
+    waitpid: { args: [T.i32, T.ptr, T.i32], returns: T.i32 },
+    prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
+  });
+let opened: ReturnType<typeof calls> | null = null;
+const libc = () => (opened ??= calls());
+
+/** One classic-BPF instruction: struct sock_filter { __u16 code; __u8 jt, jf; __u32 k; }. */
+export type Insn = { code: number; jt: number; jf: number; k: number };
+
+/**
+ * The seccomp filters of `pid`'s main thread, the first installed first; or why they could not be read
+ * (Yama's ptrace_scope, a kernel without CONFIG_CHECKPOINT_RESTORE, a process already traced, one that
+ * does not stop within `ms`). The process is let go on every path.
+ */
+export function readFilters(pid: number, ms = 1000): { filters: Insn[][] } | { error: string } {
+  const c = libc();
+  const ptrace = (request: number, addr: number, data: Uint8Array | null) =>
+    K.answer(Number(c.ptrace(request, pid, addr, data)));
+  const failed = (call: string, r: K.R) => ({ error: `${call}: ${K.errnoName(r.errno)}` });
+  const seized = ptrace(PTRACE_SEIZE, 0, null);
+  if (seized.ret < 0) return failed("PTRACE_SEIZE (a tracer already, or Yama's ptrace_scope)", seized);
+  let stopped = false;
+  try {
+    const interrupted = ptrace(PTRACE_INTERRUPT, 0, null);
+    if (interrupted.ret < 0) return failed("PTRACE_INTERRUPT", interrupted);
+    const status = new Int32Array(1);
+    for (const deadline = Date.now() + ms; !stopped; Bun.sleepSync(1)) {
+      const waited = K.answer(c.waitpid(pid, status, __WALL | WNOHANG));
+      if (waited.ret < 0) return failed("waitpid", waited);
+      stopped = waited.ret === pid;
+      if (!stopped && Date.now() > deadline) return { error: `the process did not stop within ${ms} ms` };
+    }
+    const filters: Insn[][] = [];
+    for (let index = 0; ; index++) {
+      const count = ptrace(PTRACE_SECCOMP_GET_FILTER, index, null);
+      if (count.ret < 0 && count.errno === K.errnoOf("ENOENT") && index > 0) break;
+      if (count.ret < 0) return failed("PTRACE_SECCOMP_GET_FILTER (CONFIG_CHECKPOINT_RESTORE?)", count);
+      const bytes = new Uint8Array(8 * Math.min(count.ret, BPF_MAXINSNS));
+      const copied = ptrace(PTRACE_SECCOMP_GET_FILTER, index, bytes);
+      if (copied.ret < 0) return failed("PTRACE_SECCOMP_GET_FILTER", copied);
+      filters.unshift(decode(bytes)); // index 0 is the filter installed last
+    }
+    return { filters };
+  } finally {
+    // A tracee that never stopped cannot be detached: it is let go when this process exits.
+    if (stopped) ptrace(PTRACE_DETACH, 0, null);
+  }
+}
+
+/** struct sock_filter[] as instructions (host byte order). */
+export function decode(bytes: Uint8Array): Insn[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: bytes.length / 8 }, (_, i) => ({
+    code: view.getUint16(8 * i, true),
+    jt: view.getUint8(8 * i + 2),
+    jf: view.getUint8(8 * i + 3),
+    k: view.getUint32(8 * i + 4, true),
+  }));
+}
+
+/** A system call as a filter sees it: its number, the architecture, and its six arguments. */
+export type Call = { nr: number; arch: number; args: bigint[] };
+/** struct seccomp_data for `call`, as the 16 words BPF_LD|BPF_W|BPF_ABS loads (little-endian: low word first). */
+function dataOf(call: Call) {
+  const words = new Uint32Array(SECCOMP_DATA_SIZE / 4);
+  [words[0], words[1]] = [call.nr >>> 0, call.arch >>> 0];
+  call.args.forEach((arg, i) => {
+    words[4 + 2 * i] = Number(arg & 0xffffffffn);
+    words[5 + 2 * i] = Number((arg >> 32n) & 0xffffffffn);
+  });
+  return words;
+}
+
+/**
+ * Runs one classic-BPF program as seccomp does (the instructions seccomp_check_filter() accepts) over
+ * `call`: its return value, action and data. A program that falls off its end, or loads outside
+ * seccomp_data, is one the kernel would not have loaded: it kills, as an unknown action does.
+ */
+export function run(prog: Insn[], call: Call): number {
+  const data = dataOf(call);
+  const mem = new Uint32Array(16);
+  let [a, x] = [0, 0];
+  for (let pc = 0; pc < prog.length; pc++) {
+    const { code, jt, jf, k } = prog[pc];
+    const src = code & BPF_X ? x : k;
+    switch (code & 7) {
+      case BPF_LD:
+      case BPF_LDX: {
+        const mode = code & 0xe0;
+        const value =
+          mode === BPF_IMM ? k : mode === BPF_MEM ? mem[k & 15] : mode === BPF_LEN ? SECCOMP_DATA_SIZE : null;
+        const loaded = mode === BPF_ABS && (code & 0x18) === BPF_W && k % 4 === 0 ? data[k / 4] : value;
+        if (loaded === null || loaded === undefined) return ACTIONS.SECCOMP_RET_KILL_PROCESS;
+        if ((code & 7) === BPF_LD) a = loaded;
+        else x = loaded;
+        break;
+      }
+      case BPF_ST:
+        mem[k & 15] = a;
+        break;
+      case BPF_STX:
+        mem[k & 15] = x;
+        break;
+      case BPF_ALU: {
+        if ((code & 0xf0) === BPF_DIV && src === 0) return 0; // the kernel ends the program with 0
+        const value = alu(code & 0xf0, a, src);
+        if (value === null) return ACTIONS.SECCOMP_RET_KILL_PROCESS; // not an operation seccomp loads
+        a = value;
+        break;
+      }
+      case BPF_JMP: {
+        const op = code & 0xf0;
+        if (op === 0x00)
+          pc += k; // BPF_JA
+        else pc += test(op, a, src) ? jt : jf;
+        break;
+      }
+      case BPF_RET:
+        return ((code & 0x18) === BPF_A ? a : k) >>> 0;
+      case BPF_MISC:
+        if (code & BPF_TXA) a = x;
+        else x = a;
+        break;
+    }
+  }
+  return ACTIONS.SECCOMP_RET_KILL_PROCESS;
+}
+/** BPF_ALU's operations seccomp accepts, unsigned 32-bit (no BPF_MOD: seccomp_check_filter() refuses it). */
+function alu(op: number, a: number, v: number) {
+  const ops: Record<number, () => number> = {
+    0: () => a + v,
+    16: () => a - v,
+    32: () => Math.imul(a, v),
+    48: () => Math.floor((a >>> 0) / (v >>> 0)),
+    64: () => a | v,
+    80: () => a & v,
+    96: () => (v >= 32 ? 0 : a << v),
+    112: () => (v >= 32 ? 0 : (a >>> 0) >>> v),
+    128: () => -a,
+    160: () => a ^ v,
+  };
+  return ops[op] ? ops[op]() >>> 0 : null;
+}
+/** BPF_JMP's tests, on unsigned 32-bit values: JEQ, JGT, JGE, JSET. */
+function test(op: number, a: number, v: number) {
+  const [ua, uv] = [a >>> 0, v >>> 0];
+  return op === 0x10 ? ua === uv : op === 0x20 ? ua > uv : op === 0x30 ? ua >= uv : (ua & uv) !== 0;
+}
+
+/**
+ * Several filters as the kernel combines them (seccomp_run_filters()): each runs, the last installed
+ * first, and the lowest action (as a signed int) wins; of equal ones, the last installed's.
+ */
+export function combined(filters: Insn[][], call: Call) {
+  let best = { value: ACTIONS.SECCOMP_RET_ALLOW, filter: -1 };
+  for (let i = filters.length - 1; i >= 0; i--) {
+    const value = run(filters[i], call);
+    if ((value & SECCOMP_RET_ACTION_FULL) >> 0 < (best.value & SECCOMP_RET_ACTION_FULL) >> 0)
+      best = { value, filter: i };
+  }
+  return best;
+}
+/** An action as seccomp.h names it, with its errno: `SECCOMP_RET_ERRNO(EPERM)`. */
+export function actionName(value: number) {
+  const action = (value & SECCOMP_RET_ACTION_FULL) >>> 0;
+  const name = Object.entries(ACTIONS).find(([, v]) => v >>> 0 === action)?.[0] ?? "SECCOMP_RET_KILL_PROCESS";
+  return action === ACTIONS.SECCOMP_RET_ERRNO ? `${name}(${K.errnoName(value & SECCOMP_RET_DATA)})` : name;
+}
+
+/** What the filters answer on each route to a uffd: the answer a route gets instead of the kernel's, and why. */
+export type FilterVerdict = {
+  /** A route a filter refuses, with the answer QEMU gets: the errno, or SIGSYS for a filter that kills or traps. */
+  answers: Partial<Answers>;
+  /** Each refused or undecided route, said exactly: "userfaultfd(2): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions". */
+  says: Partial<Record<Route | "device-node", string>>;
+  /** Routes no filter can decide ahead: a supervisor (USER_NOTIF) or a tracer (TRACE) answers. */
+  undecided: Route[];
+};
+
+/**
+ * The filters' answers for the calls each route makes, in order, with QEMU's arguments: the first call
+ * a filter does not let through decides the route. null when this architecture's numbers are not known.
+ */
+export function verdicts(filters: Insn[][], archName: string, pageSize: number): FilterVerdict | null {
+  const nr = NR[archName];
+  if (!nr) return null;
+  const call = (name: keyof typeof nr, ...args: Array<number | bigint>): Call => ({
+    nr: nr[name],
+    arch: nr.arch,
+    args: [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6),
+  });
+  const flags = K.O_CLOEXEC | K.O_NONBLOCK;
+  const fd = 3; // the filters cannot know QEMU's fd numbers; few look at them
+  const ioctls = [K.UFFDIO_API, K.UFFDIO_REGISTER, K.UFFDIO_UNREGISTER, K.UFFDIO_COPY, K.UFFDIO_ZEROPAGE]
+    .concat([K.UFFDIO_WAKE, K.UFFDIO_WRITEPROTECT])
+    .map((request): [string, Call] => [`ioctl(${ioctlName(request)})`, call("ioctl", fd, request, 0)]);
+  const memory: Array<[string, Call]> = [
+    ["mmap(2)", call("mmap", 0, pageSize, K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS, NO_FD, 0)],
+    ["munmap(2)", call("munmap", 0, pageSize)],
+    ["madvise(MADV_DONTNEED)", call("madvise", 0, pageSize, MADV_DONTNEED)],
+  ];
+  const routes: Record<Route | "device-node", Array<[string, Call]>> = {
+    "device-node": [["openat(/dev/userfaultfd)", call("openat", AT_FDCWD_ARG, 0, K.O_RDWR | K.O_CLOEXEC, 0)]],
+    device: [["ioctl(USERFAULTFD_IOC_NEW)", call("ioctl", fd, K.USERFAULTFD_IOC_NEW, flags)], ...ioctls, ...memory],
+    syscall: [["userfaultfd(2)", call("userfaultfd", flags)], ...ioctls, ...memory],
+    "user-mode-only": [["userfaultfd(UFFD_USER_MODE_ONLY)", call("userfaultfd", flags | K.UFFD_USER_MODE_ONLY)]],
+  };
+  const verdict: FilterVerdict = { answers: {}, says: {}, undecided: [] };
+  for (const [route, steps] of Object.entries(routes) as Array<[Route | "device-node", Array<[string, Call]>]>) {
+    for (const [name, c] of steps) {
+      const { value, filter } = combined(filters, c);
+      const action = (value & SECCOMP_RET_ACTION_FULL) >>> 0;
+      if (action === ACTIONS.SECCOMP_RET_ALLOW || action === ACTIONS.SECCOMP_RET_LOG) continue;
+      const which = `filter ${filter + 1} of ${filters.length}, ${filters[filter].length} instructions`;
+      verdict.says[route] = `${name}: ${actionName(value)}, ${which}`;
+      if (action === ACTIONS.SECCOMP_RET_USER_NOTIF || action === ACTIONS.SECCOMP_RET_TRACE) {
+        if (route !== "device-node") verdict.undecided.push(route);
+      } else {
+        const errno = action === ACTIONS.SECCOMP_RET_ERRNO ? K.errnoName(value & SECCOMP_RET_DATA) : "SIGSYS";
+        verdict.answers[route] = errno;
+      }
+      break;
+    }
+  }
+  // The node's open() refused is the device's route refused.
+  verdict.answers.device ??= verdict.answers["device-node"];
+  if (verdict.answers["device-node"]) verdict.says.device ??= verdict.says["device-node"];
+  return verdict;
+}
+const ioctlName = (request: bigint) =>
+  request === K.USERFAULTFD_IOC_NEW
+    ? "USERFAULTFD_IOC_NEW"
+    : `UFFDIO_${Object.entries(K._UFFDIO).find(([, nr]) => BigInt(nr) === (request & 0xffn))?.[0]}`;
