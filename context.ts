@@ -11,9 +11,11 @@
  * const context = enterContext(sys, opts); // in the child: { name, uid, gid, groups, checks?, ... }
  * ```
  */
+
+import type { Confined } from "./apparmor.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Check, Options, ProcessFacts } from "./probe.ts";
+import type { Answers, Check, Options, ProcessFacts } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, quoted, rows, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find, hostOwned, versionIn } from "./qemu.ts";
@@ -83,6 +85,8 @@ export type Context = {
   ptrace?: boolean;
   /** --pid: why the process's seccomp filters could not be read, when they could not. */
   filterUnread?: string;
+  /** --pid: why its AppArmor profile could not be taken on, when it could not. */
+  apparmorUnread?: string;
   /** --pid: the facts that are the process's, not the child's: its seccomp filters, namespace, capability. */
   facts?: ProcessFacts;
 };
@@ -166,6 +170,38 @@ async function readBounded(stream: ReadableStream<Uint8Array>) {
   return parts.join("").slice(0, OUTPUT_MAX);
 }
 
+/**
+ * The routes as `profile` lets them through: a worker thread takes it on (apparmor.ts) and answers them,
+ * within a second. What the profile changed, and how CAP_SYS_PTRACE met it; or why it could not tell.
+ */
+async function confinedAnswers(profile: string, device: string | number) {
+  const facts = typeof device === "string" ? { device, deviceSays: 0 } : { device: null, deviceSays: device };
+  const worker = new Worker(new URL("./apparmor.ts", import.meta.url).href);
+  try {
+    const answered = new Promise<Confined>((resolve, reject) => {
+      worker.onmessage = ({ data }) => resolve(data);
+      worker.onerror = (e) => reject(e);
+    });
+    worker.postMessage({ profile, ...facts });
+    let result: Confined | null = null;
+    if (
+      !(await within(
+        answered.then((r) => (result = r)),
+        1000,
+      ))
+    )
+      return { error: "AppArmor's worker did not answer within 1000 ms" };
+    const done = result as Confined | null;
+    if (!done || "error" in done) return { error: done?.error ?? "AppArmor's worker did not answer" };
+    const denied = Object.fromEntries(
+      Object.entries(done.after).filter(([r, ans]) => done.before[r as keyof Answers] !== ans),
+    );
+    return { denied: denied as Partial<Answers>, ptrace: done.ptrace };
+  } finally {
+    worker.terminate();
+  }
+}
+
 /** Whether `done` settles within `ms`; the timer goes with it, so nothing is left to keep the process up. */
 async function within(done: Promise<unknown>, ms: number) {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -180,7 +216,7 @@ async function within(done: Promise<unknown>, ms: number) {
  * rules apply to the probe as to QEMU; the membership ends with the child), then become its user and
  * die with the parent. Throws when the kernel refuses any step.
  */
-export function enterContext(sys: Sys, opts: Options): Context {
+export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   const pid = opts.pid;
   const context = pid === null ? contextOf(sys, opts) : pidContext(sys, pid);
   if (pid !== null) for (const dir of cgroupDirs(sys, pid)) joinCgroup(sys, dir);
@@ -197,6 +233,13 @@ export function enterContext(sys: Sys, opts: Options): Context {
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
   libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (!isChild()) throw new Error("The parent probe is gone");
+  // Its AppArmor profile, taken on by one thread of the child to answer the routes (apparmor.ts).
+  const profile = context.process?.profile;
+  if (profile && context.facts) {
+    const confined = await confinedAnswers(profile, context.device!);
+    if ("error" in confined) context.apparmorUnread = confined.error;
+    else context.facts.apparmor = { profile, ...confined };
+  }
   return context;
 }
 
@@ -259,6 +302,10 @@ function processFacts(sys: Sys, pid: number) {
     cwd: seen(link(`${at}/cwd`)),
     cgroups: (sys.readText(`${at}/cgroup`) ?? "").trim().split("\n"),
     label: sys.readText(`${at}/attr/current`)?.replace(/\0/g, "").trim() || null,
+    /** Its AppArmor profile (AppArmor's own attr file, 5.8+; else the LSM's when AppArmor is the one on). */
+    profile: profileOf(
+      sys.readText(`${at}/attr/apparmor/current`) ?? (apparmorOn(sys) ? sys.readText(`${at}/attr/current`) : null),
+    ),
     // QEMU calls munlockall() before postcopy: memory locked now is not a blocker.
     vmLckKb: num("VmLck"),
     /** Its arguments; null when they could not be read whole. */
@@ -273,6 +320,15 @@ function processFacts(sys: Sys, pid: number) {
   };
 }
 const PF_KTHREAD = 0x00200000;
+const apparmorOn = (sys: Sys) => sys.readText("/sys/module/apparmor/parameters/enabled")?.trim() === "Y";
+/** An AppArmor label without its mode ("libvirt-UUID (enforce)"): null when unconfined, or no label. */
+const profileOf = (label: string | null) => {
+  const name = label
+    ?.replace(/\0/g, "")
+    .trim()
+    .replace(/ \((enforce|complain|kill|unconfined|prompt)\)$/, "");
+  return !name || name === "unconfined" ? null : name;
+};
 /** A symbolic link's text (magic links in /proc: d_path(), nothing of the target file system is touched). */
 const link = (path: string) => {
   try {

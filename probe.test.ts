@@ -1089,6 +1089,9 @@ describe("diagnose() as a decision table", () => {
   const decide = ({ facts: f = {}, routes, checks = [], qemu, vm }: Case) =>
     diagnoseOf({ ...base, ...f }, [...opened(routes), ...checks], undefined, qemu ?? null, vm).map((d) => d.cause);
   const IMPOSTOR: Answers = ["ENODEV", "ENODEV", "EPERM", "ok"];
+  const ROOT = { uid: 0, user: "root", capSysPtrace: true };
+  const DENIED_DEVICE: Answers = ["EACCES", "EACCES", "ok", "ok"];
+  const DEVICE_DENIED = { "device-node": "EACCES", device: "EACCES" };
   const vfio: Check = { id: "vm-devices", title: "", status: "fail", detail: "vfio", hint: "detach the VFIO device" };
   const [DENIED, OPEN] = [["EACCES", "EACCES", "EPERM", "ok"] as Answers, ["ok", "ok", "ok", "ok"] as Answers];
 
@@ -1156,6 +1159,18 @@ describe("diagnose() as a decision table", () => {
       hit: { facts: { seccomp: 2, uid: 0, user: "root", capSysPtrace: true }, routes: ["ok", "ok", "EPERM", "EPERM"] },
       causes: ["seccomp"],
       miss: { facts: { seccomp: 2 }, routes: ["ok", "ok", "EPERM", "ok"] },
+    },
+    {
+      cause: "apparmor",
+      hit: {
+        facts: { ...ROOT, apparmor: { profile: "libvirt-f00d", denied: DEVICE_DENIED, ptrace: null } },
+        routes: DENIED_DEVICE,
+      },
+      causes: ["apparmor"],
+      miss: {
+        facts: { ...ROOT, apparmor: { profile: "libvirt-f00d", denied: {}, ptrace: null } },
+        routes: DENIED_DEVICE,
+      },
     },
     {
       cause: "user-namespace",
@@ -2507,6 +2522,61 @@ int main(int argc, char **argv) {
   );
 });
 
+describe("--pid (apparmor.ts): the process's AppArmor profile, taken on by a thread of the probe", () => {
+  // Where AppArmor is on (Debian's 6.12 kernel, booted by ../shared/kernels, with securityfs mounted).
+  const apparmor = existsSync("/sys/kernel/security/apparmor") && Bun.which("apparmor_parser") && Bun.which("aa-exec");
+  const qemu10 = existsSync("/srv/qemu10/usr/bin/qemu-system-x86_64")
+    ? `${import.meta.dir}/../shared/qemu10/qemu10`
+    : null;
+  const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+  test.skipIf(!isRoot || !apparmor || !realQemu || unprivileged !== "0")(
+    "apparmor: under a profile without the device (0666 to it, sysctl 0), --pid says what QEMU 7.2 and 10 say",
+    async () => {
+      const name = `postcopy-probe-test-${process.pid}`;
+      const rules = [
+        "file,",
+        "capability,",
+        "network,",
+        "signal,",
+        "ptrace,",
+        "unix,",
+        "deny /dev/userfaultfd rw,",
+        "deny capability sys_ptrace,",
+      ];
+      writeFileSync(
+        `${world}/${name}`,
+        `abi <abi/3.0>,\nprofile ${name} flags=(attach_disconnected) {\n  ${rules.join("\n  ")}\n}\n`,
+      );
+      expect(Bun.spawnSync([Bun.which("apparmor_parser")!, "-r", `${world}/${name}`]).exitCode).toBe(0);
+      try {
+        for (const q of [realQemu!, ...(qemu10 ? [qemu10] : [])]) {
+          const prefix = [...deviceOpenTo("0666"), Bun.which("aa-exec")!, "-p", name, "--", ...nobody];
+          await withQemu(q, prefix, [], async (pid, ask) => {
+            const { code, report } = cli(["--json", "--pid", String(pid)]);
+            expect([q, (await ask()).startsWith("no: Postcopy is not supported"), code, report.postcopy]).toEqual([
+              q,
+              true,
+              1,
+              false,
+            ]);
+            const cause = report.diagnosis.find((d) => d.cause === "apparmor");
+            expect([routesOf(report)["device-node"], cause?.evidence, cause?.fix[0]]).toEqual([
+              "EACCES",
+              ["open of /dev/userfaultfd under it: EACCES"],
+              `echo '/dev/userfaultfd rw,' >> /etc/apparmor.d/local/${name}`,
+            ]);
+            expect(report.diagnosis.flatMap((d) => d.fix).filter((f) => f.startsWith("setcap"))).toEqual([]);
+          });
+        }
+      } finally {
+        Bun.spawnSync([Bun.which("apparmor_parser")!, "-R", `${world}/${name}`]);
+      }
+    },
+    120_000,
+  );
+});
+
 describe("--pid (seccomp.ts): a process's filters, read and run as the kernel runs them", () => {
   /** struct sock_filter rows [code, jt, jf, k] as the interpreter takes them. */
   const prog = (rows: number[][]) => rows.map(([code, jt, jf, k]) => ({ code, jt, jf, k: k >>> 0 }));
@@ -2881,6 +2951,7 @@ describe("the package and the binary", () => {
     expect(files.map((f) => f.path).sort()).toEqual([
       "LICENSE",
       "README.md",
+      "apparmor.ts",
       "bench.ts",
       "context.ts",
       "ffi.ts",

@@ -120,6 +120,15 @@ export type ProcessFacts = {
   userNamespace?: boolean | null;
   capSysPtrace?: boolean | null;
   filter?: FilterVerdict | null;
+  apparmor?: Confinement | null;
+};
+/** --pid: the AppArmor profile the process runs under, and what the kernel answered the routes under it. */
+export type Confinement = {
+  profile: string;
+  /** The routes the profile changed the kernel's answer on, with the answer under the profile. */
+  denied: Partial<Answers>;
+  /** CAP_SYS_PTRACE under the profile, tried when this run had it: "allowed", "denied", else unknown. */
+  ptrace: "allowed" | "denied" | null;
 };
 
 /**
@@ -180,6 +189,8 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
     tools: TOOLS.filter((t) => Bun.which(t)),
     /** --pid: its seccomp filters' answer for each route (seccomp.ts), which comes before the kernel's. */
     filter: null as FilterVerdict | null,
+    /** --pid: the AppArmor profile the process runs under, taken on to answer the routes (apparmor.ts). */
+    apparmor: null as Confinement | null,
     // --pid: what is the process's own, not the probe's (its filters, namespace, capability, NoNewPrivs).
     ...theirs,
   };
@@ -221,7 +232,9 @@ export type Answers = Record<Route | "device-node", string>;
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
 
 /** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
-function openRoute(sys: Sys, facts: Facts, route: Route, node?: (r: R) => void): R {
+/** Where the device is, or the errno its route answers without an open(). */
+type Device = Pick<Facts, "device" | "deviceSays">;
+function openRoute(sys: Sys, facts: Device, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
   const dev = facts.device ? sys.open(facts.device, K.O_RDWR | K.O_CLOEXEC) : { ret: -1, errno: facts.deviceSays };
@@ -348,16 +361,22 @@ function checkPageSize(p: Probe, head: Head): Check {
   return result(head, target > host ? "fail" : "pass", `host ${host}, target ${target}`);
 }
 
-function checkOpen(p: Probe, head: Head): Check {
+/** What each route answers here: each opened once, then closed; the device node's open() told apart. */
+export function routeAnswers(sys: Sys, facts: Device): Answers {
   const a: Answers = { "device-node": "", device: "", syscall: "", "user-mode-only": "" };
   for (const route of ROUTES) {
     const node = (r: R) => (a["device-node"] = r.ret < 0 ? errnoName(r.errno) : "ok");
-    const r = openRoute(p.sys, p.facts, route, node);
+    const r = openRoute(sys, facts, route, node);
     a[route] = r.ret < 0 ? errnoName(r.errno) : "ok";
-    if (r.ret >= 0) p.sys.close(r.ret);
+    if (r.ret >= 0) sys.close(r.ret);
   }
-  // --pid: a seccomp filter of the process answers before the kernel does (SIGSYS: it kills or traps).
-  Object.assign(a, p.facts.filter?.answers);
+  return a;
+}
+
+function checkOpen(p: Probe, head: Head): Check {
+  // --pid: the process's AppArmor profile mediates the kernel's answers, and a seccomp filter of its
+  // answers before the kernel does (SIGSYS: it kills or traps).
+  const a = { ...routeAnswers(p.sys, p.facts), ...p.facts.apparmor?.denied, ...p.facts.filter?.answers };
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
   const route = ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
@@ -896,15 +915,17 @@ const through =
       const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
       return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && refused(answers[route]);
     });
+/** Failing capabilities whose route is among those `answers` refuse. */
+const refusing = (answers: Partial<Answers>) => (s: Seen) => [
+  ...new Set(ROUTES.flatMap((r) => (answers[r] ? through(r)(s) : []))),
+];
 const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
 /** What a cause can stand in the way of, by where its gate is. */
 const BLOCKS = {
   kernel: (s: Seen) => s.failing,
   // A filter of the process's refuses routes by name; the probe's own is told on the syscall's.
-  filtered: (s: Seen) =>
-    s.f.filter
-      ? [...new Set(ROUTES.flatMap((r) => (s.f.filter!.answers[r] ? through(r)(s) : [])))]
-      : through("syscall")(s),
+  filtered: (s: Seen) => (s.f.filter ? refusing(s.f.filter.answers)(s) : through("syscall")(s)),
+  profiled: (s: Seen) => refusing(s.f.apparmor?.denied ?? {})(s),
   device: through("device"),
   syscall: through("syscall"),
   "qemu-device": (s: Seen) => ofQemu(through("device")(s)),
@@ -982,9 +1003,24 @@ function deviceAccess({ f }: Seen) {
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
   return [...now, ...group, join, ...persist];
 }
+/** The local rules a profile needs for what it denied (the device, the capability), and its reload. */
+function profileRules({ profile, denied }: Confinement) {
+  // libvirt's per-VM profiles include its libvirt-qemu abstraction, whose local include is for site rules.
+  const libvirt = profile.startsWith("libvirt-");
+  const file = sh(`/etc/apparmor.d/local/${libvirt ? "abstractions/libvirt-qemu" : profile}`);
+  const rules = [
+    ...(denied["device-node"] || denied.device ? [`${DEVICE} rw,`] : []),
+    ...(denied.syscall ? ["capability sys_ptrace,"] : []),
+  ];
+  const reload = libvirt
+    ? `apparmor_parser -r ${sh(`/etc/apparmor.d/libvirt/${profile}`)}   # the running VM's profile`
+    : `apparmor_parser -r /etc/apparmor.d/FILE   # FILE: the one that defines ${sh(profile)} and includes local/`;
+  return [...rules.map((rule) => `echo '${rule}' >> ${file}`), reload];
+}
 /** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
 function setcap({ f, qemu }: Seen) {
-  if (!f.tools.includes("setcap") || (qemu?.path && !qemu.grantable)) return [];
+  const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
+  if (!f.tools.includes("setcap") || profiled || (qemu?.path && !qemu.grantable)) return [];
   const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
 }
@@ -1074,7 +1110,7 @@ const CAUSES = {
     ],
   },
   "devnode-permission": {
-    when: (s) => s.a["device-node"] === "EACCES" && !selinuxDenies(s),
+    when: (s) => s.a["device-node"] === "EACCES" && !selinuxDenies(s) && !s.f.apparmor?.denied["device-node"],
     blocks: "device",
     summary: `${DEVICE}'s mode and owner do not let this user in`,
     evidence: [
@@ -1113,6 +1149,24 @@ const CAUSES = {
       (s) => (s.f.filter ? null : answered(s)),
     ],
     fix: [({ f }) => (f.filter ? allowing(f.filter) : null), ...SECCOMP],
+  },
+  apparmor: {
+    // --pid: the routes answered as the process's profile lets them through, and what it changed.
+    when: ({ f }) => Object.keys(f.apparmor?.denied ?? {}).length > 0,
+    blocks: "profiled",
+    summary: ({ f }) => `the AppArmor profile ${f.apparmor?.profile} denies what QEMU needs for its userfaultfd`,
+    evidence: [
+      ({ f }) =>
+        // The device's route follows its node's open(): said once.
+        Object.entries(f.apparmor!.denied)
+          .filter(([r]) => !(r === "device" && f.apparmor!.denied["device-node"]))
+          .map(([r, ans]) =>
+            r === "syscall"
+              ? `userfaultfd(2) with CAP_SYS_PTRACE under it: ${ans}`
+              : `${r === "device-node" ? `open of ${DEVICE}` : r} under it: ${ans}`,
+          ),
+    ],
+    fix: [({ f }) => profileRules(f.apparmor!)],
   },
   "user-namespace": {
     when: ptraceOnlyInUserNamespace,
@@ -1221,6 +1275,9 @@ function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Con
           `--pid: ${context.filterUnread}`,
           "let the probe stop the process a moment: no other tracer, and Yama's ptrace_scope below 3",
         ]
+      : null,
+    context?.apparmorUnread
+      ? [`--pid: ${context.apparmorUnread}`, "load the process's AppArmor profile (apparmor_parser -r), then ask again"]
       : null,
   ];
   return reasons.filter((r) => r !== null);
@@ -1510,7 +1567,7 @@ export async function main(argv = process.argv.slice(2)) {
       return;
     }
     if (child) output = null;
-    const context = elsewhere?.enterContext(sys, opts);
+    const context = await elsewhere?.enterContext(sys, opts);
     if (context) opts.user = context.name;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
     const facts = readFacts(sys, context?.device, context?.facts);
