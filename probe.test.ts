@@ -21,9 +21,10 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { configChecks, resolveIn, runInContext, walkIn } from "./context.ts";
+import { runInContext } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
+import { CAUSES as PID_CAUSES, resolveIn, walkIn } from "./pid.ts";
 import type { Capability, CauseId, Check, Evidence, Facts, Report } from "./probe.ts";
 import {
   CAPABILITIES,
@@ -43,6 +44,7 @@ import type { Qemu } from "./qemu.ts";
 import { askQemu, pipe, poll, versionIn } from "./qemu.ts";
 import { actionName, combined, run } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
+import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
 
 const sys = K.loadSys();
 const facts = readFacts(sys);
@@ -67,7 +69,11 @@ const diagnoseOf = (
   vm: Check[] = [],
 ) => {
   const a = checks.find((c) => c.id === "uffd-open")!.routes!;
-  return diagnose({ f: { sysctlSource: null, kernelConfig: null, ...f }, a, checks, failing, qemu, vm });
+  const more = { ...PID_CAUSES, ...VM_CAUSES }; // --pid's rows: their gates read what only --pid sets
+  return diagnose(
+    { f: { sysctlSource: null, kernelConfig: null, ...f }, a, checks: [...checks, ...vm], failing, qemu },
+    more,
+  );
 };
 const QEMU_CAPS = ["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"];
 
@@ -1214,9 +1220,10 @@ describe("diagnose() as a decision table", () => {
   ];
 
   test("every cause has a row in this table and an entry in the README's cause table", () => {
-    expect(TABLE.map((row) => row.cause).sort()).toEqual([...CAUSE_IDS].sort());
+    const ids: string[] = [...CAUSE_IDS, ...Object.keys(PID_CAUSES), ...Object.keys(VM_CAUSES)];
+    expect(TABLE.map((row): string => row.cause).sort()).toEqual(ids.sort());
     const readme = readFileSync(`${import.meta.dir}/README.md`, "utf8");
-    expect(CAUSE_IDS.filter((id) => !readme.includes(`\n| \`${id}\` | `))).toEqual([]);
+    expect(ids.filter((id) => !readme.includes(`\n| \`${id}\` | `))).toEqual([]);
   });
 
   test.each(TABLE.map((row) => [row.cause, row] as const))("%s: diagnose() names it from its gate", (_, row) => {
@@ -1782,7 +1789,7 @@ describe("--user (context.ts): the whole probe again, as QEMU's user", () => {
   );
 });
 
-describe("--pid (context.ts): a VM's command line, for devices this machine has not got", () => {
+describe("--pid (vm.ts): a VM's command line, for devices this machine has not got", () => {
   // VFIO needs a device to pass through and vhost-user a backend that speaks its protocol: neither is here.
   const vm = (cmdline: string[], vmLckKb: number | null = 0) =>
     configChecks({ cmdline, vmLckKb, cwd: "/", mounts: [], files: () => [], walk: () => ({ type: null, how: "" }) });
@@ -2956,10 +2963,12 @@ describe("the package and the binary", () => {
       "context.ts",
       "ffi.ts",
       "package.json",
+      "pid.ts",
       "probe.ts",
       "qemu.ts",
       "seccomp.ts",
       "textfile.ts",
+      "vm.ts",
     ]);
     const pkg = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8"));
     expect([pkg.bin, pkg.dependencies, readFileSync(`${import.meta.dir}/probe.ts`, "utf8").split("\n")[0]]).toEqual([

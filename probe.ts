@@ -24,14 +24,16 @@
  * when that option is used:
  *   qemu.ts        the QEMU binary: where it is, its version, its file capability, --qemu's QMP exchange
  *                  (also loaded when the routes disagree, or the syscall says EPERM)
- *   context.ts     --user and --pid: whose context the answer is for, the privilege switch, cgroups,
- *                  the running VM's configuration
+ *   context.ts     --user and --pid: whose context the answer is for, the child, the privilege switch
+ *   pid.ts         --pid: the running process read as root, its cgroups and AppArmor profile, the
+ *                  causes only it can have (it loads seccomp.ts, apparmor.ts and vm.ts when they apply)
  *   bench.ts       --bench and its progress line
  *   textfile.ts    --format prometheus and --output: a report for node_exporter's textfile collector
  */
 import type { Context } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
+import type { Confinement, ProcessFacts } from "./pid.ts";
 import type { Qemu } from "./qemu.ts";
 import type { FilterVerdict } from "./seccomp.ts";
 
@@ -111,26 +113,6 @@ const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm",
 
 /** Read-only host context: every field is read from the host; null when it could not be read. */
 export type Facts = ReturnType<typeof readFacts>;
-/** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
-export type ProcessFacts = {
-  seccomp?: number | null;
-  seccompFilters?: number | null;
-  noNewPrivs?: boolean;
-  uidMap?: string | null;
-  userNamespace?: boolean | null;
-  capSysPtrace?: boolean | null;
-  filter?: FilterVerdict | null;
-  apparmor?: Confinement | null;
-};
-/** --pid: the AppArmor profile the process runs under, and what the kernel answered the routes under it. */
-export type Confinement = {
-  profile: string;
-  /** The routes the profile changed the kernel's answer on, with the answer under the profile. */
-  denied: Partial<Answers>;
-  /** CAP_SYS_PTRACE under the profile, tried when this run had it: "allowed", "denied", else unknown. */
-  ptrace: "allowed" | "denied" | null;
-};
-
 /**
  * Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it
  * (--pid: resolved inside its root), or the errno its resolution gave.
@@ -781,7 +763,7 @@ const consumerOf = (cap: Capability, q: Qemu | null) =>
 
 /** Why a capability could not be judged, by what stopped it. */
 /** Why a capability could not be judged, and what would settle it. */
-type Unjudged = [why: string, settle: string];
+export type Unjudged = [why: string, settle: string];
 /** Each way a capability goes unjudged. */
 const UNJUDGED: Record<string, Unjudged> = {
   undecided: [
@@ -897,7 +879,7 @@ function kernelConfig(sys: Sys, release: string) {
  * What the diagnosis sees: the facts and evidence, what each route answered, the checks, the capabilities
  * that failed, the deciding QEMU, and --pid's checks of the running process and its VM.
  */
-type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null; vm: Check[] };
+export type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
 type Gate = (s: Seen) => boolean;
 export type Diagnosis = { cause: CauseId; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
 const refused = (answer: string) => answer !== "ok";
@@ -971,12 +953,6 @@ const SECCOMP = [
   "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
   "systemctl edit UNIT   # a systemd unit: no SystemCallFilter= that denies userfaultfd",
 ];
-/** The rule a Docker-format profile needs for what the process's filter refused: those calls, allowed. */
-function allowing(filter: FilterVerdict) {
-  const names = [...new Set(Object.values(filter.says).map((said) => said!.split("(")[0]))];
-  const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
-  return `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   # its profile, allowing what QEMU calls`;
-}
 const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
 const CONTAINER = `docker run --device ${DEVICE} ...   # a container: or podman run --device`;
 
@@ -1003,20 +979,6 @@ function deviceAccess({ f }: Seen) {
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
   return [...now, ...group, join, ...persist];
 }
-/** The local rules a profile needs for what it denied (the device, the capability), and its reload. */
-function profileRules({ profile, denied }: Confinement) {
-  // libvirt's per-VM profiles include its libvirt-qemu abstraction, whose local include is for site rules.
-  const libvirt = profile.startsWith("libvirt-");
-  const file = sh(`/etc/apparmor.d/local/${libvirt ? "abstractions/libvirt-qemu" : profile}`);
-  const rules = [
-    ...(denied["device-node"] || denied.device ? [`${DEVICE} rw,`] : []),
-    ...(denied.syscall ? ["capability sys_ptrace,"] : []),
-  ];
-  const reload = libvirt
-    ? `apparmor_parser -r ${sh(`/etc/apparmor.d/libvirt/${profile}`)}   # the running VM's profile`
-    : `apparmor_parser -r /etc/apparmor.d/FILE   # FILE: the one that defines ${sh(profile)} and includes local/`;
-  return [...rules.map((rule) => `echo '${rule}' >> ${file}`), reload];
-}
 /** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
 function setcap({ f, qemu }: Seen) {
   const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
@@ -1029,7 +991,14 @@ function setcap({ f, qemu }: Seen) {
 type Says = string | ((s: Seen) => string | string[] | null);
 const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
 /** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, what it says and runs. */
-type Cause = { when: Gate; blocks: keyof typeof BLOCKS; upgrade?: Gate; summary: Says; evidence: Says[]; fix: Says[] };
+export type Cause = {
+  when: Gate;
+  blocks: keyof typeof BLOCKS;
+  upgrade?: Gate;
+  summary: Says;
+  evidence: Says[];
+  fix: Says[];
+};
 /**
  * The decision table, in the order to act on the causes. An upgrade path (a newer kernel or QEMU)
  * comes after the fixes this host takes, whatever its place here.
@@ -1148,25 +1117,7 @@ const CAUSES = {
         f.filter ? Object.values(f.filter.says) : `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`,
       (s) => (s.f.filter ? null : answered(s)),
     ],
-    fix: [({ f }) => (f.filter ? allowing(f.filter) : null), ...SECCOMP],
-  },
-  apparmor: {
-    // --pid: the routes answered as the process's profile lets them through, and what it changed.
-    when: ({ f }) => Object.keys(f.apparmor?.denied ?? {}).length > 0,
-    blocks: "profiled",
-    summary: ({ f }) => `the AppArmor profile ${f.apparmor?.profile} denies what QEMU needs for its userfaultfd`,
-    evidence: [
-      ({ f }) =>
-        // The device's route follows its node's open(): said once.
-        Object.entries(f.apparmor!.denied)
-          .filter(([r]) => !(r === "device" && f.apparmor!.denied["device-node"]))
-          .map(([r, ans]) =>
-            r === "syscall"
-              ? `userfaultfd(2) with CAP_SYS_PTRACE under it: ${ans}`
-              : `${r === "device-node" ? `open of ${DEVICE}` : r} under it: ${ans}`,
-          ),
-    ],
-    fix: [({ f }) => profileRules(f.apparmor!)],
+    fix: [({ f }) => f.filter?.fix ?? null, ...SECCOMP],
   },
   "user-namespace": {
     when: ptraceOnlyInUserNamespace,
@@ -1203,13 +1154,6 @@ const CAUSES = {
     evidence: [`${DEVICE}: ok`, answered],
     fix: [({ qemu }) => `install QEMU 8.0 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`],
   },
-  "vm-config": {
-    when: ({ vm }) => vm.some((c) => c.status === "fail"),
-    blocks: "qemu",
-    summary: "this VM's own configuration refuses postcopy, whatever the host allows",
-    evidence: [({ vm }) => vm.filter((c) => c.status === "fail").map((c) => `${c.id}: ${c.detail}`)],
-    fix: [({ vm }) => vm.flatMap((c) => (c.status === "fail" && c.hint ? [c.hint] : []))],
-  },
   "missing-feature": {
     when: ({ checks }) => missingOf(checks).length > 0,
     blocks: "features",
@@ -1229,7 +1173,11 @@ const CAUSES = {
     ],
   },
 } satisfies Record<string, Cause>;
-export type CauseId = keyof typeof CAUSES;
+/** Every cause's id: this table's, and those of the rows --pid adds (pid.ts, vm.ts). */
+export type CauseId =
+  | keyof typeof CAUSES
+  | keyof typeof import("./pid.ts").CAUSES
+  | keyof typeof import("./vm.ts").CAUSES;
 export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
 
 /**
@@ -1237,10 +1185,10 @@ export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
  * fixes this host takes first and the upgrade paths after them, each fix once. Nothing that blocks
  * nothing is a cause, only a note (huge pages).
  */
-export function diagnose(s: Seen): Diagnosis[] {
+export function diagnose(s: Seen, more: Record<string, Cause> = {}): Diagnosis[] {
   const rank = ([, c]: [CauseId, Cause]) => (c.blocks === "note" ? 2 : c.upgrade?.(s) ? 1 : 0);
   const given = new Set<string>();
-  return (Object.entries(CAUSES) as [CauseId, Cause][])
+  return (Object.entries({ ...CAUSES, ...more }) as [CauseId, Cause][])
     .filter(([, c]) => c.when(s) && (c.blocks === "note" || BLOCKS[c.blocks](s).length > 0))
     .sort((x, y) => rank(x) - rank(y))
     .map(([cause, c]) => {
@@ -1252,35 +1200,20 @@ export function diagnose(s: Seen): Diagnosis[] {
 
 // ── Report: the pipeline, then one renderer ──
 
-/** What the extra checks of --qemu and --pid could leave unanswered: each reason, when it holds. */
 /** Why the run could not answer what was asked, each reason with what would settle it: the exit status is then 2. */
-function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context) {
+function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context): Unjudged[] {
   const asked = learnt.qemu?.answer;
-  const pid = context?.process?.pid;
-  const reasons: Array<[why: string, settle: string] | null> = [
-    opts.qemu !== null && !asked
-      ? [`--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`, "give --qemu the path of the QEMU that will run"]
-      : null,
+  const qemu: Unjudged = [
+    `--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`,
+    "give --qemu the path of the QEMU that will run",
+  ];
+  return [
+    ...(opts.qemu !== null && !asked ? [qemu] : []),
     ...opts.require
       .filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked))
-      .map((c): [string, string] => [`${c}: ${judged.unknown[c]![0]}`, judged.unknown[c]![1]]),
-    context?.qemu && !context.qemu.version
-      ? [
-          `--pid: ${context.qemu.error}`,
-          `read it from its bytes yourself: strings /proc/${pid}/exe | grep 'QEMU emulator version'`,
-        ]
-      : null,
-    context?.filterUnread
-      ? [
-          `--pid: ${context.filterUnread}`,
-          "let the probe stop the process a moment: no other tracer, and Yama's ptrace_scope below 3",
-        ]
-      : null,
-    context?.apparmorUnread
-      ? [`--pid: ${context.apparmorUnread}`, "load the process's AppArmor profile (apparmor_parser -r), then ask again"]
-      : null,
+      .map((c): Unjudged => [`${c}: ${judged.unknown[c]![0]}`, judged.unknown[c]![1]]),
+    ...(context?.unanswered ?? []),
   ];
-  return reasons.filter((r) => r !== null);
 }
 
 /** The pipeline, without printing: checks, capabilities judged, the diagnosis, and the postcopy-probe/1 document. */
@@ -1298,7 +1231,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     sysctlSource: learnt.answers?.syscall === "EPERM" ? sysctlSource(sys) : null,
     kernelConfig: learnt.answers?.syscall === "ENOSYS" ? kernelConfig(sys, facts.kernel) : null,
   };
-  const seen = { f, checks, failing, qemu: learnt.qemu, vm: context?.checks ?? [] };
+  const seen = { f, checks, failing, qemu: learnt.qemu };
   const why = unanswered(opts, judged, learnt, context);
   const known = why.length === 0;
   const trip = learnt.trips["kernel-write"];
@@ -1321,7 +1254,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     capabilities: judged.ok,
     /** Capabilities the run could not judge. */
     undetermined: judged.undetermined,
-    diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }) : [],
+    diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }, context?.causes) : [],
     /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
     required: { capabilities: opts.require, ok: known ? opts.require.every((c) => decisive[c]) : null },
     /** The kernel-mode write trip decides for QEMU: its result and time, when it ran. */

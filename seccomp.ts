@@ -236,6 +236,8 @@ export type FilterVerdict = {
   says: Partial<Record<Route | "device-node", string>>;
   /** Routes no filter can decide ahead: a supervisor (USER_NOTIF) or a tracer (TRACE) answers. */
   undecided: Route[];
+  /** The rule a Docker-format profile needs for what the filters refused: those calls, allowed. */
+  fix: string;
 };
 
 /**
@@ -266,7 +268,7 @@ export function verdicts(filters: Insn[][], archName: string, pageSize: number):
     syscall: [["userfaultfd(2)", call("userfaultfd", flags)], ...ioctls, ...memory],
     "user-mode-only": [["userfaultfd(UFFD_USER_MODE_ONLY)", call("userfaultfd", flags | K.UFFD_USER_MODE_ONLY)]],
   };
-  const verdict: FilterVerdict = { answers: {}, says: {}, undecided: [] };
+  const verdict: FilterVerdict = { answers: {}, says: {}, undecided: [], fix: "" };
   for (const [route, steps] of Object.entries(routes) as Array<[Route | "device-node", Array<[string, Call]>]>) {
     for (const [name, c] of steps) {
       const { value, filter } = combined(filters, c);
@@ -286,6 +288,9 @@ export function verdicts(filters: Insn[][], archName: string, pageSize: number):
   // The node's open() refused is the device's route refused.
   verdict.answers.device ??= verdict.answers["device-node"];
   if (verdict.answers["device-node"]) verdict.says.device ??= verdict.says["device-node"];
+  const names = [...new Set(Object.values(verdict.says).map((said) => said!.split("(")[0]))];
+  const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
+  verdict.fix = `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   # its profile, allowing what QEMU calls`;
   return verdict;
 }
 const ioctlName = (request: bigint) =>

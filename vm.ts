@@ -1,0 +1,175 @@
+/**
+ * This VM's configuration, read from a --pid process's command line: its memory backends and devices,
+ * each judged as the QEMU that runs it judges them. context.ts loads this file only for --pid.
+ *
+ * ```ts
+ * import { configChecks } from "./vm.ts";
+ * const { checks, needs } = configChecks(view); // [vm-memory, vm-devices], the features the RAM needs
+ * ```
+ */
+
+import type { Cause, Check } from "./probe.ts";
+
+/** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */
+type Props = Record<string, unknown>;
+function optionValue(value: string, first: string): Props {
+  if (value.startsWith("{")) {
+    try {
+      const parsed = JSON.parse(value);
+      return parsed && typeof parsed === "object" ? parsed : {};
+    } catch {
+      return {};
+    }
+  }
+  const parts = value
+    .replaceAll(",,", "\0")
+    .split(",")
+    .map((p) => p.replaceAll("\0", ","));
+  return Object.fromEntries(
+    parts.map((p, i) => (p.includes("=") ? p.split(/=(.*)/s).slice(0, 2) : i === 0 ? [first, p] : [p, "on"])),
+  );
+}
+const on = (v: unknown) => ["on", "true", "yes", true].includes(v as string);
+
+/** What the VM checks need to know of the process: its arguments, locked memory, and how it sees its files. */
+export type VmView = {
+  /** Its arguments. */
+  cmdline: string[];
+  /** Its locked memory (VmLck), null when unread. */
+  vmLckKb: number | null;
+  /** Its cwd as it names it, null when unread. */
+  cwd: string | null;
+  /** Its mounts (mountinfo), null when unread. */
+  mounts: Array<{ id: number; type: string }> | null;
+  /** The files it holds open, by the path it knows them by, and the mount each is on. */
+  files: () => Array<{ path: string | null; mnt: number }>;
+  /** The file system of a path walked inside the process's root. */
+  walk: (path: string) => { type: string | null; how: string };
+};
+/** A path made absolute against `cwd` and without `.` and `..`, as the kernel would name it (links aside). */
+function absolute(path: string, cwd: string) {
+  const parts: string[] = [];
+  for (const p of `${path.startsWith("/") ? "" : cwd}/${path}`.split("/"))
+    if (p === "..") parts.pop();
+    else if (p && p !== ".") parts.push(p);
+  return `/${parts.join("/")}`;
+}
+/**
+ * The file system a mem-path is on, as the process sees it: the mount of the RAM file QEMU holds open
+ * there, else of the path walked inside its root (`f.walk`), never looking into a FUSE mount (it may
+ * never answer). A null type, and why, when the probe could not tell.
+ */
+function memPathOn(path: string, f: VmView): { type: string | null; how: string } {
+  if (!path.startsWith("/") && f.cwd === null)
+    return { type: null, how: "relative, and the process's cwd is unreadable" };
+  if (f.mounts === null) return { type: null, how: "the process's mount table is unreadable" };
+  const at = absolute(path, f.cwd ?? "/");
+  const under = (p: string) => p === at || p.startsWith(at === "/" ? "/" : `${at}/`);
+  const open = f.files().find((file) => file.path !== null && under(file.path));
+  const held = open && f.mounts.find((m) => m.id === open.mnt);
+  return held ? { type: held.type, how: "the RAM file QEMU holds open" } : f.walk(at);
+}
+
+/**
+ * The VM's configuration, from its command line (`-x` and `--x` alike): memory backends (file-backed RAM
+ * must be on tmpfs or hugetlbfs; shared memory needs MISSING_SHMEM, huge pages MISSING_HUGETLBFS) and
+ * devices that block or endanger postcopy, each with QEMU's own message.
+ */
+export function configChecks(f: VmView) {
+  const args = f.cmdline.map((a) => (/^--[a-z]/.test(a) ? a.slice(1) : a));
+  const values = (opt: string, first: string) =>
+    args.flatMap((a, i) => (args[i - 1] === opt ? [optionValue(a, first)] : []));
+  const backends = values("-object", "qom-type").filter((o) => String(o["qom-type"]).startsWith("memory-backend"));
+  const memPaths = [
+    ...backends.map((b) => b["mem-path"]),
+    ...args.filter((_, i) => args[i - 1] === "-mem-path"),
+  ].filter((p): p is string => typeof p === "string" && p !== "");
+  const memory: string[] = [];
+  let status: Check["status"] = "pass";
+  const needs = new Set<"postcopy-hugetlbfs" | "postcopy-shmem">();
+  for (const path of memPaths) {
+    const { type, how } = memPathOn(path, f);
+    if (type === "hugetlbfs") needs.add("postcopy-hugetlbfs");
+    else if (type === "tmpfs") needs.add("postcopy-shmem");
+    else if (type === null) {
+      if (status === "pass") status = "skip";
+      memory.push(`could not tell what mem-path ${path} is on: ${how}`);
+    } else {
+      status = "fail";
+      memory.push(`mem-path ${path} is on ${type} (by ${how}): ${NOT_TMPFS}`);
+    }
+  }
+  if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) needs.add("postcopy-shmem");
+  const kind = needs.has("postcopy-shmem") ? "shared memory (memfd or share=on)" : "anonymous RAM";
+  if (memory.length === 0)
+    memory.push(memPaths.length ? `file-backed RAM on tmpfs or hugetlbfs: ${memPaths.join(", ")}` : kind);
+  // postcopy_ram_supported_by_host() calls munlockall(); QEMU locks the memory again once postcopy ends.
+  const locks = [...values("-overcommit", "mem-lock"), ...values("-realtime", "mlock")];
+  if (f.vmLckKb || locks.some((o) => on(o["mem-lock"]) || on(o.mlock)))
+    memory.push(
+      `memory locked (VmLck ${f.vmLckKb ?? "unknown"} kB): QEMU unlocks it for postcopy, then locks it again`,
+    );
+  const hint = "give the memory backend a mem-path on tmpfs (/dev/shm) or hugetlbfs (/dev/hugepages)";
+  const mem: Check = {
+    id: "vm-memory",
+    title: "this VM's memory backends",
+    status,
+    detail: memory.join("; "),
+    hint,
+  };
+  const devices = devicesCheck(values("-device", "driver"), values("-netdev", "type"), values("-chardev", "backend"));
+  return { checks: [mem, devices], needs: [...needs] };
+}
+
+const NOT_TMPFS =
+  '"Host backend files need to be TMPFS or HUGETLBFS only" ' +
+  "(QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)";
+
+/** Devices that refuse or endanger postcopy, as QEMU says it (and as measured where QEMU accepts). */
+function devicesCheck(devices: Props[], netdevs: Props[], chardevs: Props[]): Check {
+  const drivers = devices.map((d) => String(d.driver));
+  /** A vhost-user device or netdev, named with its backend's socket (the chardev it refers to). */
+  const named = (what: string, o: Props) => {
+    const socket = chardevs.find((c) => c.id === o.chardev)?.path;
+    return socket ? `${what} (socket ${socket})` : what;
+  };
+  const found: Array<[Check["status"], string]> = [];
+  if (drivers.some((d) => d.startsWith("vfio")))
+    found.push([
+      "fail",
+      `vfio: "VFIO migration is not supported with postcopy migration" (QEMU 8.2+; before, VFIO blocks migration)`,
+    ]);
+  const vhostUser = [
+    ...devices.filter((d) => String(d.driver).startsWith("vhost-user")).map((d) => named(String(d.driver), d)),
+    ...netdevs.filter((n) => n.type === "vhost-user").map((n) => named(`netdev ${n.id}`, n)),
+  ];
+  const refused = '"vhost-user backend not capable of postcopy"';
+  if (vhostUser.length)
+    found.push([
+      "warn",
+      `${vhostUser.join(", ")}: the backend must offer VHOST_USER_PROTOCOL_F_PAGEFAULT, else ${refused}`,
+    ]);
+  if (devices.some((d) => String(d.driver).startsWith("virtio-balloon") && on(d["free-page-hint"])))
+    found.push([
+      "warn",
+      "virtio-balloon free-page-hint: QEMU 7.2 and 10 accept postcopy with it; hinted pages and postcopy do not mix",
+    ]);
+  const status = found.some(([s]) => s === "fail") ? "fail" : found.length ? "warn" : "pass";
+  const detail = found.length
+    ? found.map(([, d]) => d).join("; ")
+    : `devices: ${drivers.length}, none that refuses postcopy`;
+  const hint = "detach the VFIO device before a postcopy migration, or migrate it without postcopy";
+  return { id: "vm-devices", title: "this VM's devices", status, detail, hint };
+}
+
+/** The cause this VM's configuration can be, as a row of probe.ts's table (its README entry too). */
+export const CAUSES = {
+  "vm-config": {
+    when: ({ checks }) => checks.some((c) => c.id.startsWith("vm-") && c.status === "fail"),
+    blocks: "qemu",
+    summary: "this VM's own configuration refuses postcopy, whatever the host allows",
+    evidence: [({ checks }) => vmFailing(checks).map((c) => `${c.id}: ${c.detail}`)],
+    fix: [({ checks }) => vmFailing(checks).flatMap((c) => (c.hint ? [c.hint] : []))],
+  },
+} satisfies Record<string, Cause>;
+const vmFailing = (checks: Check[]) => checks.filter((c) => c.id.startsWith("vm-") && c.status === "fail");
