@@ -281,22 +281,24 @@ function qemuAnswers(a: Answers, f: Facts, qemu: Qemu | null): Answers {
 // ── Checks: QEMU's sequence, one row per check; what they learn ──
 
 /** What the checks learn, in the order they learn it: one typed record, which runChecks() returns. */
-export type Learnt = {
+export type Learnt = ReturnType<typeof learntAtStart>;
+/** What is known before the first check: at most the QEMU a context (--user, --pid) already found. */
+const learntAtStart = (qemu: Qemu | null) => ({
   /** uffd-open: each route's answer. */
-  answers: Answers | null;
+  answers: null as Answers | null,
   /** The route the checks after uffd-open use: a kernel-mode uffd when there is one. */
-  route: Route | null;
+  route: null as Route | null,
   /** uffd-api: the features the kernel offers. */
-  features: bigint | null;
+  features: null as bigint | null,
   /** qemu-route: the QEMU that will run, read only when it matters. */
-  qemu: Qemu | null;
+  qemu,
   /** qemu-route: the way the deciding QEMU takes, and whether only its file capability opens it. */
-  qemuRoute: { route: Route; byFileCap: boolean } | null;
+  qemuRoute: null as { route: Route; byFileCap: boolean } | null,
   /** round-trip: each fault, served or not. */
-  trips: Record<string, TripResult>;
+  trips: {} as Record<string, TripResult>,
   /** The checks a limit of the probe's own process (EMFILE, ENOMEM, ...) kept from running. */
-  limited: string[];
-};
+  limited: [] as string[],
+});
 type Probe = { sys: Sys; facts: Facts; opts: Options; learnt: Learnt };
 type Head = Pick<Check, "id" | "title">;
 
@@ -562,10 +564,7 @@ const CHECKS: Step[] = [
 
 /** Runs every check in order (a check whose prerequisite is missing is skipped, saying which): the checks and what they learnt. */
 export async function runChecks(sys: Sys, facts: Facts, opts: Options, context?: Context) {
-  const learnt: Learnt = {
-    ...{ answers: null, route: null, features: null, qemu: context?.qemu ?? null, qemuRoute: null },
-    ...{ trips: {}, limited: [] },
-  };
+  const learnt = learntAtStart(context?.qemu ?? null);
   const p: Probe = { sys, facts, opts, learnt };
   const checks: Check[] = [];
   for (const [id, title, needs, run] of CHECKS) {
