@@ -440,11 +440,10 @@ function checkFeatures(p: Probe, head: Head): Check {
   return result(head, "warn", "UFFD_FEATURE_THREAD_ID not offered: no postcopy-blocktime", { missing });
 }
 
-const CRIU_EVENTS = featureMask("EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVENT_REMOVE");
+const CRIU_EVENTS = ["EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVENT_REMOVE"];
 function checkCriu(p: Probe, head: Head): Check {
-  const api = handshake(p, head, CRIU_EVENTS, "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE");
-  if (api instanceof BigUint64Array)
-    return result(head, "pass", "EVENT_FORK, EVENT_REMAP, EVENT_UNMAP, EVENT_REMOVE granted");
+  const api = handshake(p, head, featureMask(...CRIU_EVENTS), `UFFDIO_API with ${CRIU_EVENTS.join("|")}`);
+  if (api instanceof BigUint64Array) return result(head, "pass", `${CRIU_EVENTS.join(", ")} granted`);
   // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
   if (api.errno !== "EPERM") return api;
   return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE: run CRIU as root)` };
