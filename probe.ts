@@ -105,9 +105,6 @@ export const typeOf = (mode: number) => TYPES[(mode & K.S_IFMT) >> 12] ?? ["?", 
 
 export const DEVICE = "/dev/userfaultfd";
 export const CAP_SYS_PTRACE = 19n;
-const QEMU_USERS = ["qemu", "libvirt-qemu"];
-/** The tools a fix may use, when this host has them. */
-const TOOLS = ["setfacl", "udevadm", "setcap"];
 /** libvirt's own default cgroup_device_acl (qemu.conf), which a fix must keep. */
 const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm", "userfaultfd"].map((d) => `/dev/${d}`);
 
@@ -166,9 +163,10 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
     gvisor: /gvisor/i.test(version) || version.includes("Sun Jan 10 15:06:54 PST 2016"),
     libvirt,
     // The user QEMU runs as here: libvirt's setting, else a user named like QEMU's.
-    qemuUser: libvirt?.user ?? QEMU_USERS.find((u) => passwd.some((r) => r[0] === u)) ?? null,
+    qemuUser: libvirt?.user ?? ["qemu", "libvirt-qemu"].find((u) => passwd.some((r) => r[0] === u)) ?? null,
     kvmGroup: groups.some((g) => g[0] === "kvm"),
-    tools: TOOLS.filter((t) => Bun.which(t)),
+    // The tools a fix may use, when this host has them.
+    tools: ["setfacl", "udevadm", "setcap"].filter((t) => Bun.which(t)),
     /** --pid: its seccomp filters' answer for each route (seccomp.ts), which comes before the kernel's. */
     filter: null as FilterVerdict | null,
     /** --pid: the AppArmor profile the process runs under, taken on to answer the routes (apparmor.ts). */
