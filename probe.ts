@@ -211,9 +211,9 @@ const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 export type Answers = Record<Route | "device-node", string>;
 const UFFD_FLAGS = K.O_CLOEXEC | K.O_NONBLOCK;
 
-/** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
 /** Where the device is, or the errno its route answers without an open(). */
 type Device = Pick<Facts, "device" | "deviceSays">;
+/** A new uffd through one route; the device's own fd is closed before returning, its open() told to `node`. */
 function openRoute(sys: Sys, facts: Device, route: Route, node?: (r: R) => void): R {
   if (route === "syscall") return sys.userfaultfd(UFFD_FLAGS);
   if (route === "user-mode-only") return sys.userfaultfd(UFFD_FLAGS | K.UFFD_USER_MODE_ONLY);
@@ -249,8 +249,7 @@ export type ConsumerName = keyof typeof CONSUMERS;
 /** What a consumer gets: the answer on the route it takes. */
 const answerOf = (consumer: ConsumerName, a: Answers) => a[CONSUMERS[consumer](a).at(-1)!];
 /** The QEMU consumer that decides: the installed (or given) QEMU's version; 8.0 and later when unknown. */
-const qemuConsumer = (q: Qemu | null): ConsumerName =>
-  q?.major !== undefined && q.major < 8 ? "qemu<8.0" : "qemu>=8.0";
+const qemuConsumer = (q: Qemu | null): ConsumerName => ((q?.major ?? 8) < 8 ? "qemu<8.0" : "qemu>=8.0");
 
 /** The kernel's capability and sysctl gate is open: it would not say EPERM (the sysctl at 1, or CAP_SYS_PTRACE). */
 const permitted = (f: Facts) =>
