@@ -361,11 +361,10 @@ function checkOpen(p: Probe, head: Head): Check {
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
   const route = ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
-  const said = `${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}, user-mode-only: ${a["user-mode-only"]}`;
-  if (Object.values(a).some((e) => LIMITS.includes(e))) return ownLimit(p, head, said, { routes: a });
-  if (route === "device" || route === "syscall")
-    return result(head, "pass", `${said}; checks use ${route}`, { routes: a });
-  return result(head, "fail", said, { routes: a, errno: a.syscall });
+  const heard = `${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}, user-mode-only: ${a["user-mode-only"]}`;
+  if (Object.values(a).some((e) => LIMITS.includes(e))) return ownLimit(p, head, heard, { routes: a });
+  if (route === null || route === "user-mode-only") return result(head, "fail", heard, { routes: a, errno: a.syscall });
+  return result(head, "pass", `${heard}; checks use ${route}`, { routes: a });
 }
 
 /** The QEMU that will run, read only when it matters: its version splits the routes, or its file capability counts. */
@@ -382,9 +381,8 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   learnt.qemuRoute = { route, byFileCap: answer === "ok" && a[route] !== "ok" };
   const via = learnt.qemuRoute.byFileCap ? " (by its cap_sys_ptrace file capability)" : "";
   if (split && !q?.version) {
-    const both = "yes for QEMU 8.0 and later, no before 8.0";
-    const why = `${q?.error ?? "no QEMU found"}; ${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}: ${both}`;
-    return result(head, "warn", why);
+    const why = `${q?.error ?? "no QEMU found"}; ${DEVICE}: ${a.device}, userfaultfd(2): ${a.syscall}`;
+    return result(head, "warn", `${why}: yes for QEMU 8.0 and later, no before 8.0`);
   }
   const who = q?.version ? `QEMU ${q.version} (${q.path})` : "QEMU";
   return result(head, answer === "ok" ? "pass" : "fail", `${who} uses ${route}: ${answer}${via}`);
