@@ -255,16 +255,14 @@ const qemuConsumer = (q: Qemu | null): ConsumerName => ((q?.major ?? 8) < 8 ? "q
 const permitted = (f: Facts) =>
   f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
 const filtered = (f: Facts) => f.seccomp === 2 && !f.gvisor;
-/** UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's. */
-function userModeOnlyExists(f: Facts) {
-  const [major, minor] = f.kernel.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0);
-  return major > 5 || (major === 5 && minor >= 11);
-}
 /** A seccomp filter, not the kernel, refuses userfaultfd(2): ENOSYS, or EPERM where the kernel would allow it. */
-const filterDeniesSyscall = (f: Facts, a: Answers) =>
-  filtered(f) &&
-  (a.syscall === "ENOSYS" ||
-    (a.syscall === "EPERM" && (permitted(f) || (a["user-mode-only"] === "EPERM" && userModeOnlyExists(f)))));
+function filterDeniesSyscall(f: Facts, a: Answers) {
+  const [major, minor] = f.kernel.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0);
+  // UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's.
+  const userModeOnlyExists = major > 5 || (major === 5 && minor >= 11);
+  const epermIsTheFilters = permitted(f) || (a["user-mode-only"] === "EPERM" && userModeOnlyExists);
+  return filtered(f) && (a.syscall === "ENOSYS" || (a.syscall === "EPERM" && epermIsTheFilters));
+}
 /** libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists. */
 const libvirtHidesDevice = (f: Facts) => !!f.libvirt?.deviceAcl && !f.libvirt.deviceAcl.includes(DEVICE);
 /** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
