@@ -515,7 +515,7 @@ async function register(p: Probe, spec: Registration): Promise<Check> {
   const range = { ...spec, len, features: feature };
   const checked = await registered(p.sys, p.facts, p.learnt.route!, range, (fd, _, reg) => {
     const r = p.sys.ioctl(fd, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
-    if (r.ret < 0) return failed(p, spec, said("UFFDIO_UNREGISTER", r));
+    if (r.ret < 0) return said("UFFDIO_UNREGISTER", r);
     const detail = `${len} B page, ioctls 0x${reg[3].toString(16)}`;
     const offered = offering(spec, reg[3], detail, ioctls, "map features");
     if (offered.status === "fail" || spec.kind !== "hugetlb" || p.facts.nrHugepages !== 0) return offered;
@@ -527,9 +527,8 @@ async function register(p: Probe, spec: Registration): Promise<Check> {
 function checkRunAs(p: Probe, head: Head): Check {
   const { uid, user, qemuUser } = p.facts;
   const kept = uid !== 0 && p.facts.capSysPtrace ? ", keeping QEMU's CAP_SYS_PTRACE" : "";
-  if (p.opts.user)
-    return result(head, "pass", `probing as ${user} (uid ${uid}), as --${p.opts.pid ? "pid" : "user"} asked${kept}`);
-  if (uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})`);
+  const asked = p.opts.user ? `, as --${p.opts.pid ? "pid" : "user"} asked${kept}` : "";
+  if (p.opts.user || uid !== 0 || !qemuUser) return result(head, "pass", `probing as ${user} (uid ${uid})${asked}`);
   const hint = `postcopy-probe --user ${sh(qemuUser)}`;
   return result(head, "warn", `root's answer may not be QEMU's: QEMU runs as ${qemuUser} here; run ${hint}`, { hint });
 }
