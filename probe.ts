@@ -1193,17 +1193,13 @@ export function diagnose(s: Seen, more: Record<string, Cause> = {}): Diagnosis[]
 /** Why the run could not answer what was asked, each reason with what would settle it: the exit status is then 2. */
 function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context): Unjudged[] {
   const asked = learnt.qemu?.answer;
-  const qemu: Unjudged = [
-    `--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`,
-    "give --qemu the path of the QEMU that will run",
-  ];
-  return [
-    ...(opts.qemu !== null && !asked ? [qemu] : []),
-    ...opts.require
-      .filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked))
-      .map((c): Unjudged => [`${c}: ${judged.unknown[c]![0]}`, judged.unknown[c]![1]]),
-    ...(context?.unanswered ?? []),
-  ];
+  const why: Unjudged[] = [];
+  if (opts.qemu !== null && !asked)
+    why.push([`--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`, "give --qemu the path of the QEMU that will run"]);
+  // QEMU's own answer settles postcopy-ram, whatever the probe could not judge of it.
+  for (const cap of opts.require.filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked)))
+    why.push([`${cap}: ${judged.unknown[cap]![0]}`, judged.unknown[cap]![1]]);
+  return [...why, ...(context?.unanswered ?? [])];
 }
 
 /** The pipeline, without printing: checks, capabilities judged, the diagnosis, and the postcopy-probe/1 document. */
