@@ -1267,22 +1267,22 @@ const WIDTH = 72;
 function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
   const { host, probe: own, qemu, postcopy } = report;
   const word = (yes: boolean | null) => yesNo(yes === true, yes ? "SUPPORTED" : "NOT SUPPORTED");
-  const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
   const whose = qemu ? `QEMU ${qemu.version}'s own answer` : `${own.qemu} postcopy-ram`;
-  const split = before !== null && after !== null && before !== after;
-  const unknown = own.qemu === "QEMU" && !qemu && split;
-  const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
-  const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`;
-  const answer = unknown ? both : unjudged ? "UNKNOWN" : word(postcopy);
-  const line = `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
+  const line = (answer: string) => `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
   // Could not answer: never a yes or a no beside it, but why, and what would settle it.
   if (report.error) {
     const why = report.error.replace(/^could not answer what was asked: /, "");
-    const unknownLine = `Postcopy live migration (${whose}): UNKNOWN for ${host.user} (uid ${host.uid}): ${why}`;
-    return [unknownLine, ...(report.settle ?? []).map((s) => `  To settle it: ${s}`)];
+    return [`${line("UNKNOWN")}: ${why}`, ...(report.settle ?? []).map((s) => `  To settle it: ${s}`)];
   }
+  const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
+  // Without QEMU's own answer, QEMU before and after 8.0 may differ: both are said, in one line if no version is known.
+  const split = !qemu && before !== null && after !== null && before !== after;
+  const unversioned = split && own.qemu === "QEMU";
+  const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
+  const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`;
+  const answer = unversioned ? both : unjudged ? "UNKNOWN" : word(postcopy);
   const [other, theirs] = own.consumer === "qemu<8.0" ? ["8.0 and later", after] : ["before 8.0", before];
-  return !qemu && !unknown && split ? [line, `  QEMU ${other} would be ${word(theirs)} here`] : [line];
+  return split && !unversioned ? [line(answer), `  QEMU ${other} would be ${word(theirs)} here`] : [line(answer)];
 }
 
 /** The human report, in the style of virt-host-validate: every string in it shown(). */
