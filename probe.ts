@@ -1382,7 +1382,7 @@ const defaults = () => ({
 type Parsed = ReturnType<typeof defaults>;
 /** One option: its names, its value (in brackets when optional), the help, and what it sets. */
 type Option = [names: string, value: string, help: string, set: (o: Parsed, v: string) => unknown];
-const FORMATS: Format[] = ["human", "json", "prometheus"];
+const FORMATS = Object.keys(RENDERERS) as Format[];
 const capabilityList = (v: string) => [...new Set(v.split(",").map((c) => oneOf(c, CAPABILITIES, "capability")))];
 /** The command line, as data. */
 const OPTIONS: Option[] = [
@@ -1399,8 +1399,7 @@ const OPTIONS: Option[] = [
   ["-h, --help", "", "this text", (o) => (o.help = true)],
   ["-V, --version", "", "the version", (o) => (o.version = true)],
 ];
-const usageOf = ([names, value]: (typeof OPTIONS)[number]) =>
-  `[${names.split(", ").at(-1)}${value ? ` ${value}` : ""}]`;
+const usageOf = ([names, value]: Option) => `[${names.split(", ").at(-1)}${value ? ` ${value}` : ""}]`;
 const USAGE = `Usage: postcopy-probe ${OPTIONS.map(usageOf).join(" ")}`;
 const HELP = `${USAGE}
 
@@ -1414,8 +1413,7 @@ Exit status: 0 postcopy supported, 1 not supported, 2 the probe could not answer
 export function parseArgs(argv: string[], env: Record<string, string | undefined> = process.env, tty = false) {
   const opts = { ...defaults(), color: tty && !env.NO_COLOR && env.TERM !== "dumb" };
   for (let i = 0; i < argv.length; i++) {
-    const split = argv[i].startsWith("--") && argv[i].includes("=");
-    const [name, inline] = split ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
+    const [name, inline] = argv[i].startsWith("--") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
     const option = OPTIONS.find(([names]) => names.split(", ").includes(name));
     if (!option) throw new UsageError(`Unknown option ${quoted(argv[i])}`);
     const [, value, , set] = option;
