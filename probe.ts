@@ -1442,8 +1442,7 @@ function emit(sys: Sys | null, text: string, output: string | null) {
   if (!sys) return console.log(text.trimEnd());
   // Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout we inherited ever is.
   const flags = field(sys.readText("/proc/self/fdinfo/1"), "flags");
-  if (flags && (Number.parseInt(flags, 8) & K.O_CLOEXEC) !== 0)
-    throw new Error("Cannot write the report: stdout is closed");
+  if (flags && Number.parseInt(flags, 8) & K.O_CLOEXEC) throw new Error("Cannot write the report: stdout is closed");
   const bytes = new TextEncoder().encode(text);
   for (let at = 0, tries = 0; at < bytes.length; ) {
     const r = sys.write(1, bytes.subarray(at));
