@@ -1459,9 +1459,7 @@ const loadTextfile = () => require("./textfile.ts") as typeof import("./textfile
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
-  const format = formatAsked(argv);
   let [sys, output]: [Sys | null, string | null] = [null, null];
-  let progress: ReturnType<typeof import("./bench.ts").progressLine> | undefined;
   try {
     const opts = parseArgs(argv, process.env);
     output = opts.output;
@@ -1489,20 +1487,21 @@ export async function main(argv = process.argv.slice(2)) {
     const facts = readFacts(sys, context?.device, context?.facts);
     const report: Report = await probe(sys, facts, opts, context);
     if (opts.bench) {
-      progress = sys.isatty(2) ? loadBench().progressLine(sys, opts.bench) : undefined;
-      report.bench = await loadBench().bench(sys, facts, report, opts, progress?.show);
-      progress?.erase();
-      progress = undefined;
+      const progress = sys.isatty(2) ? loadBench().progressLine(sys, opts.bench) : undefined;
+      try {
+        report.bench = await loadBench().bench(sys, facts, report, opts, progress?.show);
+      } finally {
+        progress?.erase();
+      }
     }
     emit(sys, RENDERERS[opts.format](report, opts), output);
     if (report.error) console.error(`postcopy-probe: ${shown(report.error)}`);
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
-    progress?.erase();
     const usage = (e as Error).name === "UsageError" || e instanceof UsageError;
     console.error(`postcopy-probe: ${shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);
     try {
-      emit(sys, errorDocument(format, (e as Error).message), output);
+      emit(sys, errorDocument(formatAsked(argv), (e as Error).message), output);
     } catch {
       // the message above already says why
     }
