@@ -1367,7 +1367,6 @@ const defaults = () => ({
   require: ["postcopy-ram"] as Capability[], // the capabilities the exit status stands for
   quiet: false,
   targetPageSize: 4096,
-  color: false,
   boundMs: BOUND_MS,
   bench: 0, // faults to serve in --bench; 0 when not benchmarking
   user: null as string | null, // --user: answer for this user, from a child with its ids
