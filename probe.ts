@@ -906,6 +906,8 @@ const BLOCKS = {
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
   note: () => [] as Capability[],
 };
+/** Where a cause's gate stands: its row in BLOCKS. */
+type Place = keyof typeof BLOCKS;
 /** The feature and ioctl names a capability's checks ask for. */
 const needed = (cap: Capability) => {
   const need: Need = NEEDS[cap];
@@ -981,14 +983,7 @@ function setcap({ f, qemu }: Seen) {
 type Says = string | ((s: Seen) => string | string[] | null);
 const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
 /** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, what it says and runs. */
-export type Cause = {
-  when: Gate;
-  blocks: keyof typeof BLOCKS;
-  upgrade?: Gate;
-  summary: Says;
-  evidence: Says[];
-  fix: Says[];
-};
+export type Cause = { when: Gate; blocks: Place; upgrade?: Gate; summary: Says; evidence: Says[]; fix: Says[] };
 /**
  * The decision table, in the order to act on the causes. An upgrade path (a newer kernel or QEMU)
  * comes after the fixes this host takes, whatever its place here.
@@ -1164,10 +1159,7 @@ const CAUSES = {
   },
 } satisfies Record<string, Cause>;
 /** Every cause's id: this table's, and those of the rows --pid adds (pid.ts, vm.ts). */
-export type CauseId =
-  | keyof typeof CAUSES
-  | keyof typeof import("./pid.ts").CAUSES
-  | keyof typeof import("./vm.ts").CAUSES;
+export type CauseId = keyof (typeof CAUSES & typeof import("./pid.ts").CAUSES & typeof import("./vm.ts").CAUSES);
 export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
 
 /**
