@@ -872,12 +872,9 @@ function kernelConfig(sys: Sys, release: string) {
 export type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
 type Gate = (s: Seen) => boolean;
 export type Diagnosis = { cause: CauseId; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
-const refused = (answer: string) => answer !== "ok";
 const missingOf = (checks: Check[]) => checks.flatMap((c) => c.missing ?? []);
 // The gates more than one cause reads.
 const selinuxDenies: Gate = ({ f, a }) => f.selinux === "enforcing" && [a.syscall, a["device-node"]].includes("EACCES");
-const ptraceOnlyInUserNamespace: Gate = ({ f }) =>
-  f.unprivilegedUserfaultfd === 0 && f.capSysPtrace === true && f.userNamespace === true;
 
 /** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
 const through =
@@ -885,7 +882,7 @@ const through =
   ({ f, a, failing, qemu }: Seen) =>
     failing.filter((cap) => {
       const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
-      return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && refused(answers[route]);
+      return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && answers[route] !== "ok";
     });
 /** Failing capabilities whose route is among those `answers` refuse. */
 const refusing = (answers: Partial<Answers>) => (s: Seen) => [
@@ -1002,7 +999,7 @@ const CAUSES = {
     fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
   },
   gvisor: {
-    when: ({ f, a }) => f.gvisor && refused(a.syscall),
+    when: ({ f, a }) => f.gvisor && a.syscall !== "ok",
     blocks: "kernel",
     summary: "gVisor's kernel does not implement userfaultfd",
     evidence: [({ f }) => `/proc/version: gVisor (release ${f.kernel})`, answered],
@@ -1105,18 +1102,19 @@ const CAUSES = {
     fix: [({ f }) => f.filter?.fix ?? null, ...SECCOMP],
   },
   "user-namespace": {
-    when: ptraceOnlyInUserNamespace,
+    when: ({ f }) => f.unprivilegedUserfaultfd === 0 && f.capSysPtrace === true && f.userNamespace === true,
     blocks: "syscall",
     summary: "CAP_SYS_PTRACE is held only inside a user namespace, where userfaultfd ignores it",
     evidence: [({ f }) => `uid_map: ${f.uidMap} (the initial user namespace has 0 0 4294967295)`, answered],
     fix: [`${SYSCTL}   # on the host`, (s) => `${persistSysctl(s)}   # on the host`],
   },
   "unprivileged-userfaultfd": {
-    when: (s) =>
-      !ptraceOnlyInUserNamespace(s) &&
-      (s.f.unprivilegedUserfaultfd === 0
-        ? s.f.capSysPtrace === false
-        : s.a.syscall === "EPERM" && s.a["user-mode-only"] === "ok" && !s.f.userNamespace),
+    // At 0 the sysctl refuses whoever lacks CAP_SYS_PTRACE (one held only in a user namespace is user-namespace's);
+    // otherwise an EPERM that UFFD_USER_MODE_ONLY escapes tells it.
+    when: ({ f, a }) =>
+      f.unprivilegedUserfaultfd === 0
+        ? f.capSysPtrace === false
+        : a.syscall === "EPERM" && a["user-mode-only"] === "ok" && !f.userNamespace,
     blocks: "syscall",
     summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
     evidence: [
@@ -1131,7 +1129,7 @@ const CAUSES = {
     fix: [SYSCTL, persistSysctl, (s) => (ofQemu(BLOCKS.syscall(s)).length ? setcap(s) : null)],
   },
   "qemu-before-8.0": {
-    when: ({ a, qemu }) => qemuConsumer(qemu) === "qemu<8.0" && refused(a.syscall) && a.device === "ok",
+    when: ({ a, qemu }) => qemuConsumer(qemu) === "qemu<8.0" && a.syscall !== "ok" && a.device === "ok",
     blocks: "qemu",
     upgrade: () => true,
     summary: ({ qemu }) =>
