@@ -877,27 +877,26 @@ const missingOf = (checks: Check[]) => checks.flatMap((c) => c.missing ?? []);
 const selinuxDenies: Gate = ({ f, a }) => f.selinux === "enforcing" && [a.syscall, a["device-node"]].includes("EACCES");
 
 /** Failing capabilities whose consumer takes `route` and is refused there: only those can a gate on it block. */
-const through =
-  (route: Route) =>
-  ({ f, a, failing, qemu }: Seen) =>
-    failing.filter((cap) => {
-      const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
-      return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && answers[route] !== "ok";
-    });
+function through({ f, a, failing, qemu }: Seen, route: Route) {
+  return failing.filter((cap) => {
+    const answers = NEEDS[cap].consumer === "qemu" ? qemuAnswers(a, f, qemu) : a;
+    return CONSUMERS[consumerOf(cap, qemu)](answers).includes(route) && answers[route] !== "ok";
+  });
+}
 /** Failing capabilities whose route is among those `answers` refuse. */
-const refusing = (answers: Partial<Answers>) => (s: Seen) => [
-  ...new Set(ROUTES.flatMap((r) => (answers[r] ? through(r)(s) : []))),
+const refusing = (s: Seen, answers: Partial<Answers>) => [
+  ...new Set(ROUTES.flatMap((r) => (answers[r] ? through(s, r) : []))),
 ];
 const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer === "qemu");
 /** What a cause can stand in the way of, by where its gate is. */
 const BLOCKS = {
   kernel: (s: Seen) => s.failing,
   // A filter of the process's refuses routes by name; the probe's own is told on the syscall's.
-  filtered: (s: Seen) => (s.f.filter ? refusing(s.f.filter.answers)(s) : through("syscall")(s)),
-  profiled: (s: Seen) => refusing(s.f.apparmor?.denied ?? {})(s),
-  device: through("device"),
-  syscall: through("syscall"),
-  "qemu-device": (s: Seen) => ofQemu(through("device")(s)),
+  filtered: (s: Seen) => (s.f.filter ? refusing(s, s.f.filter.answers) : through(s, "syscall")),
+  profiled: (s: Seen) => refusing(s, s.f.apparmor?.denied ?? {}),
+  device: (s: Seen) => through(s, "device"),
+  syscall: (s: Seen) => through(s, "syscall"),
+  "qemu-device": (s: Seen) => ofQemu(through(s, "device")),
   qemu: (s: Seen) => ofQemu(s.failing),
   features: ({ checks, failing }: Seen) =>
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
