@@ -934,6 +934,10 @@ const answered = ({ a }: Seen) => {
   const old = umo === "EINVAL" ? " (the flag came in Linux 5.11)" : "";
   return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${old}`;
 };
+/** What the device node's open() answered this user. */
+const openedAs = ({ f, a }: Seen) => `open as ${f.user}: ${a["device-node"]}`;
+/** The probe's own seccomp filters, as its status shows them. */
+const ownFilters = ({ f }: Seen) => `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`;
 const SYSCTL = "sysctl -w vm.unprivileged_userfaultfd=1";
 const SECCOMP = [
   "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
@@ -1063,10 +1067,7 @@ const CAUSES = {
     when: (s) => s.a["device-node"] === "EACCES" && !selinuxDenies(s) && !s.f.apparmor?.denied["device-node"],
     blocks: "device",
     summary: `${DEVICE}'s mode and owner do not let this user in`,
-    evidence: [
-      ({ f }) => `${DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`,
-      ({ f, a }) => `open as ${f.user}: ${a["device-node"]}`,
-    ],
+    evidence: [({ f }) => `${DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`, openedAs],
     fix: [deviceAccess],
   },
   "device-cgroup": {
@@ -1074,7 +1075,7 @@ const CAUSES = {
     blocks: "device",
     summary: ({ f }) => `a device cgroup denies ${DEVICE} (c 10:${f.miscMinor}), whatever its mode`,
     evidence: [
-      ({ f, a }) => `open as ${f.user}: ${a["device-node"]}`,
+      openedAs,
       ({ f }) =>
         f.deviceCgroup
           ? `${f.deviceCgroup.dir}/devices.list: no c 10:${f.miscMinor} rw`
@@ -1093,11 +1094,7 @@ const CAUSES = {
     when: ({ f, a }) => (f.filter ? Object.keys(f.filter.answers).length > 0 : filterDeniesSyscall(f, a)),
     blocks: "filtered",
     summary: "a seccomp filter denies what QEMU calls for its userfaultfd",
-    evidence: [
-      ({ f }) =>
-        f.filter ? Object.values(f.filter.says) : `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`,
-      (s) => (s.f.filter ? null : answered(s)),
-    ],
+    evidence: [(s) => (s.f.filter ? Object.values(s.f.filter.says) : [ownFilters(s), answered(s)])],
     fix: [({ f }) => f.filter?.fix ?? null, ...SECCOMP],
   },
   "user-namespace": {
