@@ -751,7 +751,6 @@ export const CAPABILITIES = Object.keys(NEEDS) as Capability[];
 const consumerOf = (cap: Capability, q: Qemu | null) =>
   NEEDS[cap].consumer === "qemu" ? qemuConsumer(q) : (NEEDS[cap].consumer as ConsumerName);
 
-/** Why a capability could not be judged, by what stopped it. */
 /** Why a capability could not be judged, and what would settle it. */
 export type Unjudged = [why: string, settle: string];
 /** Each way a capability goes unjudged. */
@@ -791,8 +790,7 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
     // when ours is not.
     const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
-    const ok =
-      opens && served && need.checks.every(passed) && (need.features ?? []).every(has) && !(forQemu && vmRefuses);
+    const ok = opens && served && need.checks.every(passed) && (need.features ?? []).every(has);
     const limit =
       LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => learnt.limited.includes(id));
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
@@ -805,7 +803,7 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     const undecided = a !== null && f.filter?.undecided.some((r) => CONSUMERS[consumer](a).includes(r));
     // The first of these that holds is why it could not be judged.
     const why = Object.entries({ limit, byFileCap, borrowed, impostor, undecided }).find(([, holds]) => holds)?.[0];
-    const yes = ok && !borrowed && !impostor && !undecided;
+    const yes = ok && !(forQemu && vmRefuses) && !borrowed && !impostor && !undecided;
     return [yes, yes || !why ? null : UNJUDGED[why]];
   };
   /** Every capability, QEMU's judged for `qemuAs`: the deciding QEMU's consumer, or one generation's. */
