@@ -664,8 +664,7 @@ const TRIPS: Trip[] = [
 function verify(t: Trip, ret: number, page: Uint8Array) {
   if (t.key === "user-read") return ret === PATTERN_NUL ? null : `strlen returned ${ret}, not ${PATTERN_NUL}`;
   if (t.key === "zeropage") return ret === 0 ? null : `strlen returned ${ret} on a zero page`;
-  if (t.fn === "uname")
-    return ret === 0 && String.fromCharCode(...page.subarray(0, 5)) === "Linux" ? null : `uname returned ${ret}`;
+  if (t.fn === "uname") return ret === 0 && K.latin1(page.subarray(0, 5)) === "Linux" ? null : `uname returned ${ret}`;
   // time() stores its answer in the page: the 32 low bits must match what it returned.
   const stored = Number(BigInt.asIntN(32, new BigInt64Array(page.buffer, page.byteOffset, 1)[0]));
   return ret !== -1 && stored === ret ? null : `time returned ${ret}, the page holds ${stored}`;
@@ -674,27 +673,26 @@ export type TripResult = { ok: boolean; ns: number; detail: string };
 
 /** One round trip: a thread faults on one fresh page, the fault is served, the bytes are checked. */
 async function roundTrip(p: Probe, t: Trip): Promise<TripResult> {
-  const { sys } = p;
   const len = p.facts.pageSize;
   const start = Bun.nanoseconds();
   // The kernel copies from `src` during UFFDIO_COPY: `serve` below holds it until then.
   const src = new Uint8Array(len).fill(0x50);
   src[PATTERN_NUL] = 0;
   let page = 0n;
-  const served = await serveFaults(sys, p.facts, p.learnt.route!, p.opts.boundMs, {
+  const served = await serveFaults(p.sys, p.facts, p.learnt.route!, p.opts.boundMs, {
     ...{ kind: "anon", len, mode: t.mode, fn: t.fn, count: 1 },
     prepare(fd, area) {
       page = BigInt(area);
       if (t.mode !== WP) return null;
       K.memory(area, len)[0] = 1; // write-protect guards present pages only
-      const r = sys.ioctl(fd, WRITEPROTECT, new BigUint64Array([page, BigInt(len), K.UFFDIO_WRITEPROTECT_MODE_WP]));
-      return r.ret < 0 ? `UFFDIO_WRITEPROTECT: ${errnoName(r.errno)}` : null;
+      const r = p.sys.ioctl(fd, WRITEPROTECT, new BigUint64Array([page, BigInt(len), K.UFFDIO_WRITEPROTECT_MODE_WP]));
+      return r.ret < 0 ? said("UFFDIO_WRITEPROTECT", r) : null;
     },
     serve(fd, msg) {
       const [flags, address] = [msg[1], msg[2]];
       if (flags !== t.flags || address !== page) return `unexpected fault: flags ${flags} at 0x${address.toString(16)}`;
-      const r = sys.ioctl(fd, t.resolve, resolution(t, page, len, src));
-      return r.ret < 0 ? `resolve: ${errnoName(r.errno)}` : null;
+      const r = p.sys.ioctl(fd, t.resolve, resolution(t, page, len, src));
+      return r.ret < 0 ? said("resolve", r) : null;
     },
     finish: (ret, area) => verify(t, ret, K.memory(area, len)) ?? Bun.nanoseconds() - start,
   });
