@@ -181,10 +181,11 @@ export function loadSys() {
   errnoAt = c.__errno_location() as ReturnType<typeof ptr>;
   const pollfd = new Int32Array(2);
   const textBuffer = new Uint8Array(READ_CHUNK);
-  const tid = new BigUint64Array(1);
-  const retval = new BigUint64Array(1);
-  const joined = (err: number): R =>
-    err ? { ret: -1, errno: err } : { ret: Number(BigInt.asIntN(32, retval[0])), errno: 0 };
+  const [tid, retval] = [new BigUint64Array(1), new BigUint64Array(1)];
+  /** pthread_* return the error, not -1: `ret` is what `value` reads, once there is none. */
+  const pthread = (err: number, value: () => number): R => (err ? { ret: -1, errno: err } : { ret: value(), errno: 0 });
+  /** What the joined thread returned, as join() says. */
+  const returned = () => Number(BigInt.asIntN(32, retval[0]));
   /** statx() of `path` (from `dirfd`; "" with AT_EMPTY_PATH: the fd itself): type and mode, owner, size, rdev. */
   const stat = (path: string, dirfd = AT_FDCWD, flags = 0) => {
     const [name, buf] = [cstr(path), new Uint8Array(STATX_SIZE)];
@@ -218,13 +219,12 @@ export function loadSys() {
     thread(fn: string, arg: number): R {
       const start = c.dlsym(null, cstr(fn)); // RTLD_DEFAULT is NULL on glibc and musl
       if (!start) return { ret: -1, errno: errnoOf("ENOENT") };
-      const err = c.pthread_create(tid, null, start, arg); // pthread_* return the error, not -1
-      return err ? { ret: -1, errno: err } : { ret: Number(tid[0]), errno: 0 };
+      return pthread(c.pthread_create(tid, null, start, arg), () => Number(tid[0]));
     },
     /** Joins a thread; ret is the low 32 bits of its return value, as a signed int (a C int or size_t). */
-    join: (thread: number) => joined(c.pthread_join(thread, retval)),
+    join: (thread: number) => pthread(c.pthread_join(thread, retval), returned),
     /** Joins a thread that has finished; errno EBUSY while it still runs. */
-    tryJoin: (thread: number) => joined(c.pthread_tryjoin_np(thread, retval)),
+    tryJoin: (thread: number) => pthread(c.pthread_tryjoin_np(thread, retval), returned),
     pageSize: () => c.getpagesize(),
     /** 1 when fd is a terminal. process.stdout.isTTY would cost Bun ~20 ms of start-up. */
     isatty: (fd: number) => c.isatty(fd),
