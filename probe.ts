@@ -731,10 +731,9 @@ const AS_QEMU = "run as root with --user, which keeps QEMU's capability, or ask 
 
 /** Each capability: whose it is, the checks it needs passed, the faults it needs served, the features it needs. */
 type Need = { consumer: "qemu" | ConsumerName; checks: string[]; trips: string[]; features?: string[] };
-const RAM = {
-  checks: ["page-size", "uffd-api", "uffd-features", "register-anon"],
-  trips: ["user-read", "kernel-write"],
-};
+/** What postcopy needs on any memory: QEMU's sequence on anonymous memory, and both faults served. */
+const RAM_CHECKS = ["page-size", "uffd-api", "uffd-features", "register-anon"];
+const RAM = { checks: RAM_CHECKS, trips: ["user-read", "kernel-write"] };
 const NEEDS = {
   "postcopy-ram": { consumer: "qemu", ...RAM },
   "postcopy-hugetlbfs": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-hugetlb"] },
