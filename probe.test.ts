@@ -52,6 +52,10 @@ const { help: _, version: __, ...opts } = parseArgs([]);
 const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
 const realQemu = Bun.which("qemu-system-x86_64");
+/** Debian trixie's QEMU 10, when ../shared/qemu10 installed it. */
+const qemu10 = existsSync("/srv/qemu10/usr/bin/qemu-system-x86_64")
+  ? `${import.meta.dir}/../shared/qemu10/qemu10`
+  : null;
 const fail = (name: string): R => ({ ret: -1, errno: K.errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
@@ -602,7 +606,7 @@ describe("checks with a fake Sys, for what this machine cannot produce", () => {
       ["run as root with --user, which keeps QEMU's capability, or ask QEMU with --qemu"],
     ]);
     // With QEMU's own answer (--qemu), nothing is left unanswered.
-    const answer = { path: qemu.path, version: qemu.version, accepts: true, message: "" };
+    const answer = { path: qemu.path, version: qemu.version, accepts: true, message: "", multifd: null };
     const asked = { name: "nobody", uid: 65534, gid: 65534, groups: [], qemu: { ...qemu, answer } };
     const answered = await probe(fake, f, { ...opts, qemu: true }, asked);
     expect([answered.postcopy, answered.probe.postcopy, answered.error]).toEqual([true, null, undefined]);
@@ -1564,6 +1568,17 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     });
   });
 
+  test.skipIf(!realQemu || !isRoot)("multifd beside postcopy-ram: taken before 8.1, refused from 8.1 to 10.0", () => {
+    for (const q of [realQemu!, ...(qemu10 ? [qemu10] : [])]) {
+      const answer = askQemu(sys, q, 5000);
+      if (typeof answer === "string") throw new Error(answer);
+      const [major, minor] = answer.version.split(".").map(Number);
+      const refuses = (major === 8 && minor >= 1) || major === 9 || (major === 10 && minor === 0);
+      const message = refuses ? "Postcopy is not yet compatible with multifd" : "";
+      expect([answer.version, answer.multifd]).toEqual([answer.version, { accepts: !refuses, message }]);
+    }
+  });
+
   test.skipIf(!realQemu || !isRoot || unprivileged !== "0")(
     "as uid 65534 QEMU rejects postcopy-ram and the probe agrees",
     () => {
@@ -1600,6 +1615,7 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
         agrees: false,
         message:
           "Postcopy is not supported: postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted",
+        multifd: null,
         why: "the reason is not known to the probe: QEMU's answer decides",
       });
       const human = renderHuman(report, { quiet: true, color: false });
@@ -2532,9 +2548,6 @@ int main(int argc, char **argv) {
 describe("--pid (apparmor.ts): the process's AppArmor profile, taken on by a thread of the probe", () => {
   // Where AppArmor is on (Debian's 6.12 kernel, booted by ../shared/kernels, with securityfs mounted).
   const apparmor = existsSync("/sys/kernel/security/apparmor") && Bun.which("apparmor_parser") && Bun.which("aa-exec");
-  const qemu10 = existsSync("/srv/qemu10/usr/bin/qemu-system-x86_64")
-    ? `${import.meta.dir}/../shared/qemu10/qemu10`
-    : null;
   const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
 
   test.skipIf(!isRoot || !apparmor || !realQemu || unprivileged !== "0")(

@@ -19,6 +19,8 @@ export type QemuAnswer = {
   version: string;
   accepts: boolean;
   message: string;
+  /** Its answer to multifd beside postcopy-ram (null when it refused postcopy-ram, so it was not asked). */
+  multifd: { accepts: boolean; message: string } | null;
   agrees?: boolean;
   why?: string;
 };
@@ -36,11 +38,12 @@ export type Qemu = {
 
 /** Where QEMU is looked for when --qemu names none: qemu-system-ARCH on $PATH, then these. */
 const QEMU_PLACES = ["/usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm"];
-const QMP = [
-  { execute: "qmp_capabilities" },
-  { execute: "migrate-set-capabilities", arguments: { capabilities: [{ capability: "postcopy-ram", state: true }] } },
-  { execute: "quit" },
-]
+const capability = (name: string) => ({
+  execute: "migrate-set-capabilities",
+  arguments: { capabilities: [{ capability: name, state: true }] },
+});
+/** postcopy-ram, then multifd beside it (KubeVirt's parallel migration): each answer, one reply each. */
+const QMP = [{ execute: "qmp_capabilities" }, capability("postcopy-ram"), capability("multifd"), { execute: "quit" }]
   .map((c) => `${JSON.stringify(c)}\n`)
   .join("");
 const ARGS = "-machine none -nodefaults -no-user-config -display none -incoming defer -qmp stdio".split(" ");
@@ -128,20 +131,37 @@ export function versionIn(sys: Sys, path: string, deadline: number): string | nu
   if (!regular || fd.ret < 0) return null;
   try {
     const chunk = new Uint8Array(CHUNK);
-    for (let [tail, at] = ["", 0]; Date.now() < deadline; ) {
-      const n = sys.read(fd.ret, chunk).ret;
+    for (let [kept, at] = [0, 0]; Date.now() < deadline; at++) {
+      const n = sys.read(fd.ret, chunk.subarray(kept)).ret;
       if (n <= 0) return null;
-      const text = tail + cp1252.decode(chunk.subarray(0, n));
-      if (at === 0 && text.startsWith("#!")) return "script";
-      const m = text.match(VERSION_RE);
-      if (m) return `${m[1]}.${m[2]}.${m[3]}`;
-      [tail, at] = [text.slice(-64), at + n]; // the string may straddle two chunks
+      const end = kept + n;
+      if (at === 0 && chunk[0] === 0x23 && chunk[1] === 0x21) return "script"; // "#!"
+      const bytes = chunk.subarray(0, end);
+      for (let i = indexOf(bytes, NEEDLE, 0); i >= 0; i = indexOf(bytes, NEEDLE, i + 1)) {
+        const m = cp1252.decode(bytes.subarray(i, i + 64)).match(VERSION_RE);
+        if (m) return `${m[1]}.${m[2]}.${m[3]}`;
+      }
+      // The string may straddle two chunks: the last 64 bytes begin the next one.
+      kept = Math.min(64, end);
+      chunk.copyWithin(0, end - kept, end);
     }
     return null;
   } finally {
     sys.close(fd.ret);
   }
 }
+/** Where `needle` is in `bytes` from `from` on, or -1: the native indexOf finds its first byte, the rest is compared. */
+function indexOf(bytes: Uint8Array, needle: Uint8Array, from: number) {
+  let i = bytes.indexOf(needle[0], from);
+  while (i >= 0 && i + needle.length <= bytes.length) {
+    let j = 1;
+    while (j < needle.length && bytes[i + j] === needle[j]) j++;
+    if (j === needle.length) return i;
+    i = bytes.indexOf(needle[0], i + 1);
+  }
+  return -1;
+}
+const NEEDLE = Uint8Array.from("QEMU emulator version ", (c) => c.charCodeAt(0));
 
 /** The version of a QEMU found on root's PATH or in a fixed place: a wrapper script of the host's own is run. */
 function versionOf(sys: Sys, path: string, deadline: number) {
@@ -260,15 +280,20 @@ function runBounded(sys: Sys, argv: string[], input: string, done: (out: string)
 
 /**
  * QEMU's own answer: an incoming VM with no guest, no disk and no network, asked over QMP on stdio to
- * turn postcopy-ram on, as `migrate-set-capabilities` does before a migration. The exchange is complete
- * with that reply (quit's is not waited for).
+ * turn postcopy-ram on, as `migrate-set-capabilities` does before a migration, then multifd beside it.
+ * The exchange is complete with those replies (quit's is not waited for).
  */
 export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer | string {
-  const ran = runBounded(sys, [path, ...ARGS], QMP, (out) => replies(out).length >= 2, timeoutMs);
+  // Complete at multifd's reply, or at postcopy-ram's refusal (multifd beside it is then not asked).
+  const complete = (out: string) => {
+    const r = replies(out);
+    return r.length >= 3 || (r.length === 2 && "error" in r[1]);
+  };
+  const ran = runBounded(sys, [path, ...ARGS], QMP, complete, timeoutMs);
   if (ran.stopped) return ran.stopped;
   const text = [ran.out, ran.err];
   const version = greetingVersion(objects(text[0].split("\n")));
-  const answer = replies(text[0])[1];
+  const [, answer, multifd] = replies(text[0]);
   const said = sanitize(
     [...text[1].split("\n"), ...text[0].split("\n")].find((l) => l.trim() && !objects([l]).length) ?? "",
   );
@@ -281,13 +306,16 @@ export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer |
     .map(sanitize);
   const error = answer.error as { desc?: unknown } | undefined;
   const message = error ? [sanitize(String(error.desc ?? "an error")), ...why].join(": ") : "";
-  return { path, version, accepts: !error, message };
+  // multifd is asked with postcopy-ram on: QEMU 8.1 to 10.0 refuse the pair; asked alone, it says nothing.
+  const refusal = (multifd?.error as { desc?: unknown } | undefined)?.desc;
+  const pair =
+    error || !multifd ? null : { accepts: !multifd.error, message: refusal ? sanitize(String(refusal)) : "" };
+  return { path, version, accepts: !error, message, multifd: pair };
 }
 /** QMP's replies (objects with `return` or `error`) among the lines of `text`. */
 const replies = (text: string) => objects(text.split("\n")).filter((r) => "return" in r || "error" in r);
 
-/** The --qemu check: QEMU's answer beside the probe's own for that same QEMU version. */
-/** QEMU's answer beside the probe's; `probeSays` is null when the probe could not judge postcopy-ram. */
+/** The --qemu check: QEMU's answer beside the probe's; `probeSays` is null when the probe could not judge postcopy-ram. */
 export function checkQemu(qemu: Qemu | null, probeSays: boolean | null): Check {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
