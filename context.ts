@@ -17,6 +17,7 @@ import type { Cause, Check, Options, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, quoted, rows, UsageError } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find } from "./qemu.ts";
+import type { Insn } from "./seccomp.ts";
 
 /** Tells the child which process started it: the parent's pid, which must be its getppid(). */
 const CHILD = "POSTCOPY_PROBE_PARENT";
@@ -87,6 +88,10 @@ export type Context = {
   causes?: Record<string, Cause>;
   /** --pid: what the probe could not read of the process, each with what would settle it (exit 2). */
   unanswered?: Unjudged[];
+  /** --pid: its seccomp filters as read, first installed first (--migrate installs them in its destination). */
+  filters?: Insn[][];
+  /** --pid: its VM's RAM: a file under its first mem-path, or shared memory (--migrate gives its copy the same). */
+  ram?: { memPath: string | null; shared: boolean };
 };
 
 /**
@@ -126,20 +131,19 @@ export function isOrphan(sys: Sys) {
   return stat === null || /^\d+ \(.*\) [ZX] /s.test(stat);
 }
 
-/** How long the child may take: its checks, and what --bench and --qemu add. */
-export const childMs = (opts: Options) => 60_000 + (opts.bench ? 60_000 : 0) + (opts.qemu !== null ? opts.qemuMs : 0);
+/** How long the child may take: its checks, and what --bench, --qemu and --migrate add. */
+export const childMs = (o: Options) =>
+  60_000 + (o.bench ? 60_000 : 0) + (o.qemu !== null ? o.qemuMs : 0) + (o.migrate ? o.migrateMs + 5000 : 0);
 /**
  * The whole probe again in a child that takes on the context first; signals go on to it; its status is
  * the answer. The wait is bounded by `ms`: a child still there then is killed, and the run is exit 2.
  */
 export async function runInContext(argv: string[], ms: number, o: { capture?: boolean; command?: string[] } = {}) {
-  // A compiled binary is its own script; `bun probe.ts` needs the script named.
-  const self = Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main];
   // The child runs as another user: it gets none of root's environment but what it needs, and a session
   // of its own, so it has no controlling terminal to push input into.
   const env = Object.fromEntries(CHILD_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
   const stdout = o.capture ? "pipe" : "inherit";
-  const child = Bun.spawn([...(o.command ?? self), ...argv], {
+  const child = Bun.spawn([...(o.command ?? self()), ...argv], {
     env: { ...env, [CHILD]: String(process.pid) },
     stdio: ["ignore", stdout, "inherit"],
     detached: true,
@@ -154,6 +158,8 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   if (!gone) child.unref();
   throw new Error(`The probe's child did not finish within ${ms} ms: killed${gone ? "" : " (it may remain)"}`);
 }
+/** The command that starts the probe itself again: a compiled binary is its own script; `bun probe.ts` names it. */
+export const self = () => (Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main]);
 /** What the child may see of the parent's environment. */
 const CHILD_ENV = ["PATH", "TERM", "NO_COLOR", "LANG", "LC_ALL"];
 /** A report is a few kilobytes: a child's stdout is read up to this, and cut there. */

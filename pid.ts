@@ -123,17 +123,15 @@ function profileRules({ profile, denied }: Confinement) {
   return [...rules.map((rule) => `echo '${rule}' >> ${file}`), reload];
 }
 
-/** The cgroup directories of `pid` that decide device access: the v1 devices controller's, and the v2 one. */
-export function cgroupDirs(sys: Sys, pid: number) {
+/** The cgroup directories of `pid` that hold a controller (device access by default): its v1 one, and the v2 one. */
+export function cgroupDirs(sys: Sys, pid: number | "self", controller = "devices") {
   const mounts = sys.readText("/proc/self/mountinfo") ?? "";
-  const mountOf = (v1: boolean) =>
-    mounts.match(
-      v1 ? /^\S+ \S+ \S+ \S+ (\S+) .* - cgroup \S+ \S*\bdevices\b/m : /^\S+ \S+ \S+ \S+ (\S+) .* - cgroup2 /m,
-    )?.[1];
+  const v1 = new RegExp(`^\\S+ \\S+ \\S+ \\S+ (\\S+) .* - cgroup \\S+ \\S*\\b${controller}\\b`, "m");
+  const mountOf = (v: "v1" | "v2") => mounts.match(v === "v1" ? v1 : /^\S+ \S+ \S+ \S+ (\S+) .* - cgroup2 /m)?.[1];
   return (sys.readText(`/proc/${pid}/cgroup`) ?? "").split("\n").flatMap((line) => {
     const [, controllers, path] = line.match(/^\d+:([^:]*):(.*)$/) ?? [];
     const mount =
-      controllers === "" ? mountOf(false) : controllers?.split(",").includes("devices") ? mountOf(true) : undefined;
+      controllers === "" ? mountOf("v2") : controllers?.split(",").includes(controller) ? mountOf("v1") : undefined;
     return mount && !path.split("/").includes("..") ? [`${mount}${path === "/" ? "" : path}`] : [];
   });
 }
@@ -377,6 +375,7 @@ export function pidContext(sys: Sys, pid: number): Context {
     ...vm,
     checks: [own, ...vm.checks],
     causes: { ...CAUSES, ...VM_CAUSES },
+    filters: filters?.filters,
     unanswered: [
       ...(version ? [] : [[`--pid: ${qemu.error}`, `read it from its bytes yourself: ${STRINGS(pid)}`] as Unjudged]),
       ...(filters?.error ? [[`--pid: ${filters.error}`, LET_STOP] as Unjudged] : []),
@@ -406,7 +405,7 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
     return { error: `${lengths.length} of its ${expected} seccomp filters could be read`, lengths };
   const verdict = S.verdicts(read.filters, K.arch!.name, sys.pageSize());
   if (!verdict) return { error: `the probe knows no system call numbers for ${K.arch!.name}`, lengths };
-  return { verdict, lengths };
+  return { verdict, lengths, filters: read.filters };
 }
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never

@@ -79,7 +79,10 @@ const diagnoseOf = (
     more,
   );
 };
-const QEMU_CAPS = ["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"];
+const QEMU_CAPS = [
+  ...["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"],
+  "postcopy-multifd",
+];
 
 /**
  * What a leak by the probe would raise: open fds, mappings of the shapes the probe makes (one
@@ -494,8 +497,9 @@ describe("checks on the real kernel", () => {
         "round-trip": "pass",
         "run-as": facts.qemuUser ? "warn" : "pass",
       });
-      expect([report.postcopy, report.probe.postcopy, report.undetermined]).toEqual([true, true, []]);
-      expect(Object.values(report.capabilities)).toEqual(CAPABILITIES.map(() => true));
+      // Every capability but postcopy-multifd, which needs a QEMU version, and none was read (the routes agree).
+      expect([report.postcopy, report.probe.postcopy, report.undetermined]).toEqual([true, true, ["postcopy-multifd"]]);
+      expect(report.capabilities).toEqual(Object.fromEntries(CAPABILITIES.map((c) => [c, c !== "postcopy-multifd"])));
       expect(check(report, "uffd-open").routes).toEqual({
         "device-node": "ok",
         device: "ok",
@@ -656,7 +660,8 @@ describe("checks with a fake Sys, for what this machine cannot produce", () => {
         status: "skip",
         detail: "could not run: mmap: ENOMEM (a limit of the probe's own process, not an answer about the host)",
       });
-      expect(report.undetermined).toEqual(["postcopy-hugetlbfs", "postcopy-shmem"]);
+      // postcopy-multifd too: no QEMU version was read (the routes agree).
+      expect(report.undetermined).toEqual(["postcopy-hugetlbfs", "postcopy-shmem", "postcopy-multifd"]);
       expect([report.postcopy, report.error]).toEqual([true, undefined]);
       const required = await probe({ ...sys, memfdCreate, mmap }, facts, { ...opts, require: ["postcopy-shmem"] });
       expect(required.error).toBe(
@@ -1365,6 +1370,7 @@ describe("the report and its renderers", () => {
         "  postcopy-shmem        no",
         "  background-snapshot   no",
         "  postcopy-blocktime    no",
+        "  postcopy-multifd      no",
         "  criu-lazy-pages       yes",
         "  firecracker-uffd      no",
         "",
@@ -1518,7 +1524,7 @@ describe("the command line", () => {
     [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human, json, prometheus'],
     [
       ["--require", "postcopy-ram,teleport"],
-      'postcopy-probe: Unknown capability "teleport": use postcopy-ram, postcopy-hugetlbfs, postcopy-shmem, background-snapshot, postcopy-blocktime, criu-lazy-pages, firecracker-uffd',
+      'postcopy-probe: Unknown capability "teleport": use postcopy-ram, postcopy-hugetlbfs, postcopy-shmem, background-snapshot, postcopy-blocktime, postcopy-multifd, criu-lazy-pages, firecracker-uffd',
     ],
     [["--format"], 'postcopy-probe: Option "--format" needs a value'],
     [["--bench=1"], 'postcopy-probe: Invalid fault count "1": a whole number from 2 to 500000'],
@@ -1620,7 +1626,7 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
       });
       const human = renderHuman(report, { quiet: true, color: false });
       expect(human).toContain("Postcopy live migration (QEMU 7.2.0's own answer): NOT SUPPORTED for root (uid 0)\n");
-      expect(human).toContain("The probe's own answer: SUPPORTED; QEMU 7.2.0 (");
+      expect(human).toContain("The probe's own answer: SUPPORTED; QEMU 7.2.0's own answer disagrees, and decides\n");
       const metrics = renderPrometheus(report);
       expect(metrics).toContain("\npostcopy_probe_supported 0\n");
       expect(metrics).toContain("\npostcopy_probe_probe_supported 1\n");
@@ -2975,6 +2981,7 @@ describe("the package and the binary", () => {
       "bench.ts",
       "context.ts",
       "ffi.ts",
+      "migrate.ts",
       "package.json",
       "pid.ts",
       "probe.ts",

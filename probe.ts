@@ -371,7 +371,8 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const a = learnt.answers!;
   const seenByQemu = qemuAnswers(a, facts, null);
   const split = answerOf("qemu<8.0", seenByQemu) !== answerOf("qemu>=8.0", seenByQemu);
-  if (split || p.opts.qemu !== null || a.syscall === "EPERM") learnt.qemu ??= loadQemu().identify(p.sys, facts, p.opts);
+  if (split || p.opts.qemu !== null || p.opts.migrate || a.syscall === "EPERM")
+    learnt.qemu ??= loadQemu().identify(p.sys, facts, p.opts);
   const q = learnt.qemu;
   const consumer = qemuConsumer(q);
   const answer = answerOf(consumer, qemuAnswers(a, facts, q));
@@ -740,6 +741,8 @@ const NEEDS = {
   "postcopy-shmem": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-shmem"] },
   "background-snapshot": { consumer: "qemu", checks: ["uffd-api", "write-protect"], trips: ["write-protect"] },
   "postcopy-blocktime": { consumer: "qemu", ...RAM, features: ["THREAD_ID"] },
+  // Postcopy beside multifd (parallel migration): what postcopy-ram needs, from a QEMU that can (multifdWith()).
+  "postcopy-multifd": { consumer: "qemu", ...RAM },
   "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
   "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
 } satisfies Record<string, Need>;
@@ -763,7 +766,19 @@ const UNJUDGED: Record<string, Unjudged> = {
     "run the probe as that user, without --user",
   ],
   impostor: [`${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides`, "ask QEMU with --qemu"],
+  unversioned: [
+    "no QEMU version was read: postcopy beside multifd works from QEMU 10.1 on",
+    "ask QEMU with --qemu, or migrate with --migrate --parallel 4",
+  ],
 };
+/**
+ * Whether QEMU migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet compatible
+ * with multifd"), and before 8.1 the destination aborts (measured: 7.2); 10.1 made them work together.
+ */
+function multifdWith(q: Qemu | null) {
+  const [major, minor] = (q?.version ?? "").split(".").map(Number);
+  return q?.version ? major > 10 || (major === 10 && minor >= 1) : null;
+}
 
 /**
  * What each consumer can do here, judged from the checks and what they learnt: yes or no for each
@@ -816,6 +831,10 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     const vmUnknown = vm.find((c) => c.status === "skip");
     if (vmUnknown && ok["postcopy-ram"])
       [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, [vmUnknown.detail, vmUnknown.hint ?? ""]];
+    // Beside multifd: postcopy-ram's answer, from a QEMU that can; unknown when it is, or the version is.
+    ok["postcopy-multifd"] = ok["postcopy-ram"] && multifdWith(qemu) === true;
+    const unversioned = ok["postcopy-ram"] && multifdWith(qemu) === null ? UNJUDGED.unversioned : undefined;
+    if (unknown["postcopy-ram"] ?? unversioned) unknown["postcopy-multifd"] = unknown["postcopy-ram"] ?? unversioned;
     // postcopy-ram's answer, or null when the run could not judge it.
     return { ok, unknown, ram: unknown["postcopy-ram"] ? null : ok["postcopy-ram"] };
   };
@@ -1171,14 +1190,27 @@ export function diagnose(s: Seen, more: Record<string, Cause> = {}): Diagnosis[]
 
 // ── Report: the pipeline, then one renderer ──
 
+/**
+ * A real judge beside the probe, --qemu's (QEMU's own answer, qemu.ts) or --migrate's (a migration,
+ * migrate.ts): what will happen decides the capabilities it answers.
+ */
+export type RealAnswer = {
+  /** How the verdict line names it: "QEMU 7.2.22's own answer". */
+  whose: string;
+  check: Check;
+  /** The capabilities it answers: yes, no, or null when it could not tell (the run is then exit 2). */
+  decides: Partial<Record<Capability, boolean | null>>;
+  /** Why it could not tell, and what would settle it. */
+  unanswered?: Unjudged;
+  /** What it adds to the JSON document. */
+  json: { qemu?: import("./qemu.ts").QemuAnswer; migration?: import("./migrate.ts").Migration };
+};
+
 /** Why the run could not answer what was asked, each reason with what would settle it: the exit status is then 2. */
-function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Context): Unjudged[] {
-  const asked = learnt.qemu?.answer;
-  const why: Unjudged[] = [];
-  if (opts.qemu !== null && !asked)
-    why.push([`--qemu: ${learnt.qemu?.error ?? "no QEMU found"}`, "give --qemu the path of the QEMU that will run"]);
-  // QEMU's own answer settles postcopy-ram, whatever the probe could not judge of it.
-  for (const cap of opts.require.filter((c) => judged.unknown[c] && !(c === "postcopy-ram" && asked)))
+function unanswered(opts: Options, judged: Judged, real: RealAnswer[], context?: Context): Unjudged[] {
+  const why = real.flatMap((r) => (r.unanswered ? [r.unanswered] : []));
+  // A real judge's answer settles what it answers, whatever the probe could not judge of it.
+  for (const cap of opts.require.filter((c) => judged.unknown[c] && !real.some((r) => c in r.decides)))
     why.push([`${cap}: ${judged.unknown[cap]![0]}`, judged.unknown[cap]![1]]);
   return [...why, ...(context?.unanswered ?? [])];
 }
@@ -1187,10 +1219,12 @@ function unanswered(opts: Options, judged: Judged, learnt: Learnt, context?: Con
 export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Context) {
   const { checks, learnt } = await runChecks(sys, facts, opts, context);
   const judged = judge(checks, learnt, facts, context);
-  // --qemu: QEMU's own answer beside the probe's, and what will happen decides.
-  const asked = opts.qemu === null ? [] : [loadQemu().checkQemu(learnt.qemu, judged.ram)];
-  const answer = learnt.qemu?.answer;
-  const decisive = { ...judged.ok, "postcopy-ram": answer?.accepts ?? judged.ok["postcopy-ram"] };
+  // --qemu and --migrate: real judges beside the probe's own, and what will happen decides.
+  const real = [
+    ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram)]),
+    ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
+  ];
+  const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<Capability, boolean>;
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
   // Where the sysctl is set when the syscall said EPERM; how the kernel was built when it said ENOSYS.
   const f: Facts & Evidence = {
@@ -1199,14 +1233,16 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     kernelConfig: learnt.answers?.syscall === "ENOSYS" ? kernelConfig(sys, facts.kernel) : null,
   };
   const seen = { f, checks, failing, qemu: learnt.qemu };
-  const why = unanswered(opts, judged, learnt, context);
+  const why = unanswered(opts, judged, real, context);
   const known = why.length === 0;
   const trip = learnt.trips["kernel-write"];
   return {
     schema: SCHEMA,
     version: VERSION,
-    /** The headline: QEMU's own answer when --qemu got one, else the probe's answer for the QEMU that will run. */
+    /** The headline: a real judge's answer (--migrate, --qemu) when there is one, else the probe's for the QEMU that will run. */
     postcopy: known ? decisive["postcopy-ram"] : null,
+    /** The real judge whose answer the headline is, when it is not the probe's own. */
+    answeredBy: real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
     /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
     probe: {
       postcopy: judged.ram,
@@ -1216,7 +1252,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
       ...judged.generations,
     },
     host: seen.f as Record<string, unknown>,
-    checks: [...checks, ...asked],
+    checks: [...checks, ...real.map((r) => r.check)],
     features: decodeFeatures(learnt.features),
     capabilities: judged.ok,
     /** Capabilities the run could not judge. */
@@ -1226,7 +1262,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     required: { capabilities: opts.require, ok: known ? opts.require.every((c) => decisive[c]) : null },
     /** The kernel-mode write trip decides for QEMU: its result and time, when it ran. */
     roundTrip: trip && { ok: Boolean(learnt.trips["user-read"]?.ok && trip.ok), ns: trip.ns },
-    ...(answer ? { qemu: answer } : {}),
+    ...(Object.assign({}, ...real.map((r) => r.json)) as RealAnswer["json"]),
     ...(context?.process ? { context: { ...context.process, ...UNSHOWN, user: context.name } } : {}),
     /** Set when the probe could not answer what was asked: the exit status is then 2. */
     ...(known ? {} : { error: `could not answer what was asked: ${why.map(([w]) => w).join("; ")}` }),
@@ -1246,9 +1282,9 @@ const WIDTH = 72;
 
 /** The verdict as a sentence: whose answer, for which QEMU, yes or no, for whom. */
 function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) {
-  const { host, probe: own, qemu, postcopy } = report;
+  const { host, probe: own, answeredBy, postcopy } = report;
   const word = (yes: boolean | null) => yesNo(yes === true, yes ? "SUPPORTED" : "NOT SUPPORTED");
-  const whose = qemu ? `QEMU ${qemu.version}'s own answer` : `${own.qemu} postcopy-ram`;
+  const whose = answeredBy ?? `${own.qemu} postcopy-ram`;
   const line = (answer: string) => `Postcopy live migration (${whose}): ${answer} for ${host.user} (uid ${host.uid})`;
   // Could not answer: never a yes or a no beside it, but why, and what would settle it.
   if (report.error) {
@@ -1256,10 +1292,10 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
     return [`${line("UNKNOWN")}: ${why}`, ...(report.settle ?? []).map((s) => `  To settle it: ${s}`)];
   }
   const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
-  // Without QEMU's own answer, QEMU before and after 8.0 may differ: both are said, in one line if no version is known.
-  const split = !qemu && before !== null && after !== null && before !== after;
+  // Without a real judge's answer, QEMU before and after 8.0 may differ: both are said, in one line if no version is known.
+  const split = !answeredBy && before !== null && after !== null && before !== after;
   const unversioned = split && own.qemu === "QEMU";
-  const unjudged = !qemu && report.undetermined.includes("postcopy-ram");
+  const unjudged = !answeredBy && report.undetermined.includes("postcopy-ram");
   const both = `${word(after)} for QEMU 8.0 and later, ${word(before)} before 8.0 (no QEMU version known),`;
   const answer = unversioned ? both : unjudged ? "UNKNOWN" : word(postcopy);
   const [other, theirs] = own.consumer === "qemu<8.0" ? ["8.0 and later", after] : ["before 8.0", before];
@@ -1269,7 +1305,7 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
 /** The human report, in the style of virt-host-validate: every string in it shown(). */
 export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">): string {
   const report: Report = JSON.parse(JSON.stringify(raw), (_, v) => (typeof v === "string" ? shown(v) : v));
-  const { host, checks, qemu } = report;
+  const { host, checks } = report;
   const yesNo = (yes: boolean, text: string) => paint(opts.color, yes ? COLORS.pass : COLORS.fail, text);
   const count = (s: Status) => `${s}=${checks.filter((c) => c.status === s).length}`;
   const lines: string[] = [];
@@ -1293,9 +1329,10 @@ export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">)
     lines.push(...d.fix.map((f) => `    $ ${f}`));
   }
   lines.push(...verdict(report, yesNo));
-  if (qemu?.agrees === false) {
-    const own = `The probe's own answer: ${report.probe.postcopy ? "SUPPORTED" : "NOT SUPPORTED"}`;
-    lines.push(yesNo(false, `${own}; QEMU ${qemu.version} (${qemu.path}) disagrees and decides: ${qemu.why}`));
+  const own = report.probe.postcopy;
+  if (report.answeredBy && report.postcopy !== null && own !== null && own !== report.postcopy) {
+    const probeSays = `The probe's own answer: ${own ? "SUPPORTED" : "NOT SUPPORTED"}`;
+    lines.push(yesNo(false, `${probeSays}; ${report.answeredBy} disagrees, and decides`));
   }
   const { capabilities: wanted, ok } = report.required;
   const required = ok === null ? "UNKNOWN" : yesNo(ok, ok ? "YES" : "NO");
@@ -1340,6 +1377,7 @@ const isPageSize = (n: bigint) => n > 0n && n <= 1n << 30n && !(n & (n - 1n));
 const pageSizeOf = (v: string) => number(v, "target page size", "a power of two in bytes, such as 4096", isPageSize);
 const pidOf = (v: string) => number(v, "pid", "a process id", (n) => n > 0n && n < 1n << 22n);
 const isFaultCount = (n: bigint) => n >= 2n && n <= BENCH_MAX;
+const channelsOf = (v: string) => number(v, "channel count", "from 1 to 64", (n) => n >= 1n && n <= 64n);
 const faultsOf = (v: string) =>
   v ? number(v, "fault count", `a whole number from 2 to ${BENCH_MAX}`, isFaultCount) : BENCH_FAULTS;
 
@@ -1354,6 +1392,10 @@ const defaults = () => ({
   pid: null as number | null, // --pid: answer for this running QEMU, from a child in its context
   qemu: null as string | true | null, // --qemu [PATH]: ask that QEMU too (true: look for one)
   qemuMs: 5000, // how long QEMU gets to answer before it is killed
+  migrate: false, // --migrate: a real postcopy migration between two QEMUs here, too (migrate.ts)
+  migrateMiB: 256, // its guest's RAM
+  migrateMs: 30_000, // its bound, start to end
+  parallel: 0, // --parallel N: its multifd channels
   output: null as string | null, // --output FILE: the report goes there, whole or not at all
   help: false,
   version: false,
@@ -1374,6 +1416,8 @@ const OPTIONS: Option[] = [
   ["--user", "NAME|UID", "answer for that user (as root): QEMU's user", (o, v) => (o.user = v)],
   ["--pid", "PID", "answer for that running QEMU and its VM (as root)", (o, v) => (o.pid = pidOf(v))],
   ["--qemu", "[PATH]", "ask the installed QEMU (or PATH) over QMP too", (o, v) => (o.qemu = v || true)],
+  ["--migrate", "", "also migrate a 256 MiB VM between two QEMUs here (30 s at most)", (o) => (o.migrate = true)],
+  ["--parallel", "N", "--migrate with N multifd channels: postcopy-multifd", (o, v) => (o.parallel = channelsOf(v))],
   ["--target-page-size", "N", "the guest's page size (default 4096)", (o, v) => (o.targetPageSize = pageSizeOf(v))],
   ["--bench", "[N]", `also serve N faults (default ${BENCH_FAULTS}) at full speed`, (o, v) => (o.bench = faultsOf(v))],
   ["-h, --help", "", "this text", (o) => (o.help = true)],
@@ -1404,7 +1448,9 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     if (value && !optional && (inline ?? next) === undefined) throw new UsageError(`Option "${name}" needs a value`);
     set(opts, inline ?? next ?? "");
   }
-  return opts;
+  // --parallel migrates with multifd: that migration answers postcopy-multifd, which the exit status is then for.
+  if (opts.parallel && !argv.some((a) => a.startsWith("--require"))) opts.require = ["postcopy-multifd"];
+  return { ...opts, migrate: opts.migrate || opts.parallel > 0 };
 }
 
 /** The format asked for, read leniently: an error document must match it even when the command line is wrong. */
@@ -1436,9 +1482,12 @@ function emit(sys: Sys | null, text: string, output: string | null) {
 const loadContext = () => require("./context.ts") as typeof import("./context.ts");
 const loadBench = () => require("./bench.ts") as typeof import("./bench.ts");
 const loadTextfile = () => require("./textfile.ts") as typeof import("./textfile.ts");
+const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts");
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
+  // --migrate starts each QEMU through the probe itself, which then becomes that QEMU (migrate.ts).
+  if (process.env.POSTCOPY_PROBE_LAUNCH) return loadMigrate().launch(argv);
   let [sys, output]: [Sys | null, string | null] = [null, null];
   try {
     const opts = parseArgs(argv, process.env);

@@ -11,7 +11,7 @@
  */
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Check, Facts, Options } from "./probe.ts";
+import type { Check, Facts, Options, RealAnswer, Status, Unjudged } from "./probe.ts";
 
 /** QEMU's own answer to migrate-set-capabilities postcopy-ram, and whether (and why not) it agrees with the probe. */
 export type QemuAnswer = {
@@ -315,18 +315,37 @@ export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer |
 /** QMP's replies (objects with `return` or `error`) among the lines of `text`. */
 const replies = (text: string) => objects(text.split("\n")).filter((r) => "return" in r || "error" in r);
 
-/** The --qemu check: QEMU's answer beside the probe's; `probeSays` is null when the probe could not judge postcopy-ram. */
-export function checkQemu(qemu: Qemu | null, probeSays: boolean | null): Check {
+/**
+ * --qemu's answer, a real judge beside the probe: QEMU's own answer decides postcopy-ram (and
+ * postcopy-multifd when it answered that too); `probeSays` is null when the probe could not judge postcopy-ram.
+ */
+export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null): RealAnswer {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
-  if (!answer) return { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
+  if (!answer) {
+    const check: Check = { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
+    const unanswered: Unjudged = [`--qemu: ${check.detail}`, "give --qemu the path of the QEMU that will run"];
+    return { whose: "QEMU's own answer", check, decides: { "postcopy-ram": null }, unanswered, json: {} };
+  }
+  const whose = `QEMU ${answer.version}'s own answer`;
+  const decides = {
+    "postcopy-ram": answer.accepts,
+    ...(answer.multifd && { "postcopy-multifd": answer.multifd.accepts }),
+  };
   const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
   const told = `QEMU ${answer.version} ${verb}`;
-  if (probeSays === null)
-    return { ...head, status: answer.accepts ? "pass" : "fail", detail: `${told}, which the probe could not judge` };
+  const said = (status: Status, detail: string) => ({
+    whose,
+    check: { ...head, status, detail },
+    decides,
+    json: { qemu: answer },
+  });
+  if (probeSays === null) return said(answer.accepts ? "pass" : "fail", `${told}, which the probe could not judge`);
   answer.agrees = answer.accepts === probeSays;
   if (!answer.agrees) answer.why = "the reason is not known to the probe: QEMU's answer decides";
   const differ = `THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
-  const detail = answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`;
-  return { ...head, status: answer.accepts && answer.agrees ? "pass" : "fail", detail };
+  return said(
+    answer.accepts && answer.agrees ? "pass" : "fail",
+    answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`,
+  );
 }

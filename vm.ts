@@ -118,7 +118,13 @@ export function configChecks(f: VmView) {
     hint,
   };
   const devices = devicesCheck(values("-device", "driver"), values("-netdev", "type"), values("-chardev", "backend"));
-  return { checks: [mem, devices], needs: [...needs] };
+  // The RAM a copy of this VM would have (--migrate): a file where its first mem-path is, shared or not.
+  const shared = needs.has("postcopy-shmem") && !memPaths.length;
+  const ram = {
+    memPath: memPaths[0] ? absolute(memPaths[0], f.cwd ?? "/") : null,
+    shared: shared || backends.some((b) => on(b.share)),
+  };
+  return { checks: [mem, devices], needs: [...needs], ram };
 }
 
 const NOT_TMPFS =
