@@ -499,7 +499,9 @@ describe("checks on the real kernel", () => {
       });
       // Every capability but postcopy-multifd, which needs a QEMU version, and none was read (the routes agree).
       expect([report.postcopy, report.probe.postcopy, report.undetermined]).toEqual([true, true, ["postcopy-multifd"]]);
-      expect(report.capabilities).toEqual(Object.fromEntries(CAPABILITIES.map((c) => [c, c !== "postcopy-multifd"])));
+      expect(report.capabilities as Record<string, boolean>).toEqual(
+        Object.fromEntries(CAPABILITIES.map((c) => [c, c !== "postcopy-multifd"])),
+      );
       expect(check(report, "uffd-open").routes).toEqual({
         "device-node": "ok",
         device: "ok",
