@@ -18,12 +18,20 @@ import { serveFaults } from "./probe.ts";
 const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 const NS_PER_US = 1000;
 
+/** --bench on base pages, with a progress line on a terminal (stderr) that goes when it ends, however it ends. */
+export async function bench(sys: Sys, facts: Facts, report: Report, opts: Options) {
+  const progress = sys.isatty(2) ? progressLine(sys, opts.bench) : undefined;
+  try {
+    return await served(sys, facts, report, opts, progress?.show);
+  } finally {
+    progress?.erase();
+  }
+}
 /**
- * --bench on base pages: `opts.bench` faults served at full speed, timed. The hot loop allocates
- * nothing but the Sys's answers: the copy struct and the time table are made once. An error names
- * what stopped it.
+ * `opts.bench` faults served at full speed, timed. The hot loop allocates nothing but the Sys's answers:
+ * the copy struct and the time table are made once. An error names what stopped it.
  */
-export async function bench(sys: Sys, facts: Facts, report: Report, opts: Options, progress?: Progress) {
+async function served(sys: Sys, facts: Facts, report: Report, opts: Options, progress?: Progress) {
   const routes = report.checks.find((c) => c.id === "uffd-open")?.routes;
   const route = ROUTES.find((r) => routes?.[r] === "ok");
   if (!route) return { error: "no userfaultfd could be opened" };
@@ -76,7 +84,7 @@ export async function bench(sys: Sys, facts: Facts, report: Report, opts: Option
   );
   return typeof measured === "string" ? { error: measured } : measured;
 }
-export type Bench = Exclude<Awaited<ReturnType<typeof bench>>, { error: string }>;
+export type Bench = Exclude<Awaited<ReturnType<typeof served>>, { error: string }>;
 
 const us = (ns: number) => `${(ns / NS_PER_US).toFixed(1)} µs`;
 /** The benchmark's line in the human report. */
@@ -88,7 +96,7 @@ export function benchLine(b: Bench | { error: string }) {
 }
 
 /** A progress line on a terminal that goes away on every way out, signals included. */
-export function progressLine(sys: Sys, total: number) {
+function progressLine(sys: Sys, total: number) {
   const erase = () => sys.write(2, "\r\x1b[K");
   const signals = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
   for (const [signal, n] of Object.entries(signals)) {

@@ -121,6 +121,25 @@ export function processed(sys: Sys, pid: number) {
   return status;
 }
 
+/**
+ * --user and --pid, in the parent: the child run in that context, its document and status; in the child:
+ * the context, taken on. A child orphaned while it started must not start a child of its own: it ends here.
+ */
+export async function takeOn(
+  sys: Sys,
+  opts: Options,
+  argv: string[],
+): Promise<Context | { code: number; out: string }> {
+  if (isOrphan(sys)) throw new Error("The parent probe is gone");
+  if (!isChild()) {
+    contextOf(sys, opts);
+    return runInContext(argv, childMs(opts), { capture: opts.output !== null });
+  }
+  const context = await enterContext(sys, opts);
+  opts.user = context.name;
+  return context;
+}
+
 /** Whether this process is the child a parent probe started (a variable set by hand changes nothing). */
 export const isChild = () => String(getppid()) === process.env[CHILD];
 /** A child whose parent went before the child could tell: the variable names a process that is gone or dead. */

@@ -41,7 +41,7 @@ import {
   VERSION,
 } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { askQemu, pipe, poll, versionIn } from "./qemu.ts";
+import { askQemu, pipe, poll, CAUSES as QEMU_CAUSES, versionIn } from "./qemu.ts";
 import { actionName, combined, run } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
 import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
@@ -71,13 +71,13 @@ const diagnoseOf = (
   failing: Capability[] = [...CAPABILITIES],
   qemu: Qemu | null = null,
   vm: Check[] = [],
+  required: Capability[] = ["postcopy-ram"],
 ) => {
   const a = checks.find((c) => c.id === "uffd-open")!.routes!;
-  const more = { ...PID_CAUSES, ...VM_CAUSES }; // --pid's rows: their gates read what only --pid sets
-  return diagnose(
-    { f: { sysctlSource: null, kernelConfig: null, ...f }, a, checks: [...checks, ...vm], failing, qemu },
-    more,
-  );
+  // The rows a QEMU read adds, and --pid's: their gates read what only they set.
+  const more = { ...(qemu?.version ? QEMU_CAUSES : {}), ...PID_CAUSES, ...VM_CAUSES };
+  const seen = { f: { sysctlSource: null, ...f }, a, checks: [...checks, ...vm], failing, qemu, required };
+  return diagnose(seen, more);
 };
 const QEMU_CAPS = [
   ...["postcopy-ram", "postcopy-hugetlbfs", "postcopy-shmem", "background-snapshot", "postcopy-blocktime"],
@@ -1074,7 +1074,6 @@ describe("diagnose() as a decision table", () => {
     kvmGroup: true,
     tools: ["setfacl", "udevadm", "setcap"],
     sysctlSource: null,
-    kernelConfig: null,
   };
   /** uffd-open's answers: [device-node, device, syscall, user-mode-only]. */
   type Answers = [string, string, string, string];
@@ -1094,6 +1093,7 @@ describe("diagnose() as a decision table", () => {
     checks?: Check[];
     qemu?: typeof qemu7;
     vm?: Check[];
+    required?: Capability[];
   };
   const hugetlbWarns: Check = { id: "register-hugetlb", title: "", status: "warn", detail: "vm.nr_hugepages is 0" };
   const noThreadId: Check = {
@@ -1103,8 +1103,10 @@ describe("diagnose() as a decision table", () => {
     detail: "no THREAD_ID",
     missing: ["UFFD_FEATURE_THREAD_ID"],
   };
-  const decide = ({ facts: f = {}, routes, checks = [], qemu, vm }: Case) =>
-    diagnoseOf({ ...base, ...f }, [...opened(routes), ...checks], undefined, qemu ?? null, vm).map((d) => d.cause);
+  const decide = ({ facts: f = {}, routes, checks = [], qemu, vm, required }: Case) =>
+    diagnoseOf({ ...base, ...f }, [...opened(routes), ...checks], undefined, qemu ?? null, vm, required).map(
+      (d) => d.cause,
+    );
   const IMPOSTOR: Answers = ["ENODEV", "ENODEV", "EPERM", "ok"];
   const ROOT = { uid: 0, user: "root", capSysPtrace: true };
   const DENIED_DEVICE: Answers = ["EACCES", "EACCES", "ok", "ok"];
@@ -1211,6 +1213,12 @@ describe("diagnose() as a decision table", () => {
       miss: { routes: DENIED, qemu: qemu7 },
     },
     {
+      cause: "qemu-multifd",
+      hit: { routes: OPEN, qemu: qemu7, required: ["postcopy-multifd"] },
+      causes: ["qemu-multifd"],
+      miss: { routes: OPEN, qemu: { ...qemu7, version: "10.1.0", major: 10 }, required: ["postcopy-multifd"] },
+    },
+    {
       cause: "missing-feature",
       hit: { routes: OPEN, checks: [noThreadId] },
       causes: ["missing-feature"],
@@ -1231,7 +1239,12 @@ describe("diagnose() as a decision table", () => {
   ];
 
   test("every cause has a row in this table and an entry in the README's cause table", () => {
-    const ids: string[] = [...CAUSE_IDS, ...Object.keys(PID_CAUSES), ...Object.keys(VM_CAUSES)];
+    const ids: string[] = [
+      ...CAUSE_IDS,
+      ...Object.keys(QEMU_CAUSES),
+      ...Object.keys(PID_CAUSES),
+      ...Object.keys(VM_CAUSES),
+    ];
     expect(TABLE.map((row): string => row.cause).sort()).toEqual(ids.sort());
     const readme = readFileSync(`${import.meta.dir}/README.md`, "utf8");
     expect(ids.filter((id) => !readme.includes(`\n| \`${id}\` | `))).toEqual([]);

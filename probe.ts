@@ -139,7 +139,6 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
     pageSize: sys.pageSize(),
     hugePageSize: hugeKb === null ? null : hugeKb * 1024,
     nrHugepages: whole(sys.readText("/proc/sys/vm/nr_hugepages")),
-    freeHugepages: whole(field(meminfo, "HugePages_Free")),
     uid,
     user: nameOf(passwd, uid),
     // Absent: no CONFIG_USERFAULTFD, or a kernel before 5.2.
@@ -741,7 +740,7 @@ const NEEDS = {
   "postcopy-shmem": { consumer: "qemu", ...RAM, checks: [...RAM.checks, "register-shmem"] },
   "background-snapshot": { consumer: "qemu", checks: ["uffd-api", "write-protect"], trips: ["write-protect"] },
   "postcopy-blocktime": { consumer: "qemu", ...RAM, features: ["THREAD_ID"] },
-  // Postcopy beside multifd (parallel migration): what postcopy-ram needs, from a QEMU that can (multifdWith()).
+  // Postcopy beside multifd (parallel migration): what postcopy-ram needs, from a QEMU that can (qemu.ts).
   "postcopy-multifd": { consumer: "qemu", ...RAM },
   "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
   "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
@@ -771,15 +770,6 @@ const UNJUDGED: Record<string, Unjudged> = {
     "ask QEMU with --qemu, or migrate with --migrate --parallel 4",
   ],
 };
-/**
- * Whether QEMU migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet compatible
- * with multifd"), and before 8.1 the destination aborts (measured: 7.2); 10.1 made them work together.
- */
-function multifdWith(q: Qemu | null) {
-  const [major, minor] = (q?.version ?? "").split(".").map(Number);
-  return q?.version ? major > 10 || (major === 10 && minor >= 1) : null;
-}
-
 /**
  * What each consumer can do here, judged from the checks and what they learnt: yes or no for each
  * capability, why for each one the run could not judge, and postcopy-ram for QEMU before and after 8.0.
@@ -832,8 +822,9 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     if (vmUnknown && ok["postcopy-ram"])
       [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, [vmUnknown.detail, vmUnknown.hint ?? ""]];
     // Beside multifd: postcopy-ram's answer, from a QEMU that can; unknown when it is, or the version is.
-    ok["postcopy-multifd"] = ok["postcopy-ram"] && multifdWith(qemu) === true;
-    const unversioned = ok["postcopy-ram"] && multifdWith(qemu) === null ? UNJUDGED.unversioned : undefined;
+    const multifd = qemu?.version ? loadQemu().multifdWith(qemu.version) : null; // a QEMU read, when one was
+    ok["postcopy-multifd"] = ok["postcopy-ram"] && multifd === true;
+    const unversioned = ok["postcopy-ram"] && multifd === null ? UNJUDGED.unversioned : undefined;
     if (unknown["postcopy-ram"] ?? unversioned) unknown["postcopy-multifd"] = unknown["postcopy-ram"] ?? unversioned;
     // postcopy-ram's answer, or null when the run could not judge it.
     return { ok, unknown, ram: unknown["postcopy-ram"] ? null : ok["postcopy-ram"] };
@@ -847,7 +838,7 @@ export type Judged = ReturnType<typeof judge>;
 // ── Diagnosis: one typed table of causes, their gates and fixes ──
 
 /** What the diagnosis reads beyond the facts, and only when a cause needs it. */
-export type Evidence = { sysctlSource: { file: string; value: string } | null; kernelConfig: string | null };
+export type Evidence = { sysctlSource: { file: string; value: string } | null };
 /** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
 function sysctlSource(sys: Sys) {
   const { readdirSync } = require("node:fs") as typeof import("node:fs");
@@ -867,23 +858,14 @@ function sysctlSource(sys: Sys) {
 }
 const SYSCTL_DIRS = ["/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
 const SETS = /^\s*-?\s*vm[./]unprivileged_userfaultfd\s*=\s*(\S+)/gm;
-/** CONFIG_USERFAULTFD as the running kernel was built, from /boot or /proc/config.gz, when readable. */
-function kernelConfig(sys: Sys, release: string) {
-  let text = sys.readText(`/boot/config-${release}`);
-  try {
-    const gz = sys.readText("/proc/config.gz");
-    if (gz) text ??= K.latin1(Bun.gunzipSync(Uint8Array.from(gz, (c) => c.charCodeAt(0))));
-  } catch {
-    // neither is readable: the evidence goes without it
-  }
-  return text?.match(/^(CONFIG_USERFAULTFD=\w+|# CONFIG_USERFAULTFD is not set)$/m)?.[1] ?? null;
-}
-
 /**
  * What the diagnosis sees: the facts and evidence, what each route answered, the checks, the capabilities
  * that failed, the deciding QEMU, and --pid's checks of the running process and its VM.
  */
-export type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null };
+export type Seen = { f: Facts & Evidence; a: Answers; checks: Check[]; failing: Capability[]; qemu: Qemu | null } & {
+  /** What the exit status stands for (--require): a cause of a capability few ask for shows only when asked. */
+  required: Capability[];
+};
 type Gate = (s: Seen) => boolean;
 export type Diagnosis = { cause: CauseId; summary: string; blocks: Capability[]; evidence: string[]; fix: string[] };
 const missingOf = (checks: Check[]) => checks.flatMap((c) => c.missing ?? []);
@@ -912,6 +894,7 @@ const BLOCKS = {
   syscall: (s: Seen) => through(s, "syscall"),
   "qemu-device": (s: Seen) => ofQemu(through(s, "device")),
   qemu: (s: Seen) => ofQemu(s.failing),
+  multifd: ({ failing }: Seen) => failing.filter((cap) => cap === "postcopy-multifd"),
   features: ({ checks, failing }: Seen) =>
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
   note: () => [] as Capability[],
@@ -943,7 +926,7 @@ function boot(name: string, f: Facts) {
   return `boot Linux ${at} or later for ${name} (this is ${f.kernel})`;
 }
 
-const answered = ({ a }: Seen) => {
+export const answered = ({ a }: Seen) => {
   const umo = a["user-mode-only"];
   const old = umo === "EINVAL" ? " (the flag came in Linux 5.11)" : "";
   return `userfaultfd(2): ${a.syscall}, with UFFD_USER_MODE_ONLY: ${umo}${old}`;
@@ -985,14 +968,6 @@ function deviceAccess({ f }: Seen) {
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
   return [...now, ...group, join, ...persist];
 }
-/** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
-function setcap({ f, qemu }: Seen) {
-  const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
-  if (!f.tools.includes("setcap") || profiled || (qemu?.path && !qemu.grantable)) return [];
-  const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
-  return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
-}
-
 /** A line of a cause's evidence or fixes: fixed text, or text made from what the diagnosis sees (null: none). */
 type Says = string | ((s: Seen) => string | string[] | null);
 const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
@@ -1011,7 +986,7 @@ const CAUSES = {
     summary: "this kernel has no userfaultfd (CONFIG_USERFAULTFD off, or before 4.3)",
     evidence: [
       "userfaultfd(2): ENOSYS without a seccomp filter",
-      ({ f }) => `kernel ${f.kernel}: ${f.kernelConfig ?? "no config readable"}`,
+      ({ f }) => `kernel ${f.kernel}: no vm.unprivileged_userfaultfd, which a kernel with CONFIG_USERFAULTFD has`,
     ],
     fix: ["boot a kernel built with CONFIG_USERFAULTFD=y"],
   },
@@ -1136,16 +1111,8 @@ const CAUSES = {
           ? "Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"
           : null,
     ],
-    fix: [SYSCTL, persistSysctl, (s) => (ofQemu(BLOCKS.syscall(s)).length ? setcap(s) : null)],
-  },
-  "qemu-before-8.0": {
-    when: ({ a, qemu }) => qemuConsumer(qemu) === "qemu<8.0" && a.syscall !== "ok" && a.device === "ok",
-    blocks: "qemu",
-    upgrade: () => true,
-    summary: ({ qemu }) =>
-      `QEMU ${qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
-    evidence: [`${DEVICE}: ok`, answered],
-    fix: [({ qemu }) => `install QEMU 8.0 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`],
+    // A QEMU was read (the syscall said EPERM): its file capability, when only QEMU is refused.
+    fix: [SYSCTL, persistSysctl, (s) => (ofQemu(BLOCKS.syscall(s)).length ? loadQemu().setcap(s) : null)],
   },
   "missing-feature": {
     when: ({ checks }) => missingOf(checks).length > 0,
@@ -1166,8 +1133,12 @@ const CAUSES = {
     ],
   },
 } satisfies Record<string, Cause>;
-/** Every cause's id: this table's, and those of the rows --pid adds (pid.ts, vm.ts). */
-export type CauseId = keyof (typeof CAUSES & typeof import("./pid.ts").CAUSES & typeof import("./vm.ts").CAUSES);
+/** Every cause's id: this table's, those a QEMU read adds (qemu.ts), and those of the rows --pid adds (pid.ts, vm.ts). */
+export type CauseId = keyof (typeof CAUSES &
+  QemuCauses &
+  typeof import("./pid.ts").CAUSES &
+  typeof import("./vm.ts").CAUSES);
+type QemuCauses = typeof import("./qemu.ts").CAUSES;
 export const CAUSE_IDS = Object.keys(CAUSES) as CauseId[];
 
 /**
@@ -1226,13 +1197,14 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   ];
   const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<Capability, boolean>;
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
-  // Where the sysctl is set when the syscall said EPERM; how the kernel was built when it said ENOSYS.
+  // Where the sysctl is set, when the syscall said EPERM.
   const f: Facts & Evidence = {
     ...facts,
     sysctlSource: learnt.answers?.syscall === "EPERM" ? sysctlSource(sys) : null,
-    kernelConfig: learnt.answers?.syscall === "ENOSYS" ? kernelConfig(sys, facts.kernel) : null,
   };
-  const seen = { f, checks, failing, qemu: learnt.qemu };
+  const seen = { f, checks, failing, qemu: learnt.qemu, required: opts.require };
+  // The causes only a QEMU's version can be, when one was read (qemu.ts is loaded then).
+  const qemuCauses = learnt.qemu?.version ? loadQemu().CAUSES : {};
   const why = unanswered(opts, judged, real, context);
   const known = why.length === 0;
   const trip = learnt.trips["kernel-write"];
@@ -1257,7 +1229,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     capabilities: judged.ok,
     /** Capabilities the run could not judge. */
     undetermined: judged.undetermined,
-    diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }, context?.causes) : [],
+    diagnosis: learnt.answers ? diagnose({ ...seen, a: learnt.answers }, { ...qemuCauses, ...context?.causes }) : [],
     /** What the exit status stands for: --require's capabilities, postcopy-ram by default. */
     required: { capabilities: opts.require, ok: known ? opts.require.every((c) => decisive[c]) : null },
     /** The kernel-mode write trip decides for QEMU: its result and time, when it ran. */
@@ -1496,33 +1468,20 @@ export async function main(argv = process.argv.slice(2)) {
       throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = K.loadSys();
     if (opts.help || opts.version) return emit(sys, `${opts.help ? HELP : VERSION}\n`, null);
-    // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (context.ts).
-    const elsewhere = opts.user !== null || opts.pid !== null ? loadContext() : null;
-    // A child orphaned while it started must not start a child of its own: it ends here.
-    if (elsewhere?.isOrphan(sys)) throw new Error("The parent probe is gone");
-    const child = elsewhere?.isChild() ?? false;
-    if (elsewhere && !child) {
-      elsewhere.contextOf(sys, opts);
-      // The child's document comes back to be written here, as root: --output is never the child's to write.
-      const ran = await elsewhere.runInContext(argv, elsewhere.childMs(opts), { capture: output !== null });
-      emit(sys, ran.out, output);
-      process.exitCode = ran.code;
+    // --user and --pid: the whole probe runs again in a child that takes on QEMU's context (context.ts). The
+    // parent writes the child's document (to --output too: it is never the child's to write) and takes its status.
+    const taken = opts.user !== null || opts.pid !== null ? await loadContext().takeOn(sys, opts, argv) : undefined;
+    if (taken && "out" in taken) {
+      emit(sys, taken.out, output);
+      process.exitCode = taken.code;
       return;
     }
-    if (child) output = null;
-    const context = await elsewhere?.enterContext(sys, opts);
-    if (context) opts.user = context.name;
+    const context = taken;
+    if (context) output = null;
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
     const facts = readFacts(sys, context?.device, context?.facts);
     const report: Report = await probe(sys, facts, opts, context);
-    if (opts.bench) {
-      const progress = sys.isatty(2) ? loadBench().progressLine(sys, opts.bench) : undefined;
-      try {
-        report.bench = await loadBench().bench(sys, facts, report, opts, progress?.show);
-      } finally {
-        progress?.erase();
-      }
-    }
+    if (opts.bench) report.bench = await loadBench().bench(sys, facts, report, opts);
     emit(sys, RENDERERS[opts.format](report, opts), output);
     if (report.error) console.error(`postcopy-probe: ${shown(report.error)}`);
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;

@@ -11,7 +11,8 @@
  */
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Check, Facts, Options, RealAnswer, Status, Unjudged } from "./probe.ts";
+import type { Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
+import { answered, DEVICE, sh } from "./probe.ts";
 
 /** QEMU's own answer to migrate-set-capabilities postcopy-ram, and whether (and why not) it agrees with the probe. */
 export type QemuAnswer = {
@@ -349,3 +350,50 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null): RealAn
     answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`,
   );
 }
+
+/**
+ * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet
+ * compatible with multifd"), and before 8.1 the destination aborts (measured: 7.2); 10.1 made them work together.
+ */
+export function multifdWith(version: string) {
+  const [major, minor] = version.split(".").map(Number);
+  return major > 10 || (major === 10 && minor >= 1);
+}
+
+/** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
+export function setcap({ f, qemu }: Seen) {
+  const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
+  if (!f.tools.includes("setcap") || profiled || (qemu?.path && !qemu.grantable)) return [];
+  const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
+  return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
+}
+
+/** The causes only a QEMU's version can be, as rows of probe.ts's table: added when a QEMU was read. */
+export const CAUSES = {
+  "qemu-before-8.0": {
+    when: ({ a, qemu }) => (qemu?.major ?? 8) < 8 && a.syscall !== "ok" && a.device === "ok",
+    blocks: "qemu",
+    upgrade: () => true,
+    summary: ({ qemu }) =>
+      `QEMU ${qemu?.version} only calls userfaultfd(2); ${DEVICE}, which opens here, needs QEMU 8.0 or later`,
+    evidence: [`${DEVICE}: ok`, answered],
+    fix: [({ qemu }) => `install QEMU 8.0 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`],
+  },
+  "qemu-multifd": {
+    // Only when it is asked for (--parallel, --require postcopy-multifd): few migrate with multifd.
+    when: ({ qemu, required }) => required.includes("postcopy-multifd") && !multifdWith(qemu?.version ?? "0"),
+    blocks: "multifd",
+    upgrade: () => true,
+    summary: ({ qemu }) => `QEMU ${qemu?.version} cannot migrate postcopy beside multifd (parallel migration)`,
+    evidence: [
+      ({ qemu }) =>
+        (qemu?.major ?? 0) < 8 || qemu?.version?.startsWith("8.0")
+          ? `QEMU ${qemu?.version} takes the pair, then its destination aborts (measured with 7.2)`
+          : `QEMU ${qemu?.version} refuses it: "Postcopy is not yet compatible with multifd" (8.1 to 10.0)`,
+    ],
+    fix: [
+      ({ qemu }) => `install QEMU 10.1 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`,
+      "virsh migrate --postcopy ... without --parallel; KubeVirt: no parallelMigrationThreads   # until then",
+    ],
+  },
+} satisfies Record<string, Cause>;
