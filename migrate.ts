@@ -323,14 +323,14 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     const caps = (names: string[]) => ({ capabilities: names.map((capability) => ({ capability, state: true })) });
     const multifd = plan.parallel ? ["multifd"] : [];
     const refused = await dst.cmd("migrate-set-capabilities", caps(["postcopy-ram", "postcopy-blocktime", ...multifd]));
-    if (refused?.error || !refused) {
-      const why = refused ? said(refused) : "no reply";
-      const stderrWhy = words(1);
-      return {
-        ...result,
-        ok: false,
-        why: `the destination refused postcopy-ram: ${why}${stderrWhy ? `: ${stderrWhy}` : ""}`,
-      };
+    if (!refused?.return) {
+      // No reply: the destination died asking the kernel (a seccomp filter that kills), or hangs.
+      const died = !refused && (await within(dstChild.exited, 1000));
+      const how = died ? `the destination died (${dstChild.signalCode ?? `exit ${dstChild.exitCode}`})` : null;
+      const why = refused
+        ? `the destination refused postcopy-ram: ${said(refused)}`
+        : (how ?? "the destination did not answer");
+      return { ...result, ok: refused || died ? false : null, why: words(1) ? `${why}: ${words(1)}` : why };
     }
     const channels = { "multifd-channels": plan.parallel };
     for (const m of plan.parallel ? [dst, src] : []) await m.cmd("migrate-set-parameters", channels);

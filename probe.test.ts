@@ -41,7 +41,7 @@ import {
   VERSION,
 } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { askQemu, pipe, poll, CAUSES as QEMU_CAUSES, versionIn } from "./qemu.ts";
+import { askQemu, multifdWith, pipe, poll, CAUSES as QEMU_CAUSES, versionIn } from "./qemu.ts";
 import { actionName, combined, run } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
 import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
@@ -2710,6 +2710,21 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
     },
   );
 
+  test.skipIf(skip || process.arch !== "x64")(
+    "seccomp: --migrate installs the process's filters in its destination: under Docker's default, refused",
+    async () => {
+      await withQemu(realQemu!, profile("docker-migrate"), [], async (pid) => {
+        const { code, report } = cli(["--json", "--pid", String(pid), "--migrate"]);
+        const m = report.migration!;
+        // As root, only the filter can refuse QEMU its userfaultfd: the destination had it from its first instruction.
+        expect([code, report.postcopy, m.ok, report.host.uid]).toEqual([1, false, false, 0]);
+        expect(m.why).toStartWith("the destination refused postcopy-ram: Postcopy is not supported");
+        expect(causes(report)).toContain("seccomp");
+      });
+    },
+    60_000,
+  );
+
   test.skipIf(skip)(
     "unprivileged-userfaultfd, not seccomp: the runtime default plus userfaultfd, for uid 107",
     async () => {
@@ -2847,6 +2862,148 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
   });
 });
 
+describe("--migrate (migrate.ts): a real postcopy migration between two QEMUs, in the probe's context", () => {
+  const skip = !isRoot || !realQemu || process.arch !== "x64";
+  /** What a migration could leave behind: a QEMU it started, or its private directory. */
+  const left = () => [
+    ...pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-")),
+    ...readdirSync(tmpdir()).filter((n) => n.startsWith("postcopy-probe-migrate-")),
+  ];
+  const MS = 60_000;
+  const byPid = (pid: number, ...more: string[]) => cli(["--json", "--pid", String(pid), ...more]);
+
+  test.skipIf(skip)(
+    "as root, QEMU 7.2 and 10: postcopy-active, then completed, with pages requested and blocktime; nothing left",
+    () => {
+      for (const asked of [[], ...(qemu10 ? [["--qemu", qemu10]] : [])]) {
+        const { code, report } = cli(["--json", "--migrate", ...asked]);
+        const m = report.migration!;
+        expect([code, report.postcopy, m.ok, m.why, m.statuses.slice(-2)]).toEqual([
+          0,
+          true,
+          true,
+          undefined,
+          ["postcopy-active", "completed"],
+        ]);
+        expect(m.pagesRequested).toBeGreaterThan(0);
+        expect([typeof m.totalMs, typeof m.downtimeMs, typeof m.blocktimeMs, m.vcpuBlocktimeMs?.length]).toEqual([
+          "number",
+          "number",
+          "number",
+          1,
+        ]);
+        expect([report.answeredBy?.startsWith("a real migration, QEMU "), check(report, "migration").status]).toEqual([
+          true,
+          "pass",
+        ]);
+        expect(left()).toEqual([]);
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "unprivileged-userfaultfd: as uid 65534 and with --user nobody, the sysctl decides: refused at 0, completed at 1",
+    () => {
+      for (const run of [
+        cli(["--json", "--migrate"], { nobody: true }),
+        cli(["--json", "--migrate", "--user", "nobody"]),
+      ]) {
+        const { code, report } = run;
+        const m = report.migration!;
+        if (unprivileged === "0") {
+          expect([code, report.postcopy, m.ok]).toEqual([1, false, false]);
+          expect(m.why).toStartWith("the destination refused postcopy-ram: Postcopy is not supported");
+          expect(causes(report)).toContain("unprivileged-userfaultfd");
+        } else expect([code, report.postcopy, m.ok, m.statuses.at(-1)]).toEqual([0, true, true, "completed"]);
+        expect([report.host.uid, left()]).toEqual([65534, []]);
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "vm-config: --pid of a QEMU whose RAM is a file: on ext4 postcopy cannot complete, a no; on tmpfs it completes",
+    async () => {
+      const ext4 = Bun.spawnSync(["findmnt", "-no", "FSTYPE", "-T", world]).stdout.toString().trim() === "ext4";
+      const dirs: Array<[string, boolean]> = [
+        ...(ext4 ? [[`${world}/ram-on-ext4`, false] as [string, boolean]] : []),
+        [`/dev/shm/postcopy-probe-test-${process.pid}`, true],
+      ];
+      for (const [dir, completes] of dirs) {
+        mkdirSync(dir);
+        try {
+          const ram = ["-object", `memory-backend-file,id=ram,size=64M,mem-path=${dir},share=on`];
+          await withQemu(realQemu!, [], [...ram, "-machine", "memory-backend=ram"], async (pid) => {
+            const { code, report } = byPid(pid, "--migrate");
+            const m = report.migration!;
+            expect([dir, code, m.ok]).toEqual([dir, completes ? 0 : 1, completes]);
+            // QEMU 7.2 takes postcopy on ext4, then pauses; 8.1 and later refuse it at once.
+            if (!completes) expect(m.why).toMatch(/postcopy-paused|TMPFS or HUGETLBFS/);
+            if (!completes) expect(causes(report)).toContain("vm-config");
+          });
+          expect([readdirSync(dir), left()]).toEqual([[], []]); // QEMU's RAM files are unlinked at once
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "qemu-multifd: --parallel 2 answers postcopy-multifd as QEMU does it (7.2's destination aborts, 10.0 refuses)",
+    () => {
+      for (const asked of [[], ...(qemu10 ? [["--qemu", qemu10]] : [])]) {
+        const { code, report } = cli(["--json", "--parallel", "2", ...asked]);
+        const m = report.migration!;
+        const version = report.answeredBy?.match(/QEMU (\S+)/)?.[1] ?? "";
+        const works = multifdWith(version);
+        expect([version, code, report.required.capabilities, m.parallel, m.ok]).toEqual([
+          version,
+          works ? 0 : 1,
+          ["postcopy-multifd"],
+          2,
+          works,
+        ]);
+        if (!works) expect(m.why).toMatch(/destination ends gone|not yet compatible with multifd/);
+        if (!works) expect(causes(report)).toContain("qemu-multifd");
+        expect(left()).toEqual([]);
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "a signal to the probe mid-migration: SIGTERM leaves nothing, SIGKILL no QEMU (they die with the probe)",
+    async () => {
+      for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+        const probe = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--migrate"], {
+          cwd: world,
+          stdio: ["ignore", "ignore", "ignore"],
+        });
+        const until = Date.now() + 20_000;
+        while (Date.now() < until && pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-")).length < 2)
+          await Bun.sleep(20);
+        probe.kill(signal);
+        await probe.exited;
+        await Bun.sleep(300);
+        expect([signal, pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-"))]).toEqual([signal, []]);
+        // Nothing can clean up after SIGKILL: its directory (a socket and the guest's firmware) stays.
+        for (const n of left()) rmSync(`${tmpdir()}/${n}`, { recursive: true, force: true });
+      }
+      expect(left()).toEqual([]);
+    },
+    MS,
+  );
+
+  test("with no QEMU, --migrate cannot answer: exit 2 with the reason, and no yes or no", () => {
+    const { code, report } = cli(["--json", "--migrate"], { path: NO_QEMU });
+    expect([code, report.postcopy, report.migration?.ok]).toEqual([2, null, null]);
+    expect(report.error).toMatch(/^could not answer what was asked: --migrate: no QEMU found: looked for /);
+  });
+});
+
 describe("--bench (bench.ts)", () => {
   test.skipIf(!isRoot)(
     "--bench 120000 keeps every buffer the kernel copies from alive, and says which route it measured",
@@ -2905,6 +3062,7 @@ describe("--format prometheus and --output (textfile.ts)", () => {
       ...report,
       features: { THREAD_ID: true, MOVE: false, unknown: "0x0" },
       roundTrip: { ok: false, ns: 1500 },
+      migration: { ok: false, blocktimeMs: 27, pagesRequested: 812 },
     };
     const help = (name: string, text: string) => [
       `# HELP postcopy_probe_${name} ${text}`,
@@ -2912,10 +3070,10 @@ describe("--format prometheus and --output (textfile.ts)", () => {
     ];
     const statuses = (id: string, on: string) =>
       ["pass", "warn", "fail", "skip"].map((s) => `postcopy_probe_check{id="${id}",status="${s}"} ${s === on ? 1 : 0}`);
-    expect(renderPrometheus(withTrip as Report).split("\n")).toEqual([
+    expect(renderPrometheus(withTrip as unknown as Report).split("\n")).toEqual([
       ...help("up", "1 when the probe answered what was asked, 0 when it could not."),
       "postcopy_probe_up 1",
-      ...help("supported", "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer)."),
+      ...help("supported", "1 when QEMU can use postcopy-ram here (with --migrate or --qemu: what they found)."),
       "postcopy_probe_supported 0",
       ...help("probe_supported", "1 when the probe's own checks say the QEMU that will run can."),
       "postcopy_probe_probe_supported 0",
@@ -2927,6 +3085,21 @@ describe("--format prometheus and --output (textfile.ts)", () => {
       ...statuses("uffd-api", "skip"),
       ...help("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join."),
       "postcopy_probe_round_trip_seconds 0.0000015",
+      ...help(
+        "migration_ok",
+        "1 when --migrate's postcopy migration completed with pages requested, 0 when it failed.",
+      ),
+      "postcopy_probe_migration_ok 0",
+      ...help(
+        "migration_blocktime_seconds",
+        "The destination's postcopy-blocktime in --migrate: how long its vCPUs waited for pages.",
+      ),
+      "postcopy_probe_migration_blocktime_seconds 0.027",
+      ...help(
+        "migration_pages_requested",
+        "The pages the destination asked the source for in --migrate (ram.postcopy-requests).",
+      ),
+      "postcopy_probe_migration_pages_requested 812",
       ...help("info", "The probe's version and the context it answered for."),
       'postcopy_probe_info{version="0.1.0",kernel="6.1.0",user="qemu",uid="107"} 1',
       "",

@@ -26,7 +26,7 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
   ["up", "1 when the probe answered what was asked, 0 when it could not.", (r) => one(r.error ? 0 : 1)],
   [
     "supported",
-    "1 when QEMU can use postcopy-ram here (with --qemu: QEMU's own answer).",
+    "1 when QEMU can use postcopy-ram here (with --migrate or --qemu: what they found).",
     (r) => (r.error ? [] : one(bool(r.postcopy))),
   ],
   [
@@ -49,6 +49,21 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
     "qemu_accepts",
     "1 when the QEMU asked (--qemu) accepts postcopy-ram.",
     ({ qemu: q }) => (q ? [[labels({ version: q.version, path: q.path }), bool(q.accepts)]] : []),
+  ],
+  [
+    "migration_ok",
+    "1 when --migrate's postcopy migration completed with pages requested, 0 when it failed.",
+    ({ migration: m }) => (m && m.ok !== null ? one(bool(m.ok)) : []),
+  ],
+  [
+    "migration_blocktime_seconds",
+    "The destination's postcopy-blocktime in --migrate: how long its vCPUs waited for pages.",
+    ({ migration: m }) => (m?.blocktimeMs != null ? one(m.blocktimeMs / 1000) : []),
+  ],
+  [
+    "migration_pages_requested",
+    "The pages the destination asked the source for in --migrate (ram.postcopy-requests).",
+    ({ migration: m }) => (m?.pagesRequested != null ? one(m.pagesRequested) : []),
   ],
   [
     "info",
