@@ -393,7 +393,7 @@ export const CAUSES = {
     ],
     fix: [
       ({ qemu }) => `install QEMU 10.1 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`,
-      "virsh migrate --postcopy ... without --parallel; KubeVirt: no parallelMigrationThreads   # until then",
+      "virsh migrate --live --postcopy DOMAIN URI   # until then: without --parallel (KubeVirt: no parallelMigrationThreads)",
     ],
   },
 } satisfies Record<string, Cause>;
