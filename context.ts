@@ -13,7 +13,7 @@
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { ProcessFacts, processFacts } from "./pid.ts";
-import type { Cause, Check, Options, Unjudged } from "./probe.ts";
+import type { Cause, Check, Judging, Options, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, quoted, rows, UsageError } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find } from "./qemu.ts";
@@ -90,6 +90,8 @@ export type Context = {
   unanswered?: Unjudged[];
   /** --pid: its seccomp filters as read, first installed first (--migrate installs them in its destination). */
   filters?: Insn[][];
+  /** What this context makes of the capabilities the checks judged (a capability kept for QEMU, a filter's supervisor, the VM). */
+  judging?: Judging[];
   /** --pid: its VM's RAM: a file under its first mem-path, or shared memory (--migrate gives its copy the same). */
   ram?: { memPath: string | null; shared: boolean };
 };
@@ -177,6 +179,10 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   if (!gone) child.unref();
   throw new Error(`The probe's child did not finish within ${ms} ms: killed${gone ? "" : " (it may remain)"}`);
 }
+const BORROWED: Unjudged = [
+  "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
+  "run the probe as that user, without --user",
+];
 /** The command that starts the probe itself again: a compiled binary is its own script; `bun probe.ts` names it. */
 export const self = () => (Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main]);
 /** What the child may see of the parent's environment. */
@@ -219,6 +225,9 @@ export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   const initial = context.process ? context.process.uidMap === INITIAL_UID_MAP : true;
   const ptrace = exe ? fileCapPtrace(exe) : initial && capBit(capEff, CAP_SYS_PTRACE) === true;
   context.ptrace = ptrace && context.uid !== 0;
+  // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
+  const borrowed: Judging = (forQemu) => (context.ptrace && !forQemu ? BORROWED : null);
+  context.judging = [...(context.judging ?? []), borrowed];
   const caps = context.uid === 0 ? (initial ? "all" : "none") : ptrace ? "ptrace" : "none";
   const r = become(context.uid, context.gid, context.groups, caps);
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);

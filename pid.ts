@@ -16,7 +16,7 @@ import type { Context } from "./context.ts";
 import { getppid, INITIAL_UID_MAP, libc, processed, within } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Answers, Cause, Check, Unjudged } from "./probe.ts";
+import type { Answers, Cause, Check, Judging, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, rows, sh, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { hostOwned, versionIn } from "./qemu.ts";
@@ -85,6 +85,21 @@ export async function confine(context: Context) {
 const STRINGS = (pid: number) => `strings /proc/${pid}/exe | grep 'QEMU emulator version'`;
 const LET_STOP = "let the probe stop the process a moment: no other tracer, and Yama's ptrace_scope below 3";
 const RELOAD = "load the process's AppArmor profile (apparmor_parser -r), then ask again";
+
+/** A seccomp supervisor (USER_NOTIF) or tracer (TRACE) answers a route: no filter can tell ahead. */
+const supervised =
+  (verdict: FilterVerdict | null): Judging =>
+  (_, routes) =>
+    verdict?.undecided.some((r) => routes.includes(r)) ? UNDECIDED : null;
+const UNDECIDED: Unjudged = [
+  "a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF) or a tracer (TRACE): they decide, not it",
+  "ask the container runtime's seccomp supervisor what it answers for userfaultfd",
+];
+/** This VM's configuration counts for QEMU too: a VM check that fails refuses QEMU's capabilities. */
+const refusedBy =
+  (checks: Check[]): Judging =>
+  (forQemu) =>
+    forQemu && checks.some((c) => c.status === "fail") ? false : null;
 
 /** The causes only a running process can have, as rows of probe.ts's table (its README entries too). */
 export const CAUSES = {
@@ -375,6 +390,7 @@ export function pidContext(sys: Sys, pid: number): Context {
     ...vm,
     checks: [own, ...vm.checks],
     causes: { ...CAUSES, ...VM_CAUSES },
+    judging: [supervised(filters?.verdict ?? null), refusedBy(vm.checks)],
     filters: filters?.filters,
     unanswered: [
       ...(version ? [] : [[`--pid: ${qemu.error}`, `read it from its bytes yourself: ${STRINGS(pid)}`] as Unjudged]),

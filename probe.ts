@@ -754,22 +754,20 @@ const consumerOf = (cap: Capability, q: Qemu | null) =>
 export type Unjudged = [why: string, settle: string];
 /** Each way a capability goes unjudged. */
 const UNJUDGED: Record<string, Unjudged> = {
-  undecided: [
-    "a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF) or a tracer (TRACE): they decide, not it",
-    "ask the container runtime's seccomp supervisor what it answers for userfaultfd",
-  ],
   limit: [OWN_LIMIT, "run it again with more of what ran out (ulimit -n, free memory, fewer threads)"],
   byFileCap: ["QEMU opens its uffd by a file capability this run lacks", AS_QEMU],
-  borrowed: [
-    "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
-    "run the probe as that user, without --user",
-  ],
   impostor: [`${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides`, "ask QEMU with --qemu"],
   unversioned: [
     "no QEMU version was read: postcopy beside multifd works from QEMU 10.1 on",
     "ask QEMU with --qemu, or migrate with --migrate --parallel 4",
   ],
 };
+/**
+ * What a context (context.ts, pid.ts) makes of a capability, QEMU's or another consumer's, on the routes
+ * that consumer tries: why the run cannot judge it, false when the context refuses it, else null.
+ */
+export type Judging = (forQemu: boolean, routes: Route[]) => Unjudged | false | null;
+
 /**
  * What each consumer can do here, judged from the checks and what they learnt: yes or no for each
  * capability, why for each one the run could not judge, and postcopy-ram for QEMU before and after 8.0.
@@ -779,9 +777,6 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
   const has = (name: string) => features !== null && (features & K.UFFD_FEATURE[name]) !== 0n;
   const passed = (id: string) => ["pass", "warn"].includes(checks.find((c) => c.id === id)?.status ?? "");
   const kernelMode = learnt.route !== "user-mode-only";
-  // --pid: this VM's configuration counts for QEMU too, and its memory needs what it is made of.
-  const vm = context?.checks ?? [];
-  const vmRefuses = vm.some((c) => c.status === "fail");
   /** One capability for one consumer: yes or no, and why it could not be judged. */
   const one = (cap: Capability, qemuAs: ConsumerName): [boolean, Unjudged | null] => {
     const need: Need = NEEDS[cap];
@@ -797,16 +792,14 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
       LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => learnt.limited.includes(id));
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
     const byFileCap = opens && a !== null && !ROUTES.some((r) => a[r] === "ok");
-    // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
-    const borrowed = context?.ptrace === true && !forQemu;
     // QEMU 8.0+ opens whatever is at the device's path: only a failed open() sends it to the syscall.
     const impostor = opens && consumer === "qemu>=8.0" && a?.["device-node"] === "ENODEV";
-    // A seccomp supervisor (USER_NOTIF) or tracer (TRACE) answers this route: no filter can tell ahead.
-    const undecided = a !== null && f.filter?.undecided.some((r) => CONSUMERS[consumer](a).includes(r));
+    // What the context makes of it (--user: a capability it kept for QEMU; --pid: a filter's supervisor, the VM).
+    const theirs = a && context?.judging?.map((j) => j(forQemu, CONSUMERS[consumer](a))).find((x) => x !== null);
     // The first of these that holds is why it could not be judged.
-    const why = Object.entries({ limit, byFileCap, borrowed, impostor, undecided }).find(([, holds]) => holds)?.[0];
-    const yes = ok && !(forQemu && vmRefuses) && !borrowed && !impostor && !undecided;
-    return [yes, yes || !why ? null : UNJUDGED[why]];
+    const why = Object.entries({ limit, byFileCap, impostor }).find(([, holds]) => holds)?.[0];
+    const yes = ok && !impostor && !theirs && theirs !== false;
+    return [yes, yes ? null : why ? UNJUDGED[why] : theirs || null];
   };
   /** Every capability, QEMU's judged for `qemuAs`: the deciding QEMU's consumer, or one generation's. */
   const all = (qemuAs: ConsumerName) => {
@@ -817,8 +810,9 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
       ok[cap] = yes;
       if (why) unknown[cap] = why;
     }
+    // --pid: the VM's memory needs what it is made of, and a memory backend the probe could not tell is unknown.
     ok["postcopy-ram"] &&= (context?.needs ?? []).every((cap) => ok[cap]);
-    const vmUnknown = vm.find((c) => c.status === "skip");
+    const vmUnknown = context?.checks?.find((c) => c.status === "skip");
     if (vmUnknown && ok["postcopy-ram"])
       [ok["postcopy-ram"], unknown["postcopy-ram"]] = [false, [vmUnknown.detail, vmUnknown.hint ?? ""]];
     // Beside multifd: postcopy-ram's answer, from a QEMU that can; unknown when it is, or the version is.
