@@ -2710,6 +2710,31 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
     },
   );
 
+  test.skipIf(skip)(
+    "a filter that hands userfaultfd to a tracer (TRACE) decides nothing ahead: UNKNOWN, exit 2, never a yes or a no",
+    async () => {
+      const traced = {
+        defaultAction: "SCMP_ACT_ALLOW",
+        syscalls: [{ names: ["userfaultfd"], action: "SCMP_ACT_TRACE" }],
+      };
+      await withQemu(realQemu!, profile("trace", [], traced), [], async (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, report.postcopy, report.required.ok, report.undetermined.includes("postcopy-ram")]).toEqual([
+          2,
+          null,
+          null,
+          true,
+        ]);
+        expect(report.error).toContain(
+          "postcopy-ram: a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF) or a tracer (TRACE)",
+        );
+        expect(report.settle).toContain(
+          "ask the container runtime's seccomp supervisor what it answers for userfaultfd",
+        );
+      });
+    },
+  );
+
   test.skipIf(skip || process.arch !== "x64")(
     "seccomp: --migrate installs the process's filters in its destination: under Docker's default, refused",
     async () => {
