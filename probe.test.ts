@@ -175,6 +175,13 @@ function cli(
   return { code: run.exitCode, stdout, stderr: run.stderr.toString(), report };
 }
 
+/** What `argv` and its children opened, as strace logs it (open, openat, openat2), and its stdout. */
+function traceOpens(argv: string[]) {
+  const log = `${world}/opens-${Math.random().toString(36).slice(2)}.strace`;
+  const run = Bun.spawnSync([Bun.which("strace")!, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", log, ...argv]);
+  return { stdout: run.stdout.toString(), opens: readFileSync(log, "utf8").split("\n") };
+}
+
 /** A script that installs a seccomp filter failing userfaultfd(2) with `errno` (as a container runtime does), then runs main(). */
 function seccompScript(errno: "EPERM" | "ENOSYS") {
   const script = `${world}/seccomp-${errno}.ts`;
@@ -837,22 +844,9 @@ describe("capabilities: the QEMU that will run decides", () => {
       const sys = loadSys();
       console.log(JSON.stringify(["${dir}/ptmx-link", "${dir}/fifo"].map((p) => versionIn(sys, p, Date.now() + 1000))));`,
     );
-    const log = `${dir}.strace`;
-    const run = Bun.spawnSync([
-      Bun.which("strace")!,
-      "-f",
-      "-qq",
-      "-e",
-      "trace=open,openat,openat2",
-      "-o",
-      log,
-      `${world}/bun`,
-      script,
-    ]);
-    expect(run.stdout.toString()).toBe("[null,null]\n");
-    const opened = readFileSync(log, "utf8")
-      .split("\n")
-      .filter((l) => /ptmx|fifo/.test(l));
+    const run = traceOpens([`${world}/bun`, script]);
+    expect(run.stdout).toBe("[null,null]\n");
+    const opened = run.opens.filter((l) => /ptmx|fifo/.test(l));
     expect([opened.length, opened.filter((l) => !l.includes("O_PATH"))]).toEqual([2, []]);
   });
 
@@ -2190,23 +2184,9 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
           expect([target, ...routes()]).toEqual([target, 0, "ENOENT", []]);
         }
         if (strace) {
-          const log = `${dir}.strace`;
-          Bun.spawnSync([
-            strace,
-            "-f",
-            "-qq",
-            "-e",
-            "trace=open,openat,openat2",
-            "-o",
-            log,
-            `${world}/bun`,
-            `${world}/probe.ts`,
-            "--pid",
-            String(pid),
-          ]);
-          const rw = readFileSync(log, "utf8")
-            .split("\n")
-            .filter((l) => l.includes("O_RDWR"));
+          const rw = traceOpens([`${world}/bun`, `${world}/probe.ts`, "--pid", String(pid)]).opens.filter((l) =>
+            l.includes("O_RDWR"),
+          );
           expect(rw.filter((l) => /passwd|userfaultfd/.test(l))).toEqual([]);
         }
         // Something else at the device's path: named, never opened (a FIFO would block an open).
