@@ -26,7 +26,8 @@ const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) 
 /** The initial user namespace's uid_map, as uidMapOf() reads it. */
 export const INITIAL_UID_MAP = "0 0 4294967295";
 // include/uapi/linux/prctl.h, capability.h, asm-generic/signal.h
-const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS] = [1, 4, 8];
+const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP] = [1, 4, 8, 24];
+const [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE] = [47, 2];
 const [_LINUX_CAPABILITY_VERSION_3, SIGKILL] = [0x20080522, 9];
 const T = K.FFIType;
 /** libc calls only --user and --pid make: the privilege switch, and resolving paths inside a root. */
@@ -49,22 +50,36 @@ export const libc = () => (opened ??= calls());
 
 /**
  * Sets groups, gid and uid (real, effective, saved), then the capabilities QEMU has: `all` (root in the
- * initial user namespace), `ptrace` alone (as a binary with that file capability would), or `none`.
- * The child stays not dumpable, so no process of that user can trace it or read its environment.
+ * initial user namespace, as --user root), or exactly `caps` (a CapEff mask: the process's, CAP_SYS_PTRACE
+ * alone as a binary with that file capability gets it, or none), raised into the ambient set too so that
+ * a QEMU this process starts (--qemu, --migrate) has them as QEMU did; `bounding`, when given, becomes the
+ * bounding set (root regains no more at exec than the process could). The child stays not dumpable, so no
+ * process of that user can trace it or read its environment.
  */
-function become(uid: number, gid: number, groups: number[], caps: "all" | "ptrace" | "none"): R {
+function become(uid: number, gid: number, groups: number[], caps: bigint | "all", bounding: bigint | null): R {
   const c = libc();
   const set = K.answer(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
-  if (set.ret === -1) return set;
-  const g = K.answer(c.setresgid(gid, gid, gid));
-  const keep = g.ret === -1 || caps !== "ptrace" ? g : K.answer(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
+  const g = set.ret === -1 ? set : K.answer(c.setresgid(gid, gid, gid));
+  if (g.ret === -1) return g;
+  // Dropped while still root (EINVAL past the kernel's last capability is no error).
+  for (const cap of bounding === null ? [] : CAPS.filter((n) => !((bounding >> BigInt(n)) & 1n)))
+    c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+  const keep = caps === "all" || caps === 0n ? g : K.answer(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
   const u = keep.ret === -1 ? keep : K.answer(c.setresuid(uid, uid, uid));
-  // __user_cap_header_struct {version, pid} and two __user_cap_data_struct {effective, permitted, inheritable}.
-  const bit = caps === "ptrace" ? 1 << Number(CAP_SYS_PTRACE) : 0;
+  if (u.ret === -1 || caps === "all") return u.ret === -1 ? u : K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+  // __user_cap_header_struct {version, pid}; two __user_cap_data_struct {effective, permitted, inheritable}.
+  const [low, high] = [Number(caps & 0xffffffffn), Number(caps >> 32n)];
   const header = new Uint32Array([_LINUX_CAPABILITY_VERSION_3, 0]);
-  const kept = u.ret === -1 || caps === "all" ? u : K.answer(c.capset(header, new Uint32Array([bit, bit, 0, 0, 0, 0])));
-  return kept.ret === -1 ? kept : K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+  const kept = K.answer(c.capset(header, new Uint32Array([low, low, low, high, high, high])));
+  if (kept.ret === -1) return kept;
+  for (const cap of uid === 0 ? [] : CAPS.filter((n) => (caps >> BigInt(n)) & 1n))
+    c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
+  return K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
 }
+/** Capability numbers, 0 to 63. */
+const CAPS = Array.from({ length: 64 }, (_, n) => n);
+/** A capability mask as /proc/PID/status shows it (CapEff, CapBnd), or 0 when it cannot be read. */
+const mask = (hex: string | null) => (hex?.match(/^[0-9a-f]{1,16}$/i) ? BigInt(`0x${hex}`) : 0n);
 export const getppid = () => libc().getppid();
 
 /** Who the probe answers for, and, for --pid, what it learnt of that process (read as root, before the switch). */
@@ -93,7 +108,9 @@ export type Context = {
   /** What this context makes of the capabilities the checks judged (a capability kept for QEMU, a filter's supervisor, the VM). */
   judging?: Judging[];
   /** --pid: its VM's RAM: a file under its first mem-path, or shared memory (--migrate gives its copy the same). */
-  ram?: { memPath: string | null; shared: boolean };
+  ram?: { memPath: string | null; shared: boolean; dir?: number | null };
+  /** --pid: QEMU's own sandbox as its VM has it (-sandbox on,...), which a copy of it runs with. */
+  sandbox?: string[];
 };
 
 /**
@@ -220,16 +237,18 @@ export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   if (P) for (const dir of P.cgroupDirs(sys, pid!)) P.joinCgroup(sys, dir);
   // QEMU's own CAP_SYS_PTRACE (its binary's file capability) comes along: the syscall's gate is then QEMU's.
   const exe = pid === null ? find(sys, opts.qemu) : null;
-  const capEff = context.process?.capEff ?? null;
+  const f = context.process;
   // A capability held only inside a user namespace of the process's own is no capability here.
-  const initial = context.process ? context.process.uidMap === INITIAL_UID_MAP : true;
-  const ptrace = exe ? fileCapPtrace(exe) : initial && capBit(capEff, CAP_SYS_PTRACE) === true;
+  const initial = f ? f.uidMap === INITIAL_UID_MAP : true;
+  const ptrace = exe ? fileCapPtrace(exe) : initial && capBit(f?.capEff ?? null, CAP_SYS_PTRACE) === true;
   context.ptrace = ptrace && context.uid !== 0;
   // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
   const borrowed: Judging = (forQemu) => (context.ptrace && !forQemu ? BORROWED : null);
   context.judging = [...(context.judging ?? []), borrowed];
-  const caps = context.uid === 0 ? (initial ? "all" : "none") : ptrace ? "ptrace" : "none";
-  const r = become(context.uid, context.gid, context.groups, caps);
+  // --pid: the process's own capabilities and bounding set; --user: root's all, else CAP_SYS_PTRACE or none.
+  const user = context.uid === 0 ? "all" : ptrace ? 1n << CAP_SYS_PTRACE : 0n;
+  const caps = !initial ? 0n : f ? mask(f.capEff) : user;
+  const r = become(context.uid, context.gid, context.groups, caps, f && initial ? mask(f.capBnd) : null);
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
   libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);

@@ -12,14 +12,16 @@
  * const m = await migrate(sys, { qemu: "/usr/bin/qemu-system-x86_64", ramMiB: 256, parallel: 0 }); // { ok, statuses, ... }
  * ```
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import type { Context } from "./context.ts";
 import { self, within } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { Check, Options, RealAnswer, Unjudged } from "./probe.ts";
+import { capBit, field } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { sanitize } from "./qemu.ts";
+import type { Insn } from "./seccomp.ts";
 
 /** What the migration showed: `ok` null when it could not tell (it could not start, or proved nothing). */
 export type Migration = {
@@ -45,12 +47,17 @@ export type Plan = {
   qemu: string;
   ramMiB: number;
   parallel: number;
-  /** A directory whose file system QEMU's RAM is a file on (a --pid VM's mem-path), else anonymous RAM. */
-  memDir?: string;
+  /**
+   * An O_PATH fd of the directory QEMU's RAM is a file in (a --pid VM's mem-path, walked inside its root),
+   * else anonymous RAM: each QEMU gets it as its fd 3 and creates its own file there (and unlinks it at once).
+   */
+  memDir?: number;
+  /** --pid: QEMU's own seccomp sandbox as the VM has it (`-sandbox on,...`), which the destination starts with. */
+  sandbox?: string[];
   /** The RAM shared (share=on, a memfd): the destination then needs MISSING_SHMEM. */
   shared?: boolean;
-  /** --pid: the process's seccomp filters, installed in the destination before QEMU runs. */
-  filters?: Array<Array<{ code: number; jt: number; jf: number; k: number }>>;
+  /** --pid: the process's seccomp filters (but QEMU's own sandbox), installed in the destination before QEMU runs. */
+  filters?: Insn[][];
   /** --pid: the process had NoNewPrivs set (its filters need it when installed without CAP_SYS_ADMIN). */
   noNewPrivs?: boolean;
   /** The whole test's bound. */
@@ -72,6 +79,7 @@ const FILTERS = "POSTCOPY_PROBE_FILTERS";
 const NO_NEW_PRIVS = "POSTCOPY_PROBE_NO_NEW_PRIVS";
 // include/uapi/linux/prctl.h, seccomp.h, asm-generic/signal.h
 const [PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SIGKILL] = [1, 38, 22, 2, 9];
+const CAP_SYS_ADMIN = 21n;
 
 const T = K.FFIType;
 /** libc calls only this file makes: the launcher's, which end in execve(). */
@@ -132,6 +140,7 @@ export function firmware(ramBytes: number) {
  * its first instruction. Only a process whose parent is the probe that named itself acts as one.
  */
 export function launch(argv: string[]) {
+  K.loadSys(); // errno, for the answers below
   const c = calls();
   const parent = process.env[LAUNCH];
   const fail = (why: string) => {
@@ -141,35 +150,40 @@ export function launch(argv: string[]) {
   if (String(c.getppid()) !== parent) return fail("not started by a probe's --migrate");
   c.prctl(PR_SET_PDEATHSIG, SIGKILL, null, 0, 0);
   if (String(c.getppid()) !== parent) return fail("the probe is gone");
-  const file = process.env[FILTERS];
-  const filters: NonNullable<Plan["filters"]> = file ? JSON.parse(readFileSync(file, "utf8")) : [];
   // Everything execve() reads is made before the filters go on: nothing after them but the two calls.
-  const strings = argv.map(K.cstr);
+  const strings = argv.map(utf8z);
   const env = Object.entries(process.env)
     .filter(([k]) => ![LAUNCH, FILTERS, NO_NEW_PRIVS].includes(k))
-    .map(([k, v]) => K.cstr(`${k}=${v}`));
+    .map(([k, v]) => utf8z(`${k}=${v}`));
   const pointers = (list: Uint8Array[]) => new BigUint64Array([...list.map((s) => BigInt(K.addressOf(s))), 0n]);
   const [args, envp] = [pointers(strings), pointers(env)];
-  const programs = filters.map((f) => {
-    const bytes = new Uint8Array(8 * f.length);
-    const view = new DataView(bytes.buffer);
-    f.forEach(({ code, jt, jf, k }, i) => {
-      view.setUint16(8 * i, code, true);
-      view.setUint8(8 * i + 2, jt);
-      view.setUint8(8 * i + 3, jf);
-      view.setUint32(8 * i + 4, k >>> 0, true);
-    });
-    return { bytes, prog: new BigUint64Array([BigInt(f.length), BigInt(K.addressOf(bytes))]) };
+  // The filters came in the environment as each program's bytes (struct sock_filter[]), base64, oldest first.
+  const programs = (process.env[FILTERS] || null)?.split(",").map((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+    return { bytes, prog: new BigUint64Array([BigInt(bytes.length / 8), BigInt(K.addressOf(bytes))]) };
   });
-  if (programs.length && (process.env[NO_NEW_PRIVS] === "1" || process.getuid!() !== 0)) {
-    if (c.prctl(PR_SET_NO_NEW_PRIVS, 1, null, 0, 0) !== 0) return fail("PR_SET_NO_NEW_PRIVS was refused");
-  }
-  for (const { prog } of programs)
+  if (programs && process.env[NO_NEW_PRIVS] === "1" && c.prctl(PR_SET_NO_NEW_PRIVS, 1, null, 0, 0) !== 0)
+    return fail("PR_SET_NO_NEW_PRIVS was refused");
+  for (const { prog } of programs ?? [])
     if (c.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0) !== 0) return fail("a seccomp filter was refused");
   // The kernel reads these buffers by address: `held` keeps them alive until execve() replaces the process.
   held.push(strings, env, args, envp, programs);
   const r = K.answer(c.execve(strings[0], args, envp));
   fail(`cannot run ${argv[0]}: ${K.errnoName(r.errno)}`);
+}
+/** A NUL-terminated UTF-8 copy of a string: a path or an environment variable as the kernel takes it. */
+const utf8z = (text: string) => new TextEncoder().encode(`${text}\0`);
+/** A filter as the kernel takes it (struct sock_filter[]: u16 code, u8 jt, u8 jf, u32 k), in base64. */
+function encoded(filter: Insn[]) {
+  const bytes = new Uint8Array(8 * filter.length);
+  const view = new DataView(bytes.buffer);
+  filter.forEach(({ code, jt, jf, k }, i) => {
+    view.setUint16(8 * i, code, true);
+    view.setUint8(8 * i + 2, jt);
+    view.setUint8(8 * i + 3, jf);
+    view.setUint32(8 * i + 4, k >>> 0, true);
+  });
+  return btoa(String.fromCharCode(...bytes));
 }
 const held: unknown[] = [];
 
@@ -267,6 +281,8 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     ...{ parallel: plan.parallel, statuses: [], totalMs: null, downtimeMs: null, pagesRequested: null },
     ...{ blocktimeMs: null, vcpuBlocktimeMs: null },
   };
+  // Filters go on without NoNewPrivs only where the process had none and this one may (CAP_SYS_ADMIN).
+  const admin = capBit(field(sys.readText("/proc/self/status"), "CapEff"), CAP_SYS_ADMIN) === true;
   const dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/postcopy-probe-migrate-`);
   const children: Array<ReturnType<typeof Bun.spawn>> = [];
   const stderr = ["", ""];
@@ -284,20 +300,18 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     writeFileSync(`${dir}/firmware.bin`, firmware(plan.ramMiB << 20));
     const start = (side: "src" | "dst") => {
       const args = qemuArgs(plan, result.accel, dir, side);
-      if (plan.filters?.length && side === "dst") writeFileSync(`${dir}/filters.json`, JSON.stringify(plan.filters));
-      const env = {
-        ...process.env,
-        [LAUNCH]: String(process.pid),
-        ...(plan.filters?.length && side === "dst" ? { [FILTERS]: `${dir}/filters.json` } : {}),
-        ...(plan.noNewPrivs ? { [NO_NEW_PRIVS]: "1" } : {}),
-      };
-      const child = Bun.spawn([...self(), plan.qemu, ...args], {
-        env,
-        stdio: ["ignore", "ignore", "pipe"],
-        detached: true,
-      });
+      // The filters travel in the launcher's environment: no file a process of that user could change meanwhile.
+      const filters = side === "dst" && plan.filters?.length ? { [FILTERS]: plan.filters.map(encoded).join(",") } : {};
+      const nnp = plan.noNewPrivs || !admin ? { [NO_NEW_PRIVS]: "1" } : {};
+      const env = { ...process.env, [LAUNCH]: String(process.pid), ...filters, ...nnp };
+      // The RAM's directory, when there is one, is each QEMU's fd 3.
+      const stdio = ["ignore", "ignore", "pipe", ...(plan.memDir === undefined ? [] : [plan.memDir])];
+      const child = Bun.spawn([...self(), plan.qemu, ...args], { env, stdio: stdio as never, detached: true });
       children.push(child);
-      void readStderr(child.stderr as ReadableStream<Uint8Array>, (t) => (stderr[side === "src" ? 0 : 1] = t));
+      void readStderr(
+        child.stderr as unknown as ReadableStream<Uint8Array>,
+        (t) => (stderr[side === "src" ? 0 : 1] = t),
+      );
       return child;
     };
     const [dstChild, srcChild] = [start("dst"), start("src")];
@@ -311,7 +325,9 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     const words = (i: number) => sanitize(lines(i).slice(-2).join(": "));
     if (!dst || !src) {
       const which = dst ? 0 : 1;
-      result.why = `the ${["source", "destination"][which]} QEMU did not start${words(which) ? `: ${words(which)}` : ""}`;
+      const child = [srcChild, dstChild][which];
+      const how = child.signalCode ? ` (killed by ${child.signalCode})` : "";
+      result.why = `the ${["source", "destination"][which]} QEMU did not start${how}${words(which) ? `: ${words(which)}` : ""}`;
       return result;
     }
     // The guest has written every page once (the last, at 1 MiB, is written last): none is a zero page now,
@@ -349,7 +365,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     let [status, switched] = ["setup", false];
     while (!ENDS.includes(status) && Date.now() < deadline) {
       const info = (await src.cmd("query-migrate"))?.return as Reply | undefined;
-      status = typeof info?.status === "string" ? info.status : gone(dstChild) ? "failed" : status;
+      status = typeof info?.status === "string" ? info.status : gone(dstChild) || gone(srcChild) ? "failed" : status;
       if (result.statuses.at(-1) !== status) result.statuses.push(status);
       if (status === "active" && !switched) switched = !!(await src.cmd("migrate-start-postcopy"))?.return;
       if (!ENDS.includes(status)) await Bun.sleep(POLL_MS);
@@ -370,8 +386,8 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     result.blocktimeMs = num(there["postcopy-blocktime"]);
     result.vcpuBlocktimeMs = Array.isArray(vcpu) ? vcpu.map((v) => num(v) ?? 0) : null;
     const running = ((await dst.cmd("query-status"))?.return as Reply | undefined)?.status;
-    const ended = (await within(dstChild.exited, 1000)) ? "gone" : "unresponsive";
-    return judged(result, status, typeof running === "string" ? running : ended, words(1) || words(0));
+    const ended = async () => ((await within(dstChild.exited, 1000)) ? "gone" : "unresponsive");
+    return judged(result, status, typeof running === "string" ? running : await ended(), words(1) || words(0));
   } finally {
     for (const s of signals) process.off(s, onSignal);
     cleanup();
@@ -382,17 +398,18 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
 /** Each QEMU's command line: the same machine, accelerator and RAM on both sides; the destination waits. */
 function qemuArgs(plan: Plan, accel: string, dir: string, side: "src" | "dst") {
   const size = plan.ramMiB << 20;
-  const backend = plan.memDir
-    ? { "qom-type": "memory-backend-file", "mem-path": plan.memDir, share: !!plan.shared }
-    : plan.shared
-      ? { "qom-type": "memory-backend-memfd" }
-      : { "qom-type": "memory-backend-ram" };
+  const backend =
+    plan.memDir !== undefined
+      ? { "qom-type": "memory-backend-file", "mem-path": "/proc/self/fd/3", share: !!plan.shared }
+      : plan.shared
+        ? { "qom-type": "memory-backend-memfd" }
+        : { "qom-type": "memory-backend-ram" };
   return [
     ...["-machine", "pc,memory-backend=ram", "-accel", accel, "-m", `${plan.ramMiB}M`],
     ...["-object", JSON.stringify({ ...backend, id: "ram", size })],
     ...["-nodefaults", "-no-user-config", "-display", "none"],
     ...["-bios", `${dir}/firmware.bin`, "-qmp", `unix:${dir}/${side}.qmp,server=on,wait=off`],
-    ...(side === "dst" ? ["-incoming", "defer"] : []),
+    ...(side === "dst" ? ["-incoming", "defer", ...(plan.sandbox ?? [])] : []),
   ];
 }
 
@@ -479,12 +496,15 @@ function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): 
   const needed = 2 * (opts.migrateMiB + QEMU_OVERHEAD_MIB) * 2 ** 20;
   if (room !== null && room < needed)
     return `the process's memory cgroup leaves ${Math.floor(room / 2 ** 20)} MiB, and two QEMUs of ${opts.migrateMiB} MiB need about ${needed / 2 ** 20} MiB`;
-  const memPath = context?.ram?.memPath ?? null;
-  const dir =
-    memPath && (sys.stat(memPath).mode & K.S_IFMT) !== S_IFDIR ? memPath.replace(/\/[^/]*$/, "") || "/" : memPath;
+  // A supervisor (USER_NOTIF) or a tracer (TRACE) the process's filters hand userfaultfd to is not the copy's.
+  if (context?.facts?.filter?.undecided.length)
+    return "the process's seccomp filters hand userfaultfd to a supervisor or a tracer, which a copy of them has not";
+  const ram = context?.ram;
+  if (ram?.memPath && ram.dir === null)
+    return `the directory of its mem-path ${ram.memPath} could not be reached inside the process's root`;
   return {
     ...{ qemu: qemu.path, ramMiB: opts.migrateMiB, parallel: opts.parallel, ms: opts.migrateMs },
-    ...{ memDir: dir ?? undefined, shared: context?.ram?.shared, filters: context?.filters },
+    ...{ memDir: ram?.dir ?? undefined, shared: ram?.shared, filters: context?.filters, sandbox: context?.sandbox },
     noNewPrivs: f?.noNewPrivs,
   };
 }
@@ -493,22 +513,28 @@ const unrun = (opts: Options, qemu: Qemu | null): Migration => ({
   ...{ ok: null, qemu: qemu?.path ?? "", accel: "tcg", ramMiB: opts.migrateMiB, parallel: opts.parallel },
   ...{ statuses: [], totalMs: null, downtimeMs: null, pagesRequested: null, blocktimeMs: null, vcpuBlocktimeMs: null },
 });
-const S_IFDIR = 0o040000;
 /** What a QEMU takes beyond its guest's RAM, about (measured: 40 MiB for 7.2 and 10 with this guest). */
 const QEMU_OVERHEAD_MIB = 64;
 
-/** What the memory cgroups this process is in (the child joined the process's) still let it take, in bytes; null: no limit read. */
+/**
+ * What the memory cgroups this process is in (the child joined the process's v2 one) still let it take, in
+ * bytes: the least over each cgroup and every one above it, whose limits count too; null when none has one.
+ */
 function headroom(sys: Sys) {
   const { cgroupDirs } = require("./pid.ts") as typeof import("./pid.ts");
   const bytes = (path: string) => {
     const text = sys.readText(path)?.trim() ?? "";
     return /^\d+$/.test(text) ? Number(text) : null; // "max": no limit
   };
-  const left = cgroupDirs(sys, "self", "memory").flatMap((dir) => {
-    const v2 = sys.readText(`${dir}/memory.max`) !== null;
+  const left: number[] = [];
+  for (const leaf of cgroupDirs(sys, "self", "memory")) {
+    const v2 = sys.readText(`${leaf}/memory.max`) !== null;
     const [limit, used] = v2 ? ["memory.max", "memory.current"] : ["memory.limit_in_bytes", "memory.usage_in_bytes"];
-    const [max, now] = [bytes(`${dir}/${limit}`), bytes(`${dir}/${used}`)];
-    return max !== null && now !== null ? [max - now] : [];
-  });
+    // Up to the hierarchy's root, which has no such file (v2) or no limit (v1).
+    for (let dir = leaf; sys.readText(`${dir}/${limit}`) !== null; dir = dir.slice(0, dir.lastIndexOf("/"))) {
+      const [max, now] = [bytes(`${dir}/${limit}`), bytes(`${dir}/${used}`)];
+      if (max !== null && now !== null) left.push(max - now);
+    }
+  }
   return left.length ? Math.min(...left) : null;
 }

@@ -186,6 +186,7 @@ export function processFacts(sys: Sys, pid: number) {
     gids: field(status, "Gid")?.split(/\s+/).map(Number) ?? [],
     groups: (field(status, "Groups") ?? "").split(/\s+/).filter(Boolean).map(Number),
     capEff: field(status, "CapEff"),
+    capBnd: field(status, "CapBnd"),
     noNewPrivs: num("NoNewPrivs") === 1,
     seccomp: num("Seccomp"),
     seccompFilters: num("Seccomp_filters"),
@@ -391,7 +392,9 @@ export function pidContext(sys: Sys, pid: number): Context {
     checks: [own, ...vm.checks],
     causes: { ...CAUSES, ...VM_CAUSES },
     judging: [supervised(filters?.verdict ?? null), refusedBy(vm.checks)],
-    filters: filters?.filters,
+    // Its filters for a copy of it (--migrate), but QEMU's own sandbox, the newest: the copy installs that itself.
+    filters: vm.sandbox.length ? filters?.filters?.slice(0, -1) : filters?.filters,
+    ram: { ...vm.ram, dir: vm.ram.memPath ? ramDir(sys, walk, vm.ram.memPath) : undefined },
     unanswered: [
       ...(version ? [] : [[`--pid: ${qemu.error}`, `read it from its bytes yourself: ${STRINGS(pid)}`] as Unjudged]),
       ...(filters?.error ? [[`--pid: ${filters.error}`, LET_STOP] as Unjudged] : []),
@@ -455,6 +458,20 @@ function walkedTo(sys: Sys, walk: ReturnType<typeof walker>, path: string) {
     return { type, how: type ? "its path in the process's root" : "its mount is not in the process's mount table" };
   return { type: null, how: refused };
 }
+/**
+ * The directory a mem-path names, or its parent when it names a file (QEMU's two readings), as an O_PATH fd
+ * walked inside the process's root; null when it cannot be reached or lies on a mount the probe does not enter.
+ */
+function ramDir(sys: Sys, walk: ReturnType<typeof walker>, memPath: string): number | null {
+  for (const path of [memPath, memPath.replace(/\/+[^/]*\/*$/, "") || "/"]) {
+    const r = walk.resolve(path);
+    if (r.ret < 0) continue;
+    if (!walk.refuses(r.ret) && (sys.stat("", r.ret, K.AT_EMPTY_PATH).mode & K.S_IFMT) === S_IFDIR) return r.ret;
+    sys.close(r.ret);
+  }
+  return null;
+}
+const S_IFDIR = 0o040000;
 /** Whether the file at `fd` is mapped executable in the process (/proc/PID/maps: its device and inode). */
 function mapped(sys: Sys, pid: number, fd: number) {
   const st = sys.stat("", fd, K.AT_EMPTY_PATH);

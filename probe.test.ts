@@ -589,6 +589,18 @@ describe("checks with a fake Sys, for what this machine cannot produce", () => {
     expect([report.postcopy, report.features]).toEqual([false, {}]);
   });
 
+  test("vm-config: a real judge does not overturn what it did not reproduce: a VM that refuses stays a no", async () => {
+    const answer = { path: "/usr/bin/qemu-system-x86_64", version: "7.2.0", accepts: true, message: "", multifd: null };
+    const qemu = { path: answer.path, version: "7.2.0", major: 7, ptrace: false, answer };
+    const vfio: Check = { id: "vm-devices", title: "", status: "fail", detail: "vfio", hint: "detach it" };
+    const root = { name: "root", uid: 0, gid: 0, groups: [], qemu };
+    const plain = await probe(sys, facts, { ...opts, qemu: true }, root);
+    // As pid.ts gives it: the VM's failing check, which refuses QEMU's capabilities.
+    const vm = { checks: [vfio], judging: [(forQemu: boolean) => (forQemu ? false : null)] };
+    const refusing = await probe(sys, facts, { ...opts, qemu: true }, { ...root, ...vm });
+    expect([plain.postcopy, refusing.postcopy, refusing.probe.postcopy]).toEqual([isRoot, false, false]);
+  });
+
   test("QEMU's file capability opens a uffd where this run opens none (5.10): undetermined, so exit 2", async () => {
     const old = { ...facts, kernel: "5.10.0", uid: 65534, user: "nobody", capSysPtrace: false, miscMinor: null };
     const f = { ...old, unprivilegedUserfaultfd: 0, seccomp: 0, noNewPrivs: false, userNamespace: false };
@@ -2656,7 +2668,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
     [0x16, 0, 0, 0], // RET A
   ];
   const x86 = (nr: number, flags: number) => ({ nr, arch: 0xc000003e, args: [BigInt(flags), 0n, 0n, 0n, 0n, 0n] });
-  const byPid = (pid: number) => cli(["--json", "--pid", String(pid)]);
+  const byPid = (pid: number, ...more: string[]) => cli(["--json", "--pid", String(pid), ...more]);
 
   const seccompRun = `${import.meta.dir}/test/seccomp-run.py`;
   const python =
@@ -2959,6 +2971,10 @@ describe("--migrate (migrate.ts): a real postcopy migration between two QEMUs, i
   test.skipIf(skip)(
     "qemu-multifd: --parallel 2 answers postcopy-multifd as QEMU does it (7.2's destination aborts, 10.0 refuses)",
     () => {
+      // --qemu alone: QEMU 7.2 takes the pair over QMP, which is no yes (its destination aborts).
+      const asked = cli(["--json", "--qemu", "--require", "postcopy-multifd"]);
+      const version = asked.report.qemu?.version ?? "";
+      expect([version, asked.code]).toEqual([version, multifdWith(version) ? 0 : 1]);
       for (const asked of [[], ...(qemu10 ? [["--qemu", qemu10]] : [])]) {
         const { code, report } = cli(["--json", "--parallel", "2", ...asked]);
         const m = report.migration!;
@@ -2975,6 +2991,73 @@ describe("--migrate (migrate.ts): a real postcopy migration between two QEMUs, i
         if (!works) expect(causes(report)).toContain("qemu-multifd");
         expect(left()).toEqual([]);
       }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "hostile mem-path: the copy makes a file of its own in that directory, never opens the tenant's, and leaves none",
+    async () => {
+      // A mem-path that names a file on tmpfs: the tenant's QEMU makes it; the copy's RAM goes beside it, unlinked.
+      const shm = mkdtempSync("/dev/shm/postcopy-probe-test-");
+      const victim = `${world}/victim.img`;
+      try {
+        const ram = (path: string) => ["-object", `memory-backend-file,id=ram,size=64M,mem-path=${path},share=on`];
+        await withQemu(realQemu!, [], [...ram(`${shm}/ram`), "-machine", "memory-backend=ram"], async (pid) => {
+          const { code, report } = byPid(pid, "--migrate");
+          expect([code, report.migration!.ok, readdirSync(shm)]).toEqual([0, true, ["ram"]]);
+        });
+        // A directory the tenant then turns into a link to another file: never opened, and no answer.
+        writeFileSync(victim, "not RAM");
+        mkdirSync(`${shm}/f`);
+        await withQemu(realQemu!, [], [...ram(`${shm}/f/x`), "-machine", "memory-backend=ram"], async (pid) => {
+          rmSync(`${shm}/f`, { recursive: true });
+          symlinkSync(victim, `${shm}/f`);
+          const { code, report } = byPid(pid, "--migrate");
+          expect([code, report.migration!.ok, report.migration!.why]).toEqual([
+            2,
+            null,
+            `the directory of its mem-path ${shm}/f/x could not be reached inside the process's root`,
+          ]);
+        });
+        expect([readFileSync(victim, "utf8"), readdirSync(shm).sort(), left()]).toEqual(["not RAM", ["f", "ram"], []]);
+      } finally {
+        rmSync(shm, { recursive: true, force: true });
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "--pid of a QEMU under libvirt's -sandbox: the copy runs under the process's other filters and QEMU's own sandbox",
+    async () => {
+      const sandbox = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"];
+      await withQemu(realQemu!, [], sandbox, async (pid) => {
+        const { code, report } = byPid(pid, "--migrate");
+        expect([code, report.migration!.ok, report.migration!.statuses.at(-1)]).toEqual([0, true, "completed"]);
+      });
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "capabilities: --pid of a QEMU with an ambient CAP_SYS_PTRACE migrates with it; one without it, as root, does not",
+    async () => {
+      const ambient = [
+        ...["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+        ...["--inh-caps=+sys_ptrace", "--ambient-caps=+sys_ptrace"],
+      ];
+      await withQemu(realQemu!, ambient, [], async (pid, ask) => {
+        const { code, report } = byPid(pid, "--migrate");
+        expect([await ask(), code, report.postcopy, report.migration!.ok]).toEqual(["yes", 0, true, true]);
+      });
+      // Root without CAP_SYS_PTRACE (libvirt clears a root QEMU's capabilities): the sysctl decides.
+      const bare = ["/usr/bin/setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"];
+      await withQemu(realQemu!, bare, [], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        const yes = unprivileged !== "0";
+        expect([(await ask()).split(":")[0], code, report.postcopy]).toEqual([yes ? "yes" : "no", yes ? 0 : 1, yes]);
+      });
     },
     MS,
   );

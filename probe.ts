@@ -1189,7 +1189,10 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram)]),
     ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
   ];
+  // A real judge reproduces neither a --pid VM's own configuration nor its AppArmor profile: a no of theirs stands.
+  const stands = context?.checks?.some((c) => c.status === "fail") || Object.keys(facts.apparmor?.denied ?? {}).length;
   const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<Capability, boolean>;
+  for (const cap of stands ? CAPABILITIES : []) decisive[cap] &&= judged.ok[cap];
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
   // Where the sysctl is set, when the syscall said EPERM.
   const f: Facts & Evidence = {

@@ -329,10 +329,9 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null): RealAn
     return { whose: "QEMU's own answer", check, decides: { "postcopy-ram": null }, unanswered, json: {} };
   }
   const whose = `QEMU ${answer.version}'s own answer`;
-  const decides = {
-    "postcopy-ram": answer.accepts,
-    ...(answer.multifd && { "postcopy-multifd": answer.multifd.accepts }),
-  };
+  // QEMU before 8.1 takes multifd beside postcopy, then its destination aborts: only a refusal is its answer.
+  const multifd = answer.multifd && { "postcopy-multifd": answer.multifd.accepts && multifdWith(answer.version) };
+  const decides = { "postcopy-ram": answer.accepts, ...multifd };
   const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
   const told = `QEMU ${answer.version} ${verb}`;
   const said = (status: Status, detail: string) => ({

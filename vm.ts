@@ -124,9 +124,16 @@ export function configChecks(f: VmView) {
     memPath: memPaths[0] ? absolute(memPaths[0], f.cwd ?? "/") : null,
     shared: shared || backends.some((b) => on(b.share)),
   };
-  return { checks: [mem, devices], needs: [...needs], ram };
+  // QEMU's own seccomp sandbox (-sandbox on,...), rebuilt from the keys QEMU knows: a copy of this VM runs with it.
+  const sandbox = values("-sandbox", "enable").findLast((o) => o.enable !== undefined);
+  const kept = SANDBOX.filter((k) => /^(allow|deny|children)$/.test(String(sandbox?.[k])));
+  const own =
+    sandbox && on(sandbox.enable) ? ["-sandbox", ["on", ...kept.map((k) => `${k}=${sandbox[k]}`)].join(",")] : [];
+  return { checks: [mem, devices], needs: [...needs], ram, sandbox: own };
 }
 
+/** The keys of QEMU's -sandbox option, each allow, deny or (spawn) children. */
+const SANDBOX = ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"];
 const NOT_TMPFS =
   '"Host backend files need to be TMPFS or HUGETLBFS only" ' +
   "(QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)";
