@@ -110,13 +110,15 @@ const noLeak = (before: ReturnType<typeof count>, after: ReturnType<typeof count
 };
 
 /** A process's command line, or "" once it is gone. */
-const cmdlineOf = (pid: string) => {
+/** A file of /proc/PID, or "" once the process is gone (it may go between the listing and the read). */
+const procOf = (pid: string, name: string) => {
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, "latin1");
+    return readFileSync(`/proc/${pid}/${name}`, "latin1");
   } catch {
     return "";
   }
 };
+const cmdlineOf = (pid: string) => procOf(pid, "cmdline");
 const pids = () => readdirSync("/proc").filter((p) => /^\d+$/.test(p));
 /** A world-readable directory for this run: bun, the probe, fake QEMUs; uid 65534 can reach it. */
 const world = mkdtempSync(`${tmpdir()}/postcopy-probe-test-`);
@@ -2358,11 +2360,7 @@ int main(int argc, char **argv) {
           for (let i = 0; i < 300 && !child; i++) {
             await Bun.sleep(20);
             child = Number(
-              pids().find(
-                (p) =>
-                  readFileSync(`/proc/${p}/status`, "latin1").includes("\nUid:\t65534") &&
-                  cmdlineOf(p).includes("--bench"),
-              ),
+              pids().find((p) => procOf(p, "status").includes("\nUid:\t65534") && cmdlineOf(p).includes("--bench")),
             );
           }
           expect(child).toBeGreaterThan(0);
@@ -2464,6 +2462,7 @@ int main(int argc, char **argv) {
       });
       expect(existsSync(`${world}/INJECTED`)).toBe(false);
     },
+    30_000,
   );
 
   test.skipIf(skip)("a command line that cannot be read whole (over 4 MiB) is exit 2, not cut short", async () => {
@@ -2700,6 +2699,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         );
       });
     },
+    30_000,
   );
 
   test.skipIf(skip)(
@@ -2725,6 +2725,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         );
       });
     },
+    30_000,
   );
 
   test.skipIf(skip || process.arch !== "x64")(
@@ -2755,6 +2756,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         if (unprivileged === "0") expect(causes(report)).toContain("unprivileged-userfaultfd");
       });
     },
+    30_000,
   );
 
   test.skipIf(skip)(
@@ -2775,6 +2777,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         expect((await ask()).startsWith("no")).toBe(true); // QEMU is killed when it asks the kernel
       });
     },
+    30_000,
   );
 
   test.skipIf(skip)(
@@ -2797,6 +2800,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         );
       });
     },
+    30_000,
   );
 
   test.skipIf(skip || !Bun.which("strace"))(
@@ -2821,6 +2825,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         ]);
       });
     },
+    30_000,
   );
 
   test("run() gives what the kernel gives: every instruction class, x32, and a wrong arch", () => {
