@@ -249,7 +249,12 @@ async function qmp(path: string) {
       if ("return" in line || "error" in line) waiting.shift()?.(line);
     }
   });
-  await new Promise((ready) => socket.once("connect", ready));
+  // A QEMU that never made its socket fails this test, here: its error never reaches a later one.
+  await new Promise((ready, fail) => {
+    socket.once("connect", ready);
+    socket.once("error", (e) => fail(new Error(`QMP at ${path}: ${e.message}`)));
+  });
+  socket.on("error", () => socket.destroy());
   const cmd = (execute: string, args?: object) =>
     Promise.race([
       new Promise<Reply>((reply) => {
