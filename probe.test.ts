@@ -53,9 +53,8 @@ const isRoot = process.getuid!() === 0;
 const unprivileged = readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim();
 const realQemu = Bun.which("qemu-system-x86_64");
 /** Debian trixie's QEMU 10, when ../shared/qemu10 installed it. */
-const qemu10 = existsSync("/srv/qemu10/usr/bin/qemu-system-x86_64")
-  ? `${import.meta.dir}/../shared/qemu10/qemu10`
-  : null;
+const qemu10Wrapper = `${import.meta.dir}/../shared/qemu10/qemu10`;
+const qemu10 = existsSync("/srv/qemu10/usr/bin/qemu-system-x86_64") && existsSync(qemu10Wrapper) ? qemu10Wrapper : null;
 const fail = (name: string): R => ({ ret: -1, errno: K.errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
@@ -2674,7 +2673,9 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
   const x86 = (nr: number, flags: number) => ({ nr, arch: 0xc000003e, args: [BigInt(flags), 0n, 0n, 0n, 0n, 0n] });
   const byPid = (pid: number, ...more: string[]) => cli(["--json", "--pid", String(pid), ...more]);
 
-  const seccompRun = `${import.meta.dir}/test/seccomp-run.py`;
+  // A copy in the test's world, which every user can read (a checkout may be in a directory only root can).
+  const seccompRun = `${world}/seccomp-run.py`;
+  copyFileSync(`${import.meta.dir}/test/seccomp-run.py`, seccompRun);
   const python =
     existsSync("/usr/bin/python3") && Bun.spawnSync(["/usr/bin/python3", "-c", "import seccomp"]).exitCode === 0;
   const skip = !isRoot || !realQemu || !python;
