@@ -276,11 +276,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
   const deadline = Date.now() + (plan.ms ?? MIGRATE_MS);
   const kvm = sys.open("/dev/kvm", K.O_RDWR | K.O_CLOEXEC);
   if (kvm.ret >= 0) sys.close(kvm.ret);
-  const result: Migration = {
-    ...{ ok: null, qemu: plan.qemu, accel: kvm.ret >= 0 ? "kvm" : "tcg", ramMiB: plan.ramMiB },
-    ...{ parallel: plan.parallel, statuses: [], totalMs: null, downtimeMs: null, pagesRequested: null },
-    ...{ blocktimeMs: null, vcpuBlocktimeMs: null },
-  };
+  const result = blank(plan.qemu, plan.ramMiB, plan.parallel, kvm.ret >= 0 ? "kvm" : "tcg");
   // Filters go on without NoNewPrivs only where the process had none and this one may (CAP_SYS_ADMIN).
   const admin = capBit(field(sys.readText("/proc/self/status"), "CapEff"), CAP_SYS_ADMIN) === true;
   const dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/postcopy-probe-migrate-`);
@@ -474,7 +470,8 @@ export async function migrationAnswer(
   context?: Context,
 ): Promise<RealAnswer> {
   const plan = planOf(sys, opts, qemu, context);
-  const m = typeof plan === "string" ? { ...unrun(opts, qemu), why: plan } : await migrate(sys, plan);
+  const unrun = blank(qemu?.path ?? "", opts.migrateMiB, opts.parallel);
+  const m = typeof plan === "string" ? { ...unrun, why: plan } : await migrate(sys, plan);
   const multifd = opts.parallel ? ` with ${opts.parallel} multifd channels` : "";
   const whose = `a real migration${multifd}, QEMU ${qemu?.version ?? "of no known version"}`;
   const unanswered: Unjudged | undefined = m.ok === null ? [`--migrate: ${m.why}`, SETTLE] : undefined;
@@ -508,10 +505,10 @@ function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): 
     noNewPrivs: f?.noNewPrivs,
   };
 }
-/** A migration that did not run. */
-const unrun = (opts: Options, qemu: Qemu | null): Migration => ({
-  ...{ ok: null, qemu: qemu?.path ?? "", accel: "tcg", ramMiB: opts.migrateMiB, parallel: opts.parallel },
-  ...{ statuses: [], totalMs: null, downtimeMs: null, pagesRequested: null, blocktimeMs: null, vcpuBlocktimeMs: null },
+/** A migration before it ran, or one that did not. */
+const blank = (qemu: string, ramMiB: number, parallel: number, accel: "kvm" | "tcg" = "tcg"): Migration => ({
+  ...{ ok: null, qemu, accel, ramMiB, parallel, statuses: [], totalMs: null, downtimeMs: null },
+  ...{ pagesRequested: null, blocktimeMs: null, vcpuBlocktimeMs: null },
 });
 /** What a QEMU takes beyond its guest's RAM, about (measured: 40 MiB for 7.2 and 10 with this guest). */
 const QEMU_OVERHEAD_MIB = 64;
