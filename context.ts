@@ -105,7 +105,7 @@ export type Context = {
   unanswered?: Unjudged[];
   /** --pid: its seccomp filters as read, first installed first (--migrate installs them in its destination). */
   filters?: Insn[][];
-  /** What this context makes of the capabilities the checks judged (a capability kept for QEMU, a filter's supervisor, the VM). */
+  /** What this context makes of the judged capabilities: one it kept for QEMU, a filter's supervisor, the VM. */
   judging?: Judging[];
   /** --pid: its VM's RAM: a file under its first mem-path, or shared memory (--migrate gives its copy the same). */
   ram?: { memPath: string | null; shared: boolean; dir?: number | null };

@@ -9,7 +9,8 @@
  *
  * ```ts
  * import { migrate } from "./migrate.ts";
- * const m = await migrate(sys, { qemu: "/usr/bin/qemu-system-x86_64", ramMiB: 256, parallel: 0 }); // { ok, statuses, ... }
+ * const m = await migrate(sys, { qemu: "/usr/bin/qemu-system-x86_64", ramMiB: 256, parallel: 0 });
+ * // m: { ok, statuses, ... }
  * ```
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -323,7 +324,8 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
       const which = dst ? 0 : 1;
       const child = [srcChild, dstChild][which];
       const how = child.signalCode ? ` (killed by ${child.signalCode})` : "";
-      result.why = `the ${["source", "destination"][which]} QEMU did not start${how}${words(which) ? `: ${words(which)}` : ""}`;
+      const said = words(which) ? `: ${words(which)}` : "";
+      result.why = `the ${["source", "destination"][which]} QEMU did not start${how}${said}`;
       return result;
     }
     // The guest has written every page once (the last, at 1 MiB, is written last): none is a zero page now,
@@ -486,13 +488,19 @@ function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): 
   if (!qemu?.path) return qemu?.error ?? "no QEMU found";
   const f = context?.process;
   // A tenant's binary is never run: only the host's own QEMU, the one the process runs, in the host's namespace.
-  if (f && (!qemu.grantable || f.exe !== qemu.path))
-    return `${qemu.path}, which process ${f.pid} runs, is not the host's own QEMU (root's file, in the host's mount namespace): the probe does not run it`;
-  // Both QEMUs join the process's cgroups: they must fit in what its memory limit leaves, or its own VM may be the one killed.
+  if (f && (!qemu.grantable || f.exe !== qemu.path)) {
+    const own = "the host's own QEMU (root's file, in the host's mount namespace)";
+    return `${qemu.path}, which process ${f.pid} runs, is not ${own}: the probe does not run it`;
+  }
+  // Both QEMUs join the process's cgroups: they must fit in what its memory limit leaves, or its own VM may be
+  // the one killed.
   const room = f ? headroom(sys) : null;
   const needed = 2 * (opts.migrateMiB + QEMU_OVERHEAD_MIB) * 2 ** 20;
-  if (room !== null && room < needed)
-    return `the process's memory cgroup leaves ${Math.floor(room / 2 ** 20)} MiB, and two QEMUs of ${opts.migrateMiB} MiB need about ${needed / 2 ** 20} MiB`;
+  if (room !== null && room < needed) {
+    const [left, two] = [Math.floor(room / 2 ** 20), needed / 2 ** 20];
+    const qemus = `two QEMUs of ${opts.migrateMiB} MiB`;
+    return `the process's memory cgroup leaves ${left} MiB, and ${qemus} need about ${two} MiB`;
+  }
   // A supervisor (USER_NOTIF) or a tracer (TRACE) the process's filters hand userfaultfd to is not the copy's.
   if (context?.facts?.filter?.undecided.length)
     return "the process's seccomp filters hand userfaultfd to a supervisor or a tracer, which a copy of them has not";

@@ -553,7 +553,7 @@ const CHECKS: Step[] = [
   ["run-as", "the user QEMU runs as", null, checkRunAs],
 ];
 
-/** Runs every check in order (a check whose prerequisite is missing is skipped, saying which): the checks and what they learnt. */
+/** Runs the checks in order, skipping one whose prerequisite is missing: the checks and what they learnt. */
 export async function runChecks(sys: Sys, facts: Facts, opts: Options, context?: Context) {
   const learnt = learntAtStart(context?.qemu ?? null);
   const p: Probe = { sys, facts, opts, learnt };
@@ -965,7 +965,7 @@ function deviceAccess({ f }: Seen) {
 /** A line of a cause's evidence or fixes: fixed text, or text made from what the diagnosis sees (null: none). */
 type Says = string | ((s: Seen) => string | string[] | null);
 const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
-/** A cause: the gate that names it, where it stands (what it can block), whether it is an upgrade path, what it says and runs. */
+/** A cause: the gate that names it, where it stands (what it can block), if it is an upgrade, what it says and runs. */
 export type Cause = { when: Gate; blocks: Place; upgrade?: Gate; summary: Says; evidence: Says[]; fix: Says[] };
 /**
  * The decision table, in the order to act on the causes. An upgrade path (a newer kernel or QEMU)
@@ -1127,7 +1127,7 @@ const CAUSES = {
     ],
   },
 } satisfies Record<string, Cause>;
-/** Every cause's id: this table's, those a QEMU read adds (qemu.ts), and those of the rows --pid adds (pid.ts, vm.ts). */
+/** Every cause's id: this table's, those a QEMU read adds (qemu.ts), and the rows --pid adds (pid.ts, vm.ts). */
 export type CauseId = keyof (typeof CAUSES &
   QemuCauses &
   typeof import("./pid.ts").CAUSES &
@@ -1208,7 +1208,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   return {
     schema: SCHEMA,
     version: VERSION,
-    /** The headline: a real judge's answer (--migrate, --qemu) when there is one, else the probe's for the QEMU that will run. */
+    /** The headline: a real judge's answer (--migrate, --qemu) if any, else the probe's for the QEMU that will run. */
     postcopy: known ? decisive["postcopy-ram"] : null,
     /** The real judge whose answer the headline is, when it is not the probe's own. */
     answeredBy: real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
@@ -1261,7 +1261,8 @@ function verdict(report: Report, yesNo: (yes: boolean, text: string) => string) 
     return [`${line("UNKNOWN")}: ${why}`, ...(report.settle ?? []).map((s) => `  To settle it: ${s}`)];
   }
   const [before, after] = [own["qemu<8.0"], own["qemu>=8.0"]];
-  // Without a real judge's answer, QEMU before and after 8.0 may differ: both are said, in one line if no version is known.
+  // Without a real judge's answer, QEMU before and after 8.0 may differ: both are said, in one line if no version is
+  // known.
   const split = !answeredBy && before !== null && after !== null && before !== after;
   const unversioned = split && own.qemu === "QEMU";
   const unjudged = !answeredBy && report.undetermined.includes("postcopy-ram");

@@ -151,7 +151,7 @@ export function versionIn(sys: Sys, path: string, deadline: number): string | nu
     sys.close(fd.ret);
   }
 }
-/** Where `needle` is in `bytes` from `from` on, or -1: the native indexOf finds its first byte, the rest is compared. */
+/** Where `needle` is in `bytes` from `from` on, or -1: native indexOf finds its first byte; the rest is compared. */
 function indexOf(bytes: Uint8Array, needle: Uint8Array, from: number) {
   let i = bytes.indexOf(needle[0], from);
   while (i >= 0 && i + needle.length <= bytes.length) {
@@ -392,7 +392,7 @@ export const CAUSES = {
     ],
     fix: [
       ({ qemu }) => `install QEMU 10.1 or later in place of ${sh(qemu?.path ?? "")}   # the upgrade path`,
-      "virsh migrate --live --postcopy DOMAIN URI   # until then: without --parallel (KubeVirt: no parallelMigrationThreads)",
+      "virsh migrate --live --postcopy DOMAIN URI   # meanwhile: no --parallel (KubeVirt: no parallelMigrationThreads)",
     ],
   },
 } satisfies Record<string, Cause>;

@@ -232,7 +232,10 @@ export function actionName(value: number) {
 export type FilterVerdict = {
   /** A route a filter refuses, with the answer QEMU gets: the errno, or SIGSYS for a filter that kills or traps. */
   answers: Partial<Answers>;
-  /** Each refused or undecided route, said exactly: "userfaultfd(2): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions". */
+  /**
+   * Each refused or undecided route, said exactly:
+   * "userfaultfd(2): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions".
+   */
   says: Partial<Record<Route | "device-node", string>>;
   /** Routes no filter can decide ahead: a supervisor (USER_NOTIF) or a tracer (TRACE) answers. */
   undecided: Route[];
@@ -290,7 +293,8 @@ export function verdicts(filters: Insn[][], archName: string, pageSize: number):
   if (verdict.answers["device-node"]) verdict.says.device ??= verdict.says["device-node"];
   const names = [...new Set(Object.values(verdict.says).map((said) => said!.split("(")[0]))];
   const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
-  verdict.fix = `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   # its profile, allowing what QEMU calls`;
+  const allowing = "# its profile, allowing what QEMU calls";
+  verdict.fix = `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   ${allowing}`;
   return verdict;
 }
 const ioctlName = (request: bigint) =>
