@@ -59,6 +59,8 @@ const fail = (name: string): R => ({ ret: -1, errno: K.errnoOf(name) });
 const statuses = (r: Report) => Object.fromEntries(r.checks.map((c) => [c.id, c.status]));
 const check = (r: Report, id: string) => r.checks.find((c) => c.id === id)!;
 const causes = (r: Report) => r.diagnosis.map((d) => d.cause);
+/** The note that blocks nothing, and shows wherever no huge pages are reserved. */
+const NOTE = "hugepages-not-reserved";
 /** What each route answered, as uffd-open found it. */
 const routesOf = (r: Report) => check(r, "uffd-open").routes as Record<string, string>;
 /** Each cause with what it blocks, as plain strings. */
@@ -797,6 +799,27 @@ describe("round trips: real faults served", () => {
 
 describe("capabilities: the QEMU that will run decides", () => {
   test.skipIf(!isRoot)(
+    "devnode-impostor: with another device at the path the QEMU is read: QEMU 7.2 never opens it, QEMU 10 does",
+    () => {
+      // /dev/null over the device's path, in a mount namespace of the probe's own.
+      const prefix = [
+        "/usr/bin/unshare",
+        "-m",
+        "sh",
+        "-c",
+        'mount --bind /dev/null /dev/userfaultfd && exec "$@"',
+        "sh",
+      ];
+      const answer = (dir: string) => {
+        const { code, report } = cli(["--json"], { prefix, path: pathWith(dir) });
+        return [code, report.postcopy, report.probe.qemu, routesOf(report)["device-node"], report.undetermined];
+      };
+      expect(answer(QEMU7)).toEqual([0, true, "QEMU 7.2.0", "ENODEV", []]);
+      expect(answer(QEMU10)).toEqual([2, null, "QEMU 10.0.0", "ENODEV", QEMU_CAPS]);
+    },
+  );
+
+  test.skipIf(!isRoot)(
     "seccomp and qemu-before-8.0: under a filter the device serves QEMU 8.0+ only: QEMU 7.2 says no, QEMU 10 yes",
     () => {
       const old = underSeccomp("EPERM", ["--json"], { path: pathWith(QEMU7) });
@@ -1107,6 +1130,7 @@ describe("diagnose() as a decision table", () => {
     vm?: Check[];
     required?: Capability[];
   };
+  const pageFails: Check = { id: "page-size", title: "", status: "fail", detail: "host 4096, target 65536" };
   const hugetlbWarns: Check = { id: "register-hugetlb", title: "", status: "warn", detail: "vm.nr_hugepages is 0" };
   const noThreadId: Check = {
     id: "uffd-features",
@@ -1128,6 +1152,12 @@ describe("diagnose() as a decision table", () => {
 
   /** For each cause: the least that must produce it, all it then names, and a near miss (one thing changed) that must not. */
   const TABLE: Array<{ cause: CauseId; hit: Case; causes: CauseId[]; miss: Case }> = [
+    {
+      cause: "target-page-size",
+      hit: { routes: OPEN, checks: [pageFails] },
+      causes: ["target-page-size"],
+      miss: { routes: OPEN, checks: [{ ...pageFails, status: "pass" }] },
+    },
     {
       cause: "no-kernel-support",
       hit: {
@@ -1298,6 +1328,44 @@ describe("diagnose() as a decision table", () => {
     ]);
     const all = diagnoseOf(base, opened(DENIED)).flatMap((d) => d.fix);
     expect(all.length).toBe(new Set(all).size);
+  });
+
+  test("unprivileged-userfaultfd: no setcap under NoNewPrivs, where an exec grants no file capability", () => {
+    const setcaps = (noNewPrivs: boolean) =>
+      diagnoseOf({ ...base, noNewPrivs }, opened(DENIED))
+        .flatMap((d) => d.fix)
+        .filter((x) => x.startsWith("setcap"));
+    expect([setcaps(false), setcaps(true)]).toEqual([
+      ['setcap cap_sys_ptrace+ep "$(command -v qemu-system-x86_64)"   # broad: also lets QEMU ptrace'],
+      [],
+    ]);
+  });
+
+  test("devnode-missing, devnode-impostor: a node made for a user other than root comes with that user's way in", () => {
+    const fixes = (cause: CauseId, routes: Answers, f: Partial<Facts> = {}) =>
+      diagnoseOf({ ...base, ...f }, opened(routes)).find((d) => d.cause === cause)!.fix;
+    const access = [
+      "setfacl -m u:qemu:rw /dev/userfaultfd   # now; lost at reboot",
+      "usermod -aG kvm qemu   # QEMU started after this gets it",
+      `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`,
+      "udevadm control --reload && udevadm trigger --subsystem-match=misc",
+    ];
+    const container = "docker run --device /dev/userfaultfd ...   # a container: or podman run --device";
+    const MISSING: Answers = ["ENOENT", "ENOENT", "EPERM", "ok"];
+    expect(fixes("devnode-missing", MISSING)).toEqual([
+      container,
+      "mknod -m 0600 /dev/userfaultfd c 10 126   # this host",
+      ...access,
+    ]);
+    expect(fixes("devnode-impostor", IMPOSTOR)).toEqual([
+      container,
+      "rm /dev/userfaultfd && mknod -m 0600 /dev/userfaultfd c 10 126",
+      ...access,
+    ]);
+    expect(fixes("devnode-missing", ["ENOENT", "ENOENT", "ok", "ok"], ROOT)).toEqual([
+      container,
+      "mknod -m 0600 /dev/userfaultfd c 10 126   # this host",
+    ]);
   });
 
   test("qemu-before-8.0: QEMU 7.2 gets no device fixes: its NO is the syscall's, with the device as the upgrade path", () => {
@@ -1601,6 +1669,28 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     });
   });
 
+  test.skipIf(!realQemu || !isRoot)(
+    "target-page-size: the guest's pages, which the QEMU asked has not got, keep the probe's no against its yes",
+    () => {
+      const { code, report } = cli(["--json", "--qemu", "--target-page-size", "65536"]);
+      const [page, blocking] = [`host ${sys.pageSize()}, target 65536`, causes(report).filter((c) => c !== NOTE)];
+      expect([code, report.postcopy, report.answeredBy, report.qemu?.accepts, blocking]).toEqual([
+        1,
+        false,
+        undefined,
+        true,
+        ["target-page-size"],
+      ]);
+      const unasked = `page-size fails (${page}), which the QEMU asked does not reproduce`;
+      expect(report.qemu!.why).toBe(`${unasked}: the probe's no stands`);
+      const human = renderHuman(report, { quiet: true, color: false });
+      const line = `Postcopy live migration (QEMU ${report.qemu!.version} postcopy-ram): NOT SUPPORTED for root (uid 0)`;
+      expect(human).toContain(`${line}\n`);
+      const none = `none on ${facts.arch}, whose pages are always ${sys.pageSize()} B: migrate this guest without postcopy`;
+      expect(human).toContain(`    $ ${none}\n`);
+    },
+  );
+
   test.skipIf(!realQemu || !isRoot)("multifd beside postcopy-ram: taken before 8.1, refused from 8.1 to 10.0", () => {
     for (const q of [realQemu!, ...(qemu10 ? [qemu10] : [])]) {
       const answer = askQemu(sys, q, 5000);
@@ -1620,6 +1710,32 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
       expect(report.qemu).toMatchObject({ accepts: false, agrees: true });
       expect(report.qemu!.message).toStartWith("Postcopy is not supported");
     },
+  );
+
+  test.skipIf(!realQemu || !isRoot || unprivileged !== "0" || !Bun.which("setcap"))(
+    "unprivileged-userfaultfd: setcap is offered only where an exec would grant it: not to a script, not under NoNewPrivs",
+    () => {
+      // A wrapper script of root's in a directory of root's (a tmpfs on /mnt, in a mount namespace of its own).
+      const wrap = `mount -t tmpfs -o mode=0755 none /mnt && printf '%s' "$0" > /mnt/qemu && chmod 0755 /mnt/qemu`;
+      const script = [
+        "/usr/bin/unshare",
+        "-m",
+        "sh",
+        "-c",
+        `${wrap} && exec "$@"`,
+        `#!/bin/sh\nexec ${realQemu} "$@"\n`,
+      ];
+      const setcaps = (qemu: string, prefix: string[] = []) => {
+        const { code, report } = cli(["--json", "--qemu", qemu], { prefix, nobody: true });
+        const fixes = report.diagnosis.flatMap((d) => d.fix);
+        return [code, report.qemu?.accepts, fixes.filter((x) => x.startsWith("setcap"))];
+      };
+      const broad = `setcap cap_sys_ptrace+ep ${realQemu}   # broad: also lets QEMU ptrace`;
+      expect(setcaps(realQemu!)).toEqual([1, false, [broad]]);
+      expect(setcaps("/mnt/qemu", script)).toEqual([1, false, []]);
+      expect(setcaps(realQemu!, ["/usr/bin/setpriv", "--no-new-privs"])).toEqual([1, false, []]);
+    },
+    30_000,
   );
 
   test.skipIf(!realQemu || !isRoot)(
@@ -3160,7 +3276,7 @@ describe("--format prometheus and --output (textfile.ts)", () => {
     const withTrip = {
       ...report,
       features: { THREAD_ID: true, MOVE: false, unknown: "0x0" },
-      roundTrip: { ok: false, ns: 1500 },
+      roundTrip: { ok: true, ns: 1500 },
       migration: { ok: false, blocktimeMs: 27, pagesRequested: 812 },
     };
     const help = (name: string, text: string) => [
@@ -3182,7 +3298,10 @@ describe("--format prometheus and --output (textfile.ts)", () => {
       ...statuses("page-size", "pass"),
       ...statuses("uffd-open", "fail"),
       ...statuses("uffd-api", "skip"),
-      ...help("round_trip_seconds", "The kernel-mode write fault round trip, thread start to join."),
+      ...help(
+        "round_trip_seconds",
+        "The kernel-mode write fault round trip, thread start to join, when both faults were served.",
+      ),
       "postcopy_probe_round_trip_seconds 0.0000015",
       ...help(
         "migration_ok",
@@ -3203,6 +3322,15 @@ describe("--format prometheus and --output (textfile.ts)", () => {
       'postcopy_probe_info{version="0.1.0",kernel="6.1.0",user="qemu",uid="107"} 1',
       "",
     ]);
+  });
+
+  test("renderPrometheus() gives no round-trip time for a round trip that failed", () => {
+    const failed = { ...report, roundTrip: { ok: false, ns: 1500 } } as unknown as Report;
+    expect(
+      renderPrometheus(failed)
+        .split("\n")
+        .filter((l) => l.includes("round_trip")),
+    ).toEqual([]);
   });
 
   const promtool = Bun.which("promtool");

@@ -370,7 +370,9 @@ function checkQemuRoute(p: Probe, head: Head): Check {
   const a = learnt.answers!;
   const seenByQemu = qemuAnswers(a, facts, null);
   const split = answerOf("qemu<8.0", seenByQemu) !== answerOf("qemu>=8.0", seenByQemu);
-  if (split || p.opts.qemu !== null || p.opts.migrate || a.syscall === "EPERM")
+  // Its version decides, too, what QEMU makes of something else at the device's path (ENODEV).
+  const impostor = a["device-node"] === "ENODEV";
+  if (split || impostor || p.opts.qemu !== null || p.opts.migrate || a.syscall === "EPERM")
     learnt.qemu ??= loadQemu().identify(p.sys, facts, p.opts);
   const q = learnt.qemu;
   const consumer = qemuConsumer(q);
@@ -439,7 +441,8 @@ function checkCriu(p: Probe, head: Head): Check {
   if (api instanceof BigUint64Array) return result(head, "pass", `${CRIU_EVENTS.join(", ")} granted`);
   // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
   if (api.errno !== "EPERM") return api;
-  return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE: run CRIU as root)` };
+  const root = "run CRIU as root on the host";
+  return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE in the initial user namespace: ${root})` };
 }
 
 /** Kinds of memory QEMU registers, as mmap() flags. */
@@ -912,6 +915,8 @@ const SINCE: Record<string, string | Record<string, string>> = {
   UFFD_USER_MODE_ONLY: "5.11",
   [DEVICE]: "6.1",
 };
+/** The architectures whose kernels can be built with pages larger than 4 KiB. */
+const LARGER_PAGES = ["aarch64", "ppc64", "loongarch64"];
 /** How to get `name`: the first Linux with it on this architecture (4.11 for the events and shmem/hugetlbfs). */
 function boot(name: string, f: Facts) {
   const v = SINCE[name] ?? "4.11";
@@ -930,10 +935,15 @@ const openedAs = ({ f, a }: Seen) => `open as ${f.user}: ${a["device-node"]}`;
 /** The probe's own seccomp filters, as its status shows them. */
 const ownFilters = ({ f }: Seen) => `Seccomp: 2 in /proc/self/status (${f.seccompFilters} filters)`;
 const SYSCTL = "sysctl -w vm.unprivileged_userfaultfd=1";
+/** A pod template's seccomp profile, as kubectl patch sets it: PROFILE.json is in the kubelet's seccomp directory. */
+const LOCALHOST = { type: "Localhost", localhostProfile: "PROFILE.json" };
+const POD_PROFILE = JSON.stringify({
+  spec: { template: { spec: { securityContext: { seccompProfile: LOCALHOST } } } },
+});
 const SECCOMP = [
   "docker run --security-opt seccomp=PROFILE.json ...   # PROFILE.json allowing userfaultfd",
   "podman run --security-opt seccomp=PROFILE.json ...",
-  "kubectl: securityContext.seccompProfile: {type: Localhost, localhostProfile: PROFILE.json}",
+  `kubectl patch deployment NAME -p '${POD_PROFILE}'   # its pods (Kubernetes)`,
   "systemctl edit UNIT   # a systemd unit: no SystemCallFilter= that denies userfaultfd",
 ];
 const UDEV = `echo 'KERNEL=="userfaultfd", GROUP="kvm", MODE="0660"' > /etc/udev/rules.d/99-userfaultfd.rules`;
@@ -962,6 +972,8 @@ function deviceAccess({ f }: Seen) {
     : [`chgrp kvm ${DEVICE} && chmod 0660 ${DEVICE}   # no udev here: again after each boot`];
   return [...now, ...group, join, ...persist];
 }
+/** A node made 0600 is root's alone: a user other than root needs its way in too. */
+const letIn = (s: Seen) => (s.f.miscMinor !== null && s.f.uid !== 0 ? deviceAccess(s) : null);
 /** A line of a cause's evidence or fixes: fixed text, or text made from what the diagnosis sees (null: none). */
 type Says = string | ((s: Seen) => string | string[] | null);
 const spoken = (says: Says[], s: Seen) => says.flatMap((x) => (typeof x === "string" ? [x] : (x(s) ?? [])));
@@ -972,6 +984,20 @@ export type Cause = { when: Gate; blocks: Place; upgrade?: Gate; summary: Says; 
  * comes after the fixes this host takes, whatever its place here.
  */
 const CAUSES = {
+  "target-page-size": {
+    // QEMU: "Target page size bigger than host page size"
+    when: ({ checks }) => checks.some((c) => c.id === "page-size" && c.status === "fail"),
+    blocks: "qemu",
+    upgrade: () => true,
+    summary: "the guest's pages are larger than the host's: QEMU refuses postcopy",
+    evidence: [({ checks }) => `page-size: ${checks.find((c) => c.id === "page-size")?.detail}`],
+    fix: [
+      ({ f }) =>
+        LARGER_PAGES.includes(f.arch)
+          ? `boot a ${f.arch} kernel built with pages at least as large as the guest's (this one's are ${f.pageSize} B)`
+          : `none on ${f.arch}, whose pages are always ${f.pageSize} B: migrate this guest without postcopy`,
+    ],
+  },
   "no-kernel-support": {
     // ENOSYS with no filter to explain it, no device that opened, and no sysctl (which exists with CONFIG_USERFAULTFD).
     when: ({ f, a }) =>
@@ -1018,6 +1044,7 @@ const CAUSES = {
         f.miscMinor === null
           ? `${boot(DEVICE, f)}   # the upgrade path`
           : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
+      letIn,
     ],
   },
   "devnode-impostor": {
@@ -1034,6 +1061,7 @@ const CAUSES = {
     fix: [
       CONTAINER,
       ({ f }) => (f.miscMinor === null ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`),
+      letIn,
     ],
   },
   "libvirt-device-acl": {
@@ -1076,7 +1104,7 @@ const CAUSES = {
     // --pid: the process's filters, read and run; else the probe's own filter, told from how it answers.
     when: ({ f, a }) => (f.filter ? Object.keys(f.filter.answers).length > 0 : filterDeniesSyscall(f, a)),
     blocks: "filtered",
-    summary: "a seccomp filter denies what QEMU calls for its userfaultfd",
+    summary: "a seccomp filter denies the calls a userfaultfd is opened with",
     evidence: [(s) => (s.f.filter ? Object.values(s.f.filter.says) : [ownFilters(s), answered(s)])],
     fix: [({ f }) => f.filter?.fix ?? null, ...SECCOMP],
   },
@@ -1180,17 +1208,27 @@ function unanswered(opts: Options, judged: Judged, real: RealAnswer[], context?:
   return [...why, ...(context?.unanswered ?? [])];
 }
 
+/**
+ * Why the probe's no stands against a real judge's yes, or null: what no real judge here reproduces. Each
+ * asks an x86 QEMU of 4 KiB pages, without a --pid VM's configuration or its AppArmor profile.
+ */
+function standing(checks: Check[], facts: Facts, context?: Context) {
+  const unasked = checks.find((c) => c.status === "fail" && (c.id === "page-size" || context?.checks?.includes(c)));
+  if (unasked) return `${unasked.id} fails (${unasked.detail}), which the QEMU asked does not reproduce`;
+  const profiled = Object.keys(facts.apparmor?.denied ?? {}).length > 0;
+  return profiled ? "the process's AppArmor profile denies it, and the QEMU asked does not run under it" : null;
+}
+
 /** The pipeline, without printing: checks, capabilities judged, the diagnosis, and the postcopy-probe/1 document. */
 export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Context) {
   const { checks, learnt } = await runChecks(sys, facts, opts, context);
   const judged = judge(checks, learnt, facts, context);
+  const stands = standing(checks, facts, context);
   // --qemu and --migrate: real judges beside the probe's own, and what will happen decides.
   const real = [
-    ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram)]),
+    ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram, stands)]),
     ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
   ];
-  // A real judge reproduces neither a --pid VM's own configuration nor its AppArmor profile: a no of theirs stands.
-  const stands = context?.checks?.some((c) => c.status === "fail") || Object.keys(facts.apparmor?.denied ?? {}).length;
   const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<Capability, boolean>;
   for (const cap of stands ? CAPABILITIES : []) decisive[cap] &&= judged.ok[cap];
   const failing = CAPABILITIES.filter((c) => !judged.ok[c] && !judged.unknown[c]);
@@ -1211,7 +1249,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     /** The headline: a real judge's answer (--migrate, --qemu) if any, else the probe's for the QEMU that will run. */
     postcopy: known ? decisive["postcopy-ram"] : null,
     /** The real judge whose answer the headline is, when it is not the probe's own. */
-    answeredBy: real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
+    answeredBy: stands ? undefined : real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
     /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
     probe: {
       postcopy: judged.ram,

@@ -31,7 +31,10 @@ export type Qemu = {
   version: string | null;
   major?: number;
   ptrace: boolean;
-  /** A fix may offer it a file capability: root owns it, no one else can write it, and it is the host's. */
+  /**
+   * A fix may offer it a file capability: root owns it, no one else can write it, it is the host's, and
+   * it is no `#!` script (the kernel ignores a script's file capabilities).
+   */
   grantable?: boolean;
   answer?: QemuAnswer;
   error?: string;
@@ -122,21 +125,15 @@ export function fileCapPtrace(path: string) {
  * "script" for a `#!` file; null when there is no version, or it could not be read in time.
  */
 export function versionIn(sys: Sys, path: string, deadline: number): string | null {
-  // Looked at before it is opened: opening a device (a tty, a tape) or a FIFO can do something.
-  const where = sys.open(path, K.O_PATH | K.O_CLOEXEC);
-  if (where.ret < 0) return null;
-  const st = sys.stat("", where.ret, K.AT_EMPTY_PATH);
-  const regular = st.ret === 0 && (st.mode & K.S_IFMT) === K.S_IFREG && st.size <= BINARY_MAX;
-  const fd = regular ? sys.open(`/proc/self/fd/${where.ret}`, K.O_RDONLY | K.O_CLOEXEC | K.O_NONBLOCK) : where;
-  sys.close(where.ret);
-  if (!regular || fd.ret < 0) return null;
+  const fd = openRegular(sys, path);
+  if (fd < 0) return null;
   try {
     const chunk = new Uint8Array(CHUNK);
     for (let [kept, at] = [0, 0]; Date.now() < deadline; at++) {
-      const n = sys.read(fd.ret, chunk.subarray(kept)).ret;
+      const n = sys.read(fd, chunk.subarray(kept)).ret;
       if (n <= 0) return null;
       const end = kept + n;
-      if (at === 0 && chunk[0] === 0x23 && chunk[1] === 0x21) return "script"; // "#!"
+      if (at === 0 && startsScript(chunk.subarray(0, end))) return "script";
       const bytes = chunk.subarray(0, end);
       for (let i = indexOf(bytes, NEEDLE, 0); i >= 0; i = indexOf(bytes, NEEDLE, i + 1)) {
         const m = cp1252.decode(bytes.subarray(i, i + 64)).match(VERSION_RE);
@@ -148,8 +145,31 @@ export function versionIn(sys: Sys, path: string, deadline: number): string | nu
     }
     return null;
   } finally {
-    sys.close(fd.ret);
+    sys.close(fd);
   }
+}
+/**
+ * A file opened to be read (non-blocking), or -1: only a regular file of at most BINARY_MAX bytes. It is
+ * looked at before it is opened, as opening a device (a tty, a tape) or a FIFO can do something.
+ */
+function openRegular(sys: Sys, path: string) {
+  const where = sys.open(path, K.O_PATH | K.O_CLOEXEC);
+  if (where.ret < 0) return -1;
+  const st = sys.stat("", where.ret, K.AT_EMPTY_PATH);
+  const regular = st.ret === 0 && (st.mode & K.S_IFMT) === K.S_IFREG && st.size <= BINARY_MAX;
+  const fd = regular ? sys.open(`/proc/self/fd/${where.ret}`, K.O_RDONLY | K.O_CLOEXEC | K.O_NONBLOCK).ret : -1;
+  sys.close(where.ret);
+  return fd;
+}
+const startsScript = (head: Uint8Array) => head[0] === 0x23 && head[1] === 0x21; // "#!"
+/** Whether a file is a `#!` script: the kernel runs its interpreter instead. */
+function isScript(sys: Sys, path: string) {
+  const fd = openRegular(sys, path);
+  if (fd < 0) return false;
+  const head = new Uint8Array(2);
+  const n = sys.read(fd, head).ret;
+  sys.close(fd);
+  return n === 2 && startsScript(head);
 }
 /** Where `needle` is in `bytes` from `from` on, or -1: native indexOf finds its first byte; the rest is compared. */
 function indexOf(bytes: Uint8Array, needle: Uint8Array, from: number) {
@@ -183,7 +203,7 @@ export function identify(sys: Sys, facts: Facts, opts: Options): Qemu {
   const path = find(sys, opts.qemu);
   const looked = `qemu-system-${facts.arch} on $PATH, ${QEMU_PLACES.join(", ")}`;
   if (!path) return { path: null, version: null, ptrace: false, error: `no QEMU found: looked for ${looked}` };
-  const [ptrace, grantable] = [fileCapPtrace(path), hostOwned(sys, path)];
+  const [ptrace, grantable] = [fileCapPtrace(path), hostOwned(sys, path) && !isScript(sys, path)];
   const asked = opts.qemu === null ? null : askQemu(sys, path, opts.qemuMs);
   const answer = typeof asked === "string" ? undefined : (asked ?? undefined);
   const version = answer?.version ?? versionOf(sys, path, deadline);
@@ -318,9 +338,10 @@ const replies = (text: string) => objects(text.split("\n")).filter((r) => "retur
 
 /**
  * --qemu's answer, a real judge beside the probe: QEMU's own answer decides postcopy-ram (and
- * postcopy-multifd when it answered that too); `probeSays` is null when the probe could not judge postcopy-ram.
+ * postcopy-multifd when it answered that too); `probeSays` is null when the probe could not judge postcopy-ram,
+ * `stands` why the probe's no stands against it.
  */
-export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null): RealAnswer {
+export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null, stands: string | null): RealAnswer {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
   if (!answer) {
@@ -342,13 +363,15 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null): RealAn
   });
   if (probeSays === null) return said(answer.accepts ? "pass" : "fail", `${told}, which the probe could not judge`);
   answer.agrees = answer.accepts === probeSays;
-  if (!answer.agrees) answer.why = "the reason is not known to the probe: QEMU's answer decides";
+  if (!answer.agrees) answer.why = stands ? `${stands}: the probe's no stands` : UNKNOWN_REASON;
   const differ = `THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
   return said(
     answer.accepts && answer.agrees ? "pass" : "fail",
     answer.agrees ? `${told}, as the probe says` : `${told}; ${differ}`,
   );
 }
+
+const UNKNOWN_REASON = "the reason is not known to the probe: QEMU's answer decides";
 
 /**
  * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet
@@ -359,10 +382,13 @@ export function multifdWith(version: string) {
   return major > 10 || (major === 10 && minor >= 1);
 }
 
-/** The file capability for QEMU's binary: only one root owns and no one else can write, and only on this host. */
+/**
+ * The file capability for QEMU's binary: only one root owns and no one else can write, only on this host,
+ * and only where an exec grants it (not under NoNewPrivs).
+ */
 export function setcap({ f, qemu }: Seen) {
   const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
-  if (!f.tools.includes("setcap") || profiled || (qemu?.path && !qemu.grantable)) return [];
+  if (!f.tools.includes("setcap") || profiled || f.noNewPrivs || (qemu?.path && !qemu.grantable)) return [];
   const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
 }

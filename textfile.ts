@@ -42,8 +42,8 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
   ["check", "1 on the status each check has, 0 on the others.", (r) => (r.checks ?? []).flatMap(byStatus)],
   [
     "round_trip_seconds",
-    "The kernel-mode write fault round trip, thread start to join.",
-    (r) => (r.roundTrip ? one(r.roundTrip.ns / 1e9) : []),
+    "The kernel-mode write fault round trip, thread start to join, when both faults were served.",
+    (r) => (r.roundTrip?.ok ? one(r.roundTrip.ns / 1e9) : []),
   ],
   [
     "qemu_accepts",
