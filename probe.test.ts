@@ -812,7 +812,13 @@ describe("capabilities: the QEMU that will run decides", () => {
       ];
       const answer = (dir: string) => {
         const { code, report } = cli(["--json"], { prefix, path: pathWith(dir) });
-        return [code, report.postcopy, report.probe.qemu, routesOf(report)["device-node"], report.undetermined];
+        return [
+          code,
+          report.postcopy,
+          report.probe.qemu,
+          routesOf(report)["device-node"],
+          report.undetermined as string[],
+        ];
       };
       expect(answer(QEMU7)).toEqual([0, true, "QEMU 7.2.0", "ENODEV", []]);
       expect(answer(QEMU10)).toEqual([2, null, "QEMU 10.0.0", "ENODEV", QEMU_CAPS]);

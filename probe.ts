@@ -1208,23 +1208,13 @@ function unanswered(opts: Options, judged: Judged, real: RealAnswer[], context?:
   return [...why, ...(context?.unanswered ?? [])];
 }
 
-/**
- * Why the probe's no stands against a real judge's yes, or null: what no real judge here reproduces. Each
- * asks an x86 QEMU of 4 KiB pages, without a --pid VM's configuration or its AppArmor profile.
- */
-function standing(checks: Check[], facts: Facts, context?: Context) {
-  const unasked = checks.find((c) => c.status === "fail" && (c.id === "page-size" || context?.checks?.includes(c)));
-  if (unasked) return `${unasked.id} fails (${unasked.detail}), which the QEMU asked does not reproduce`;
-  const profiled = Object.keys(facts.apparmor?.denied ?? {}).length > 0;
-  return profiled ? "the process's AppArmor profile denies it, and the QEMU asked does not run under it" : null;
-}
-
 /** The pipeline, without printing: checks, capabilities judged, the diagnosis, and the postcopy-probe/1 document. */
 export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Context) {
   const { checks, learnt } = await runChecks(sys, facts, opts, context);
   const judged = judge(checks, learnt, facts, context);
-  const stands = standing(checks, facts, context);
-  // --qemu and --migrate: real judges beside the probe's own, and what will happen decides.
+  // --qemu and --migrate: real judges beside the probe's own, and what will happen decides, unless a no stands.
+  const asked = opts.qemu !== null || opts.migrate;
+  const stands = asked ? loadQemu().standing(checks, facts, context) : null;
   const real = [
     ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram, stands)]),
     ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),

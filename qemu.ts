@@ -9,6 +9,8 @@
  * const qemu = identify(sys, facts, opts); // { path, version, major, ptrace } or { error }
  * ```
  */
+
+import type { Context } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
@@ -372,6 +374,17 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null, stands:
 }
 
 const UNKNOWN_REASON = "the reason is not known to the probe: QEMU's answer decides";
+
+/**
+ * Why the probe's no stands against a real judge's yes (--qemu, --migrate), or null: what none of them
+ * reproduces. Each asks an x86 QEMU of 4 KiB pages, without a --pid VM's configuration or AppArmor profile.
+ */
+export function standing(checks: Check[], facts: Facts, context?: Context) {
+  const unasked = checks.find((c) => c.status === "fail" && (c.id === "page-size" || context?.checks?.includes(c)));
+  if (unasked) return `${unasked.id} fails (${unasked.detail}), which the QEMU asked does not reproduce`;
+  const profiled = Object.keys(facts.apparmor?.denied ?? {}).length > 0;
+  return profiled ? "the process's AppArmor profile denies it, and the QEMU asked does not run under it" : null;
+}
 
 /**
  * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet
