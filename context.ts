@@ -154,6 +154,8 @@ export async function takeOn(
     contextOf(sys, opts);
     return runInContext(argv, childMs(opts), { capture: opts.output !== null });
   }
+  // The child's document, an error's too, goes to the parent through its stdout: --output is the parent's.
+  opts.output = null;
   const context = await enterContext(sys, opts);
   opts.user = context.name;
   return context;
@@ -189,7 +191,12 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
   // --output is written by the parent, as root: the child's document comes through a pipe, bounded.
   const text = o.capture ? readBounded(child.stdout as ReadableStream<Uint8Array>) : Promise.resolve("");
-  if (await within(child.exited, ms)) return { code: child.exitCode ?? 2, out: await text };
+  if (await within(child.exited, ms)) {
+    const out = await text;
+    if (out === null)
+      throw new Error(`The probe's child wrote more than ${OUTPUT_MAX >> 20} MiB: no report is written`);
+    return { code: child.exitCode ?? 2, out };
+  }
   child.kill("SIGKILL");
   // A child stuck in the kernel may not die at once: the parent does not wait on it, and does not stay for it.
   const gone = await within(child.exited, 1000);
@@ -204,7 +211,7 @@ const BORROWED: Unjudged = [
 export const self = () => (Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main]);
 /** What the child may see of the parent's environment. */
 const CHILD_ENV = ["PATH", "TERM", "NO_COLOR", "LANG", "LC_ALL"];
-/** A report is a few kilobytes: a child's stdout is read up to this, and cut there. */
+/** A report is a few kilobytes: a child's stdout is read up to this; a longer one is no report (null). */
 const OUTPUT_MAX = 1 << 24;
 async function readBounded(stream: ReadableStream<Uint8Array>) {
   const [decoder, parts] = [new TextDecoder(), [] as string[]];
@@ -213,7 +220,7 @@ async function readBounded(stream: ReadableStream<Uint8Array>) {
     if (length < OUTPUT_MAX) parts.push(decoder.decode(chunk, { stream: true }));
     length += chunk.length;
   }
-  return parts.join("").slice(0, OUTPUT_MAX);
+  return length > OUTPUT_MAX ? null : parts.join("");
 }
 
 /** Whether `done` settles within `ms`; the timer goes with it, so nothing is left to keep the process up. */

@@ -32,6 +32,7 @@ export type ProcessFacts = {
   capSysPtrace?: boolean | null;
   filter?: FilterVerdict | null;
   apparmor?: Confinement | null;
+  ownDev?: boolean;
 };
 /** The AppArmor profile the process runs under, and what the kernel answered the routes under it. */
 export type Confinement = {
@@ -167,8 +168,8 @@ export function processFacts(sys: Sys, pid: number) {
   const num = (key: string) => (field(status, key)?.match(/^\d+/) ? Number.parseInt(field(status, key)!, 10) : null);
   const root = link(`${at}/root`);
   /** A path as the process names it: the host's view of its root taken off (a chroot). */
-  const seen = (path: string | null) =>
-    path && root && root !== "/" && path.startsWith(`${root}/`) ? path.slice(root.length) : path;
+  const inside = (path: string) => root && root !== "/" && (path === root || path.startsWith(`${root}/`));
+  const seen = (path: string | null) => (path && inside(path) ? path.slice(root!.length) || "/" : path);
   const cmdline = sys.readText(`${at}/cmdline`);
   // /proc/PID/stat's ninth field, the task's flags: PF_KTHREAD (include/linux/sched.h) marks a kernel thread.
   const flags = Number(
@@ -253,24 +254,29 @@ function mountsOf(text: string | null) {
 }
 
 // include/uapi/linux/openat2.h; O_NOFOLLOW (fcntl.h) is 0100000 on arm and powerpc, 0400000 elsewhere.
-const [RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT, NR_OPENAT2] = [0x02, 0x10, 437];
+const [RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT, NR_OPENAT2] = [0x01, 0x02, 0x10, 437];
 const O_NOFOLLOW = ["arm", "arm64", "ppc64"].includes(process.arch) ? 0o100000 : 0o400000;
 const [S_IFLNK, MAXSYMLINKS, PATH_MAX] = [0o120000, 40, 4096];
-const [ENOSYS, ELOOP] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP")];
+const [ENOSYS, ELOOP, EXDEV] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP"), K.errnoOf("EXDEV")];
 /**
  * `path` resolved inside the directory `root` as a process whose root it is resolves it, as an O_PATH
  * fd (or the errno): `..` and absolute symbolic links stay inside, magic links are refused. openat2()
  * with RESOLVE_IN_ROOT where the kernel has it (5.6+), else the same walk, a component at a time.
  */
 export function resolveIn(sys: Sys, root: number, path: string): R {
-  const how = new BigUint64Array([BigInt(K.O_PATH | K.O_CLOEXEC), 0n, BigInt(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)]);
-  const r = K.answer(libc().syscall(NR_OPENAT2, root, K.cstr(path), how, how.byteLength) as number);
+  const r = openat2(root, path, 0);
   return r.errno === ENOSYS ? walkIn(sys, root, path) : r;
+}
+/** openat2() of `path` inside `root`, O_PATH, with RESOLVE_IN_ROOT, no magic links, and `resolve`'s flags too. */
+function openat2(root: number, path: string, resolve: number) {
+  const flags = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | resolve;
+  const how = new BigUint64Array([BigInt(K.O_PATH | K.O_CLOEXEC), 0n, BigInt(flags)]);
+  return K.answer(libc().syscall(NR_OPENAT2, root, K.cstr(path), how, how.byteLength) as number);
 }
 /**
  * The walk: openat(O_PATH|O_NOFOLLOW) a component at a time; a link's text is followed inside `root`.
- * `enters(fd)`, when given, is asked of each file reached before anything looks at or into it: a reason
- * stops the walk there (a FUSE mount that may never answer), unless that file is the last.
+ * `enters(fd)`, when given, is asked of the root and of each file reached before anything looks at or
+ * into it: a reason stops the walk there (a FUSE mount that may never answer), unless that file is the last.
  */
 export function walkIn(
   sys: Sys,
@@ -285,6 +291,12 @@ export function walkIn(
   if (top.ret < 0) return top;
   const dirs = [top.ret]; // where the walk is, last; the root first
   const parts = path.split("/");
+  // The root itself may be on FUSE (rootless Podman's fuse-overlayfs): nothing below it is looked up then.
+  const refused = enters?.(top.ret);
+  if (refused && parts.some((p) => p !== "" && p !== ".")) {
+    sys.close(top.ret);
+    return { ret: -1, errno: 0, stopped: refused };
+  }
   const text = new Uint8Array(PATH_MAX);
   try {
     for (let links = 0; parts.length; ) {
@@ -369,7 +381,7 @@ export function pidContext(sys: Sys, pid: number): Context {
     version,
     major: version ? Number(version.split(".")[0]) : undefined,
     ptrace: false, // the process's own CapEff decides, and comes along with the child
-    grantable: here && hostOwned(sys, path),
+    grantable: here ? hostOwned(sys, path) : null,
     error: version
       ? undefined
       : `${path}: no QEMU version could be read from its binary${unread ? ` (${unread})` : ""}`,
@@ -408,6 +420,7 @@ export function pidContext(sys: Sys, pid: number): Context {
       },
       ...{ uidMap: f.uidMap, userNamespace: f.uidMap === null ? null : f.uidMap !== INITIAL_UID_MAP },
       capSysPtrace: capBit(f.capEff, CAP_SYS_PTRACE),
+      ownDev: f.ownMountNamespace || f.root !== "/",
     },
   };
 }
@@ -428,21 +441,30 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
 }
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never
- * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one). openat2() where no such
- * mount is there, else the walk, which looks at each file's mount before it looks into it.
+ * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one), nor into a mount neither
+ * its mount table nor the probe's has (one mounted since may be FUSE). A chroot's table leaves out the
+ * mounts its root lies in, which the probe's has. openat2() within the root's own mount where no such
+ * mount is there; else, or where the path crosses a mount, the walk, which looks at each file's mount
+ * before it looks into it, the root's first.
  */
 function walker(sys: Sys, root: number, mounts: NonNullable<ReturnType<typeof mountsOf>>) {
   const fuse = mounts.some((m) => m.type.startsWith("fuse"));
-  const mountOf = (fd: number) =>
-    mounts.find((m) => m.id === Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id")));
+  const mountOf = (fd: number) => {
+    const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
+    const ours = () => mountsOf(sys.readText("/proc/self/mountinfo")) ?? [];
+    return mounts.find((m) => m.id === id) ?? ours().find((m) => m.id === id);
+  };
   const refuses = (fd: number) => {
     const m = mountOf(fd);
-    const untrusted = m && (m.type.startsWith("fuse") || (fuse && m.type === "overlay"));
+    if (!m) return "it lies on a mount that is in no mount table the probe read, which it does not enter";
+    const untrusted = m.type.startsWith("fuse") || (fuse && m.type === "overlay");
     return untrusted ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter` : null;
   };
   // A walk stopped before a mount it does not enter answers ENODEV: what is there was not looked at.
   const resolve = (path: string): R & { stopped?: string } => {
-    const r: R & { stopped?: string } = fuse ? walkIn(sys, root, path, refuses) : resolveIn(sys, root, path);
+    const within = fuse || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
+    const r: R & { stopped?: string } =
+      !within || [EXDEV, ENOSYS].includes(within.errno) ? walkIn(sys, root, path, refuses) : within;
     return r.stopped ? { ...r, errno: K.errnoOf("ENODEV") } : r;
   };
   return { resolve, refuses, mountOf };

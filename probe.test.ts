@@ -7,6 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
+  chownSync,
   copyFileSync,
   existsSync,
   linkSync,
@@ -14,6 +15,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmdirSync,
   rmSync,
   statSync,
@@ -21,11 +23,12 @@ import {
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
+import { basename, dirname } from "node:path";
 import { runInContext } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import { CAUSES as PID_CAUSES, resolveIn, walkIn } from "./pid.ts";
-import type { Capability, CauseId, Check, Evidence, Facts, Report } from "./probe.ts";
+import type { Capability, CauseId, Check, Evidence, Facts, Report, Seen } from "./probe.ts";
 import {
   CAPABILITIES,
   CAUSE_IDS,
@@ -41,7 +44,7 @@ import {
   VERSION,
 } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { askQemu, multifdWith, pipe, poll, CAUSES as QEMU_CAUSES, versionIn } from "./qemu.ts";
+import { askQemu, identify, multifdWith, pipe, poll, CAUSES as QEMU_CAUSES, setcap, versionIn } from "./qemu.ts";
 import { actionName, combined, run } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
 import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
@@ -354,6 +357,7 @@ __attribute__((used)) static const char version[] = "QEMU emulator version 7.2.0
 int main(int argc, char **argv) {
   for (int i = 1; i + 1 < argc; i++)
     if (!strcmp(argv[i], "-hold")) open(argv[i + 1], O_RDONLY);
+    else if (!strcmp(argv[i], "-chroot") && (chroot(argv[i + 1]) || chdir("/"))) return 1;
   pause();
   return 0;
 }`;
@@ -1718,6 +1722,26 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     },
   );
 
+  test.skipIf(!realQemu || !isRoot)(
+    "unprivileged-userfaultfd: setcap names the file a QEMU's path resolves to, never a link a tenant could change",
+    () => {
+      // A directory of uid 65534's with a link to /usr/bin in it: the link could point elsewhere by paste time.
+      const dir = `${world}/tenant-${Math.random().toString(36).slice(2)}`;
+      mkdirSync(dir, { mode: 0o755 });
+      chownSync(dir, 65534, 65534);
+      symlinkSync(dirname(realpathSync(realQemu!)), `${dir}/bin`);
+      const real = realpathSync(realQemu!);
+      const qemu = identify(sys, facts, { ...opts, qemu: `${dir}/bin/${basename(real)}`, qemuMs: 5000 });
+      const seen = { f: { ...facts, tools: ["setcap"], apparmor: null, noNewPrivs: false }, qemu } as unknown as Seen;
+      expect([qemu.path, qemu.grantable, setcap(seen)]).toEqual([
+        `${dir}/bin/${basename(real)}`,
+        real,
+        [`setcap cap_sys_ptrace+ep ${real}   # broad: also lets QEMU ptrace`],
+      ]);
+      rmSync(dir, { recursive: true });
+    },
+  );
+
   test.skipIf(!realQemu || !isRoot || unprivileged !== "0" || !Bun.which("setcap"))(
     "unprivileged-userfaultfd: setcap is offered only where an exec would grant it: not to a script, not under NoNewPrivs",
     () => {
@@ -2340,10 +2364,8 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
             summary: "/dev/userfaultfd is not the userfaultfd device: the probe did not open it",
             blocks: ["firecracker-uffd"],
             evidence: [`/dev/userfaultfd: crw-rw-rw-, c 1:3, not c 10:${facts.miscMinor}`],
-            fix: [
-              "docker run --device /dev/userfaultfd ...   # a container: or podman run --device",
-              `rm /dev/userfaultfd && mknod -m 0600 /dev/userfaultfd c 10 ${facts.miscMinor}`,
-            ],
+            // Its /dev is its own: no fix replaces the host's node (rm && mknod, pasted on the host, would).
+            fix: ["docker run --device /dev/userfaultfd ...   # a container: or podman run --device"],
           },
         ]);
         rmSync(node);
@@ -2373,6 +2395,51 @@ int main(int argc, char **argv) {
   snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0", fd);
   if (fd < 0 || mount("stuck", argv[1], "fuse.stuck", 0, opts)) return 1;
   pause();
+}`;
+  /**
+   * A FUSE server that answers INIT (and ACCESS, with ENOSYS: a chroot into it then works) and nothing
+   * else: any other request, a LOOKUP first, waits for ever. It logs the opcode of each request it reads.
+   */
+  const ANSWERING_FUSE = `#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  int fd = open("/dev/fuse", O_RDWR);
+  char opts[128];
+  snprintf(opts, sizeof opts, "fd=%d,rootmode=40755,user_id=0,group_id=0,allow_other", fd);
+  if (fd < 0 || mount("answering", argv[1], "fuse.answering", 0, opts)) return 1;
+  FILE *log = fopen(argv[2], "w");
+  static char buf[1 << 20];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;
+    struct fuse_in_header *in = (void *)buf;
+    fprintf(log, "%u\\n", in->opcode);
+    fflush(log);
+    struct { struct fuse_out_header h; struct fuse_init_out o; } out;
+    memset(&out, 0, sizeof out);
+    out.h.unique = in->unique;
+    if (in->opcode == FUSE_INIT) {
+      out.o.major = FUSE_KERNEL_VERSION;
+      out.o.minor = FUSE_KERNEL_MINOR_VERSION;
+      out.o.max_readahead = ((struct fuse_init_in *)(in + 1))->max_readahead;
+      out.o.max_write = 4096;
+      out.h.len = sizeof out;
+      write(fd, &out, sizeof out);
+    } else if (in->opcode == FUSE_ACCESS) {
+      out.h.error = -ENOSYS;
+      out.h.len = sizeof out.h;
+      write(fd, &out.h, sizeof out.h);
+    }
+  }
 }`;
   const memoryOf = (r: Report) => [check(r, "vm-memory").status, check(r, "vm-memory").detail];
 
@@ -2538,6 +2605,48 @@ int main(int argc, char **argv) {
   );
 
   test.skipIf(skip)(
+    "vm-config: a relative mem-path of a QEMU chrooted with its cwd at its root is looked up inside that root",
+    async () => {
+      const dir = chroot();
+      writeFileSync(`${dir}/ram`, "");
+      const type = Bun.spawnSync(["findmnt", "-n", "-o", "FSTYPE", "--target", dir]).stdout.toString().trim();
+      await withTarget([`${dir}/qemu-system-x86_64`, "-chroot", dir, "-mem-path", "ram"], {}, (pid) => {
+        expect(memoryOf(byPid(pid).report)).toEqual([
+          "fail",
+          `mem-path ram is on ${type} (by its path in the process's root): "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
+        ]);
+      });
+    },
+  );
+
+  test.skipIf(skip || !existsSync("/dev/fuse"))(
+    "devnode-impostor: a root on FUSE (rootless Podman's fuse-overlayfs) is not looked into, and the run ends",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      writeFileSync(`${world}/answering-fuse.c`, ANSWERING_FUSE);
+      const built = Bun.spawnSync([cc!, "-o", `${world}/answering-fuse`, `${world}/answering-fuse.c`]);
+      expect(built.stderr.toString()).toBe("");
+      const [root, log] = [`${world}/fuse-root`, `${world}/fuse-root.log`];
+      mkdirSync(root, { recursive: true });
+      const mounted = `${world}/answering-fuse ${root} ${log} & while ! grep -q fuse.answering /proc/self/mountinfo; do sleep 0.01; done; exec "$@"`;
+      await withTarget([q, "-chroot", root], { prefix: [...inNamespace(mounted), "sh"] }, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, routesOf(report)["device-node"], report.diagnosis[0].evidence]).toEqual([
+          2,
+          "ENODEV",
+          ["/dev/userfaultfd: not looked at, on a file system that may never answer (FUSE)"],
+        ]);
+        // Its binary, outside its root, is on a mount of its namespace's that no table the probe read has.
+        const unread = "it lies on a mount that is in no mount table the probe read, which it does not enter";
+        expect(report.error).toEndWith(`${q}: no QEMU version could be read from its binary (${unread})`);
+      });
+      // FUSE_INIT (26) and FUSE_ACCESS (34), the target's chroot: no FUSE_LOOKUP (1), which would never end.
+      expect(readFileSync(log, "utf8").split("\n").filter(Boolean)).toEqual(["26", "34"]);
+    },
+    20_000,
+  );
+
+  test.skipIf(skip)(
     "fix lines are safe to paste: a target's values are shell-quoted, and no grant goes to a binary others can write",
     async () => {
       const shellWords = (line: string): string[] => {
@@ -2546,7 +2655,7 @@ int main(int argc, char **argv) {
         return JSON.parse(Bun.spawnSync(["python3", "-c", py, line]).stdout.toString());
       };
       const hostile = "/tmp/q;touch /tmp/INJECTED;#/qemu-system-x86_64";
-      const grantable = { path: hostile, version: "7.2.0", major: 7, ptrace: false, grantable: true };
+      const grantable = { path: hostile, version: "7.2.0", major: 7, ptrace: false, grantable: hostile };
       const f = {
         ...facts,
         kernel: "6.1.0",
@@ -2572,7 +2681,7 @@ int main(int argc, char **argv) {
       expect(words.setfacl).toEqual(["setfacl", "-m", "u:a b;c:rw", "/dev/userfaultfd"]);
       expect(fixes).toContain("echo vm.unprivileged_userfaultfd=1 > '/etc/sysctl.d/99-zz$(id).conf-userfaultfd.conf'");
       // The same binary, where others can write it: no setcap is offered at all.
-      const owned = diagnoseOf(f, opened, undefined, { ...grantable, grantable: false }).flatMap((d) => d.fix);
+      const owned = diagnoseOf(f, opened, undefined, { ...grantable, grantable: null }).flatMap((d) => d.fix);
       expect(owned.filter((x) => x.startsWith("setcap"))).toEqual([]);
       // A real one, as uid 65534 from a directory under /tmp: its path is quoted where shown, never granted.
       const dir = `${world}/q;touch ${world}/INJECTED;#`;
@@ -2642,6 +2751,21 @@ int main(int argc, char **argv) {
     expect(await waited).toBe("The probe's child did not finish within 300 ms: killed");
     expect(Date.now() - start).toBeLessThan(3000);
     expect(pids().filter((p) => cmdlineOf(p).includes(marker))).toEqual([]);
+  });
+
+  test("a child's document over 16 MiB is no report: the run is exit 2, and nothing cut is written whole", async () => {
+    const flood = ["/bin/sh", "-c", "head -c 17000000 /dev/zero | tr '\\0' x"];
+    const said = await runInContext([], 10_000, { capture: true, command: flood }).catch((e: Error) => e.message);
+    expect(said).toBe("The probe's child wrote more than 16 MiB: no report is written");
+  });
+
+  test.skipIf(!isRoot || !strace)("--output is the parent's to write, even when the child fails", () => {
+    const out = `${world}/child-fails.json`;
+    const { opens } = traceOpens([`${world}/bun`, `${world}/probe.ts`, "--json", "--pid", "2", "--output", out]);
+    const parent = opens[0].split(" ")[0];
+    const writers = opens.filter((l) => l.includes(out)).map((l) => l.split(" ")[0]);
+    expect([writers.length > 0, [...new Set(writers)]]).toEqual([true, [parent]]);
+    expect(JSON.parse(readFileSync(out, "utf8")).error).toBe("Process 2 (kthreadd) is a kernel thread, not a QEMU");
   });
 
   test.skipIf(!isRoot)(
@@ -3328,6 +3452,14 @@ describe("--format prometheus and --output (textfile.ts)", () => {
       'postcopy_probe_info{version="0.1.0",kernel="6.1.0",user="qemu",uid="107"} 1',
       "",
     ]);
+  });
+
+  test("renderJson() escapes what a terminal acts on (DEL, C1, format, line separators), and decodes to the same", () => {
+    const path = "/A\u202eB\u2028C\u009bD\u007fE\u001bF\u{e0001}G";
+    const text = renderJson({ ...report, checks: [{ ...report.checks[0], detail: path }] } as unknown as Report);
+    expect(text).toContain(String.raw`"detail": "/A\u202eB\u2028C\u009bD\u007fE\u001bF\udb40\udc01G"`);
+    expect(/[\u007f-\u009f\u2028\u202e]/.test(text)).toBe(false);
+    expect(JSON.parse(text).checks[0].detail).toBe(path);
   });
 
   test("renderPrometheus() gives no round-trip time for a round trip that failed", () => {

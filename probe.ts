@@ -170,6 +170,8 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
     filter: null as FilterVerdict | null,
     /** --pid: the AppArmor profile the process runs under, taken on to answer the routes (apparmor.ts). */
     apparmor: null as Confinement | null,
+    /** --pid: its /dev is its own (a mount namespace or root of its own): a fix to the host's node misses it. */
+    ownDev: false,
     // --pid: what is the process's own, not the probe's (its filters, namespace, capability, NoNewPrivs).
     ...theirs,
   };
@@ -1043,7 +1045,7 @@ const CAUSES = {
       ({ f }) =>
         f.miscMinor === null
           ? `${boot(DEVICE, f)}   # the upgrade path`
-          : [CONTAINER, `mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`],
+          : [CONTAINER, ...(f.ownDev ? [] : [`mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}   # this host`])],
       letIn,
     ],
   },
@@ -1060,7 +1062,9 @@ const CAUSES = {
     ],
     fix: [
       CONTAINER,
-      ({ f }) => (f.miscMinor === null ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`),
+      // Not where the node is the process's own: pasted on the host, it would replace the host's.
+      ({ f }) =>
+        f.miscMinor === null || f.ownDev ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`,
       letIn,
     ],
   },
@@ -1338,8 +1342,18 @@ export function renderHuman(raw: Report, opts: Pick<Options, "quiet" | "color">)
   return `${lines.join("\n")}\n`;
 }
 
-/** The report as the postcopy-probe/1 JSON document. */
-export const renderJson = (report: Report) => `${JSON.stringify(report, null, 2)}\n`;
+/**
+ * The report as the postcopy-probe/1 JSON document. Beyond JSON's own escapes, what a terminal may act on
+ * (DEL, C1 controls, format and line-separator characters) is escaped too: the document shown on a terminal
+ * shows a target's bytes escaped, and a program that decodes it gets the same strings.
+ */
+export const renderJson = (report: Report) =>
+  `${JSON.stringify(report, null, 2).replace(/[\u007f-\u009f\p{Cf}\p{Zl}\p{Zp}]/gu, unicodeEscapes)}\n`;
+const unicodeEscapes = (c: string) =>
+  c
+    .split("")
+    .map((u) => `\\u${u.charCodeAt(0).toString(16).padStart(4, "0")}`)
+    .join("");
 
 type Format = "human" | "json" | "prometheus";
 const RENDERERS: Record<Format, (report: Report, opts: Options) => string> = {
@@ -1486,10 +1500,10 @@ const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts
 export async function main(argv = process.argv.slice(2)) {
   // --migrate starts each QEMU through the probe itself, which then becomes that QEMU (migrate.ts).
   if (process.env.POSTCOPY_PROBE_LAUNCH) return loadMigrate().launch(argv);
-  let [sys, output]: [Sys | null, string | null] = [null, null];
+  let [sys, asked]: [Sys | null, Options | null] = [null, null];
   try {
     const opts = parseArgs(argv, process.env);
-    output = opts.output;
+    asked = opts;
     if (process.platform !== "linux")
       throw new Error(`Not Linux: userfaultfd is a Linux interface (this is "${process.platform}")`);
     sys = K.loadSys();
@@ -1498,24 +1512,23 @@ export async function main(argv = process.argv.slice(2)) {
     // parent writes the child's document (to --output too: it is never the child's to write) and takes its status.
     const taken = opts.user !== null || opts.pid !== null ? await loadContext().takeOn(sys, opts, argv) : undefined;
     if (taken && "out" in taken) {
-      emit(sys, taken.out, output);
+      emit(sys, taken.out, opts.output);
       process.exitCode = taken.code;
       return;
     }
     const context = taken;
-    if (context) output = null;
-    opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !output;
+    opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !opts.output;
     const facts = readFacts(sys, context?.device, context?.facts);
     const report: Report = await probe(sys, facts, opts, context);
     if (opts.bench) report.bench = await loadBench().bench(sys, facts, report, opts);
-    emit(sys, RENDERERS[opts.format](report, opts), output);
+    emit(sys, RENDERERS[opts.format](report, opts), opts.output);
     if (report.error) console.error(`postcopy-probe: ${shown(report.error)}`);
     process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
     const usage = (e as Error).name === "UsageError" || e instanceof UsageError;
     console.error(`postcopy-probe: ${shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);
     try {
-      emit(sys, errorDocument(formatAsked(argv), (e as Error).message), output);
+      emit(sys, errorDocument(formatAsked(argv), (e as Error).message), asked?.output ?? null);
     } catch {
       // the message above already says why
     }

@@ -34,10 +34,11 @@ export type Qemu = {
   major?: number;
   ptrace: boolean;
   /**
-   * A fix may offer it a file capability: root owns it, no one else can write it, it is the host's, and
-   * it is no `#!` script (the kernel ignores a script's file capabilities).
+   * The file a fix may offer a file capability, by the path it resolves to (a link on the way could be
+   * changed before the fix is pasted): root owns it, no one else can write it, it is the host's, and it is
+   * no `#!` script (the kernel ignores a script's file capabilities). Null when there is none.
    */
-  grantable?: boolean;
+  grantable?: string | null;
   answer?: QemuAnswer;
   error?: string;
 };
@@ -91,21 +92,22 @@ export function find(sys: Sys, given: string | true | null) {
 }
 
 /**
- * Whether root may trust `path` as the host's own: the file it resolves to, and every directory above
- * it, owned by root and writable by no one else. Only such a file is run, or offered a file capability.
+ * The file `path` resolves to when root may trust it as the host's own, else null: that file and every
+ * directory above it owned by root and writable by no one else. Only such a file is run, or offered a
+ * file capability, and by that path: no link on the way is followed again.
  */
 export function hostOwned(sys: Sys, path: string) {
   let real: string;
   try {
     real = (require("node:fs") as typeof import("node:fs")).realpathSync(path);
   } catch {
-    return false;
+    return null;
   }
   for (let at = real; ; at = at.slice(0, at.lastIndexOf("/")) || "/") {
     const st = sys.stat(at);
     const othersWrite = st.mode & 0o002 || (st.mode & 0o020 && st.gid !== 0);
-    if (st.ret < 0 || st.uid !== 0 || othersWrite) return false;
-    if (at === "/") return true;
+    if (st.ret < 0 || st.uid !== 0 || othersWrite) return null;
+    if (at === "/") return real;
   }
 }
 
@@ -190,8 +192,9 @@ const NEEDLE = Uint8Array.from("QEMU emulator version ", (c) => c.charCodeAt(0))
 function versionOf(sys: Sys, path: string, deadline: number) {
   const read = versionIn(sys, path, deadline);
   if (read !== "script") return read;
-  if (!hostOwned(sys, path)) return null;
-  const ran = runBounded(sys, [path, "--version"], "", (out) => VERSION_RE.test(out), deadline - Date.now());
+  const real = hostOwned(sys, path);
+  if (!real) return null;
+  const ran = runBounded(sys, [real, "--version"], "", (out) => VERSION_RE.test(out), deadline - Date.now());
   const m = ran.out.match(VERSION_RE);
   return m ? `${m[1]}.${m[2]}.${m[3]}` : null;
 }
@@ -205,7 +208,8 @@ export function identify(sys: Sys, facts: Facts, opts: Options): Qemu {
   const path = find(sys, opts.qemu);
   const looked = `qemu-system-${facts.arch} on $PATH, ${QEMU_PLACES.join(", ")}`;
   if (!path) return { path: null, version: null, ptrace: false, error: `no QEMU found: looked for ${looked}` };
-  const [ptrace, grantable] = [fileCapPtrace(path), hostOwned(sys, path) && !isScript(sys, path)];
+  const owned = hostOwned(sys, path);
+  const [ptrace, grantable] = [fileCapPtrace(path), owned && !isScript(sys, owned) ? owned : null];
   const asked = opts.qemu === null ? null : askQemu(sys, path, opts.qemuMs);
   const answer = typeof asked === "string" ? undefined : (asked ?? undefined);
   const version = answer?.version ?? versionOf(sys, path, deadline);
@@ -402,7 +406,7 @@ export function multifdWith(version: string) {
 export function setcap({ f, qemu }: Seen) {
   const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
   if (!f.tools.includes("setcap") || profiled || f.noNewPrivs || (qemu?.path && !qemu.grantable)) return [];
-  const path = qemu?.path ? sh(qemu.path) : `"$(command -v qemu-system-${f.arch})"`;
+  const path = qemu?.grantable ? sh(qemu.grantable) : `"$(command -v qemu-system-${f.arch})"`;
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
 }
 
