@@ -2381,26 +2381,8 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
     20_000,
   );
 
-  /** A FUSE mount whose daemon never answers: any look inside it would hang. Gone with its namespace. */
-  const STUCK_FUSE = `#include <fcntl.h>
-#include <signal.h>
-#include <stdio.h>
-#include <sys/mount.h>
-#include <sys/prctl.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  int fd = open("/dev/fuse", O_RDWR);
-  char opts[128];
-  snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0", fd);
-  if (fd < 0 || mount("stuck", argv[1], "fuse.stuck", 0, opts)) return 1;
-  pause();
-}`;
-  /**
-   * A FUSE server that answers INIT (and ACCESS, with ENOSYS: a chroot into it then works) and nothing
-   * else: any other request, a LOOKUP first, waits for ever. It logs the opcode of each request it reads.
-   */
-  const ANSWERING_FUSE = `#include <errno.h>
+  /** A program that mounts FUSE (fuse.NAME) at argv[1] and dies with its parent; then `serve` runs, with the fd. */
+  const fuseServer = (name: string, serve: string) => `#include <errno.h>
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <signal.h>
@@ -2414,8 +2396,18 @@ int main(int argc, char **argv) {
   int fd = open("/dev/fuse", O_RDWR);
   char opts[128];
   snprintf(opts, sizeof opts, "fd=%d,rootmode=40755,user_id=0,group_id=0,allow_other", fd);
-  if (fd < 0 || mount("answering", argv[1], "fuse.answering", 0, opts)) return 1;
-  FILE *log = fopen(argv[2], "w");
+  if (fd < 0 || mount("${name}", argv[1], "fuse.${name}", 0, opts)) return 1;
+${serve}
+}`;
+  /** A FUSE mount whose daemon never answers: any look inside it would hang. Gone with its namespace. */
+  const STUCK_FUSE = fuseServer("stuck", "  pause();");
+  /**
+   * A FUSE server that answers INIT (and ACCESS, with ENOSYS: a chroot into it then works) and nothing
+   * else: any other request, a LOOKUP first, waits for ever. It logs the opcode of each request it reads.
+   */
+  const ANSWERING_FUSE = fuseServer(
+    "answering",
+    `  FILE *log = fopen(argv[2], "w");
   static char buf[1 << 20];
   for (;;) {
     ssize_t n = read(fd, buf, sizeof buf);
@@ -2439,8 +2431,8 @@ int main(int argc, char **argv) {
       out.h.len = sizeof out.h;
       write(fd, &out.h, sizeof out.h);
     }
-  }
-}`;
+  }`,
+  );
   const memoryOf = (r: Report) => [check(r, "vm-memory").status, check(r, "vm-memory").detail];
 
   test.skipIf(skip || !existsSync("/dev/fuse"))(
