@@ -931,10 +931,10 @@ describe("capabilities: the QEMU that will run decides", () => {
         device: "ok",
         syscall: "EPERM",
       });
-      expect([old.code, old.report.postcopy, causes(old.report).slice(0, 2)]).toEqual([
+      expect([old.code, old.report.postcopy, causes(old.report).filter((c) => c !== NOTE)]).toEqual([
         1,
         false,
-        ["unprivileged-userfaultfd", "qemu-before-8.0"],
+        ["unprivileged-userfaultfd", "criu-needs-ptrace", "qemu-before-8.0"],
       ]);
       const modern = run(QEMU10);
       expect([modern.code, modern.report.postcopy, modern.report.probe.route]).toEqual([0, true, "device"]);
@@ -1021,6 +1021,18 @@ describe("diagnosis under real denials", () => {
         expect.stringMatching(/^echo vm.unprivileged_userfaultfd=1 > \/etc\/sysctl.d\/.*userfaultfd.conf$/),
       ]);
       expect(report.diagnosis.find((d) => d.cause === "devnode-permission")?.blocks).toEqual(["firecracker-uffd"]);
+    },
+  );
+
+  test.skipIf(!isRoot)(
+    "criu-needs-ptrace: EVENT_FORK is refused to a user without CAP_SYS_PTRACE, and to root in a user namespace",
+    () => {
+      const cause = (r: Report) => r.diagnosis.find((d) => d.cause === "criu-needs-ptrace");
+      const nobody = cli(["--json"], { nobody: true }).report;
+      const userNs = cli(["--json"], { prefix: ["/usr/bin/unshare", "-Ur"] }).report;
+      const evidence = ["criu-events: UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE: EPERM"];
+      for (const r of [nobody, userNs]) expect(cause(r)).toMatchObject({ blocks: ["criu-lazy-pages"], evidence });
+      expect(cause(cli(["--json"]).report)).toBeUndefined();
     },
   );
 
@@ -1140,6 +1152,10 @@ describe("diagnose() as a decision table", () => {
     vm?: Check[];
     required?: Capability[];
   };
+  const criuRefused: Check = {
+    ...{ id: "criu-events", title: "", status: "fail", errno: "EPERM" },
+    detail: "UFFDIO_API with EVENT_FORK|EVENT_REMAP|EVENT_UNMAP|EVENT_REMOVE: EPERM",
+  };
   const pageFails: Check = { id: "page-size", title: "", status: "fail", detail: "host 4096, target 65536" };
   const hugetlbWarns: Check = { id: "register-hugetlb", title: "", status: "warn", detail: "vm.nr_hugepages is 0" };
   const noThreadId: Check = {
@@ -1162,6 +1178,12 @@ describe("diagnose() as a decision table", () => {
 
   /** For each cause: the least that must produce it, all it then names, and a near miss (one thing changed) that must not. */
   const TABLE: Array<{ cause: CauseId; hit: Case; causes: CauseId[]; miss: Case }> = [
+    {
+      cause: "criu-needs-ptrace",
+      hit: { routes: OPEN, checks: [criuRefused] },
+      causes: ["criu-needs-ptrace"],
+      miss: { routes: OPEN, checks: [{ ...criuRefused, detail: "userfaultfd: EPERM" }] },
+    },
     {
       cause: "target-page-size",
       hit: { routes: OPEN, checks: [pageFails] },

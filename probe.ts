@@ -440,11 +440,8 @@ function checkFeatures(p: Probe, head: Head): Check {
 const CRIU_EVENTS = ["EVENT_FORK", "EVENT_REMAP", "EVENT_UNMAP", "EVENT_REMOVE"];
 function checkCriu(p: Probe, head: Head): Check {
   const api = handshake(p, head, featureMask(...CRIU_EVENTS), `UFFDIO_API with ${CRIU_EVENTS.join("|")}`);
-  if (api instanceof BigUint64Array) return result(head, "pass", `${CRIU_EVENTS.join(", ")} granted`);
-  // EVENT_FORK needs CAP_SYS_PTRACE (5.5+): EPERM is the kernel's answer for this context.
-  if (api.errno !== "EPERM") return api;
-  const root = "run CRIU as root on the host";
-  return { ...api, detail: `${api.detail} (EVENT_FORK needs CAP_SYS_PTRACE in the initial user namespace: ${root})` };
+  // EPERM: EVENT_FORK needs CAP_SYS_PTRACE (5.5+), the kernel's answer for this context (criu-needs-ptrace).
+  return api instanceof BigUint64Array ? result(head, "pass", `${CRIU_EVENTS.join(", ")} granted`) : api;
 }
 
 /** Kinds of memory QEMU registers, as mmap() flags. */
@@ -894,6 +891,7 @@ const BLOCKS = {
   "qemu-device": (s: Seen) => ofQemu(through(s, "device")),
   qemu: (s: Seen) => ofQemu(s.failing),
   multifd: ({ failing }: Seen) => failing.filter((cap) => cap === "postcopy-multifd"),
+  criu: ({ failing }: Seen) => failing.filter((cap) => cap === "criu-lazy-pages"),
   features: ({ checks, failing }: Seen) =>
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
   note: () => [] as Capability[],
@@ -1139,6 +1137,14 @@ const CAUSES = {
     ],
     // A QEMU was read (the syscall said EPERM): its file capability, when only QEMU is refused.
     fix: [SYSCTL, persistSysctl, (s) => (ofQemu(BLOCKS.syscall(s)).length ? loadQemu().setcap(s) : null)],
+  },
+  "criu-needs-ptrace": {
+    // Linux 5.5+: UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE in the initial user namespace, whatever the sysctl.
+    when: ({ checks }) => checks.some((c) => c.id === "criu-events" && /^UFFDIO_API.*: EPERM$/.test(c.detail)),
+    blocks: "criu",
+    summary: "CRIU's lazy pages ask for UFFD_FEATURE_EVENT_FORK, which needs CAP_SYS_PTRACE (initial user namespace)",
+    evidence: [({ checks }) => `criu-events: ${checks.find((c) => c.id === "criu-events")?.detail}`],
+    fix: ["criu lazy-pages --images-dir DIR ...   # as root on the host, whose CAP_SYS_PTRACE counts"],
   },
   "missing-feature": {
     when: ({ checks }) => missingOf(checks).length > 0,
