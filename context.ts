@@ -149,7 +149,10 @@ export async function takeOn(
   opts: Options,
   argv: string[],
 ): Promise<Context | { code: number; out: string }> {
-  if (isOrphan(sys)) throw new Error("The parent probe is gone");
+  if (isOrphan(sys)) {
+    opts.output = null; // a child's, whose parent is gone: --output was the parent's to write
+    throw new Error("The parent probe is gone");
+  }
   if (!isChild()) {
     contextOf(sys, opts);
     return runInContext(argv, childMs(opts), { capture: opts.output !== null });

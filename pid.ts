@@ -241,7 +241,9 @@ function fdsOf(pid: number) {
     return [];
   }
 }
-/** /proc/PID/mountinfo's mounts: id, mount point (as the process sees it) and file system type; null if unread. */
+/** A mount of a mountinfo table: its id, device (major:minor), mount point and file system type. */
+type Mount = NonNullable<ReturnType<typeof mountsOf>>[number];
+/** /proc/PID/mountinfo's mounts: id, device, mount point (as the process sees it) and type; null if unread. */
 function mountsOf(text: string | null) {
   const unoctal = (p: string) => p.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
   return (
@@ -249,7 +251,7 @@ function mountsOf(text: string | null) {
       ?.split("\n")
       .map((line) => line.split(" "))
       .filter((f) => f.includes("-"))
-      .map((f) => ({ id: Number(f[0]), point: unoctal(f[4]), type: f[f.indexOf("-") + 1] })) ?? null
+      .map((f) => ({ id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type: f[f.indexOf("-") + 1] })) ?? null
   );
 }
 
@@ -258,17 +260,14 @@ const [RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT, NR_OPENAT2] = [0
 const O_NOFOLLOW = ["arm", "arm64", "ppc64"].includes(process.arch) ? 0o100000 : 0o400000;
 const [S_IFLNK, MAXSYMLINKS, PATH_MAX] = [0o120000, 40, 4096];
 const [ENOSYS, ELOOP, EXDEV] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP"), K.errnoOf("EXDEV")];
+/** statx() from the attributes cached (include/uapi/linux/fcntl.h): FUSE's server is not asked. */
+const AT_STATX_DONT_SYNC = 0x4000;
 /**
  * `path` resolved inside the directory `root` as a process whose root it is resolves it, as an O_PATH
- * fd (or the errno): `..` and absolute symbolic links stay inside, magic links are refused. openat2()
- * with RESOLVE_IN_ROOT where the kernel has it (5.6+), else the same walk, a component at a time.
+ * fd (or the errno): `..` and absolute symbolic links stay inside, magic links are refused (openat2()
+ * with RESOLVE_IN_ROOT, 5.6+: ENOSYS before), with `resolve`'s flags too.
  */
-export function resolveIn(sys: Sys, root: number, path: string): R {
-  const r = openat2(root, path, 0);
-  return r.errno === ENOSYS ? walkIn(sys, root, path) : r;
-}
-/** openat2() of `path` inside `root`, O_PATH, with RESOLVE_IN_ROOT, no magic links, and `resolve`'s flags too. */
-function openat2(root: number, path: string, resolve: number) {
+export function openat2(root: number, path: string, resolve: number) {
   const flags = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | resolve;
   const how = new BigUint64Array([BigInt(K.O_PATH | K.O_CLOEXEC), 0n, BigInt(flags)]);
   return K.answer(libc().syscall(NR_OPENAT2, root, K.cstr(path), how, how.byteLength) as number);
@@ -357,7 +356,7 @@ export function pidContext(sys: Sys, pid: number): Context {
   if (f.mounts === null) throw new Error(`${who}: its mount table could not be read`);
   const root = sys.open(`/proc/${pid}/root`, K.O_PATH | K.O_CLOEXEC);
   if (root.ret < 0) throw new Error(`Cannot open /proc/${pid}/root: ${K.errnoName(root.errno)}`);
-  const walk = walker(sys, root.ret, f.mounts);
+  const walk = walker(sys, root.ret, pid);
   // A QEMU started through its dynamic loader (a QEMU in a tree of its own) runs the program the loader
   // was given; its command line (which it can rewrite) only names it: the program must be mapped to run.
   const exe = f.exe?.replace(/ \(deleted\)$/, "") ?? "";
@@ -374,8 +373,11 @@ export function pidContext(sys: Sys, pid: number): Context {
   // The device, resolved as it resolves it, and looked at only where the file system answers.
   const node = walk.resolve(DEVICE);
   const device = node.ret >= 0 && walk.refuses(node.ret) ? { ret: -1, errno: K.errnoOf("ENODEV") } : node;
-  // Only a QEMU of the host's own (this mount namespace and root, root's file) may be offered a file capability.
-  const here = !unread && !f.ownMountNamespace && f.root === "/" && sameFile(sys, path, `/proc/self/fd/${binary.ret}`);
+  // Only a QEMU of the host's own (this mount namespace and root, root's file) may be offered a file capability:
+  // its path, walked as the host's (never into FUSE), must be the file it runs.
+  const host = !unread && !f.ownMountNamespace && f.root === "/" ? walk.resolve(path) : null;
+  const here = host !== null && host.ret >= 0 && !walk.refuses(host.ret) && sameFile(sys, host.ret, binary.ret);
+  if (host && host.ret >= 0) sys.close(host.ret);
   const qemu: Qemu = {
     path,
     version,
@@ -441,28 +443,39 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
 }
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never
- * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one), nor into a mount neither
- * its mount table nor the probe's has (one mounted since may be FUSE). A chroot's table leaves out the
- * mounts its root lies in, which the probe's has. openat2() within the root's own mount where no such
- * mount is there; else, or where the path crosses a mount, the walk, which looks at each file's mount
- * before it looks into it, the root's first.
+ * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one), nor into a mount it
+ * cannot place. openat2() within the root's own mount where no FUSE is mounted; else, or where the path
+ * crosses a mount, the walk, which looks at each file's mount before it looks into it, the root's first.
  */
-function walker(sys: Sys, root: number, mounts: NonNullable<ReturnType<typeof mountsOf>>) {
-  const fuse = mounts.some((m) => m.type.startsWith("fuse"));
-  const mountOf = (fd: number) => {
+function walker(sys: Sys, root: number, pid: number) {
+  const tables = () => [`/proc/${pid}/mountinfo`, "/proc/self/mountinfo"].map((t) => mountsOf(sys.readText(t)) ?? []);
+  const fuseIn = (mounts: Mount[]) => mounts.some((m) => m.type.startsWith("fuse"));
+  /**
+   * The mount an open file is on, from tables read once it is open (an open file holds its mount, so no
+   * other has its id or device then): the process's by id, else the probe's by id, or by device (a
+   * chroot's table leaves out the mount its root lies in; in a mount namespace of its own, under an id of
+   * its copy's). Its device is statx()'s cached one, which FUSE is not asked for. Also whether FUSE is mounted.
+   */
+  const placed = (fd: number) => {
     const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
-    const ours = () => mountsOf(sys.readText("/proc/self/mountinfo")) ?? [];
-    return mounts.find((m) => m.id === id) ?? ours().find((m) => m.id === id);
+    const [theirs, ours] = tables();
+    const byDevice = () => {
+      const st = sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
+      return st.ret === 0 ? ours.find((m) => m.dev === st.dev) : undefined;
+    };
+    const mount = theirs.find((m) => m.id === id) ?? ours.find((m) => m.id === id) ?? byDevice();
+    return { mount, fuse: fuseIn(theirs) };
   };
+  const mountOf = (fd: number) => placed(fd).mount;
   const refuses = (fd: number) => {
-    const m = mountOf(fd);
+    const { mount: m, fuse } = placed(fd);
     if (!m) return "it lies on a mount that is in no mount table the probe read, which it does not enter";
     const untrusted = m.type.startsWith("fuse") || (fuse && m.type === "overlay");
     return untrusted ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter` : null;
   };
   // A walk stopped before a mount it does not enter answers ENODEV: what is there was not looked at.
   const resolve = (path: string): R & { stopped?: string } => {
-    const within = fuse || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
+    const within = fuseIn(tables()[0]) || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
     const r: R & { stopped?: string } =
       !within || [EXDEV, ENOSYS].includes(within.errno) ? walkIn(sys, root, path, refuses) : within;
     return r.stopped ? { ...r, errno: K.errnoOf("ENODEV") } : r;
@@ -505,9 +518,9 @@ function mapped(sys: Sys, pid: number, fd: number) {
     return perms?.[2] === "x" && at === dev && inode === String(st.ino);
   });
 }
-/** Whether two paths name the same file (the same device and inode). */
-function sameFile(sys: Sys, a: string, b: string) {
-  const [x, y] = [sys.stat(a), sys.stat(b)];
+/** Whether two open files are the same file (the same device and inode). */
+function sameFile(sys: Sys, a: number, b: number) {
+  const [x, y] = [sys.stat("", a, K.AT_EMPTY_PATH), sys.stat("", b, K.AT_EMPTY_PATH)];
   return x.ret === 0 && y.ret === 0 && x.dev === y.dev && x.ino === y.ino;
 }
 

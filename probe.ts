@@ -892,6 +892,7 @@ const BLOCKS = {
   qemu: (s: Seen) => ofQemu(s.failing),
   multifd: ({ failing }: Seen) => failing.filter((cap) => cap === "postcopy-multifd"),
   criu: ({ failing }: Seen) => failing.filter((cap) => cap === "criu-lazy-pages"),
+  "page-size": ({ failing }: Seen) => failing.filter((cap) => NEEDS[cap].checks.includes("page-size")),
   features: ({ checks, failing }: Seen) =>
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
   note: () => [] as Capability[],
@@ -987,7 +988,7 @@ const CAUSES = {
   "target-page-size": {
     // QEMU: "Target page size bigger than host page size"
     when: ({ checks }) => checks.some((c) => c.id === "page-size" && c.status === "fail"),
-    blocks: "qemu",
+    blocks: "page-size",
     upgrade: () => true,
     summary: "the guest's pages are larger than the host's: QEMU refuses postcopy",
     evidence: [({ checks }) => `page-size: ${checks.find((c) => c.id === "page-size")?.detail}`],
@@ -1051,19 +1052,25 @@ const CAUSES = {
     // ENODEV: the probe found something else at the device's path, or a file system it does not enter.
     when: ({ a }) => a["device-node"] === "ENODEV",
     blocks: "device",
-    summary: `${DEVICE} is not the userfaultfd device: the probe did not open it`,
+    summary: ({ f }) =>
+      f.devnode
+        ? `${DEVICE} is not the userfaultfd device: the probe did not open it`
+        : `${DEVICE} was not looked at: the way to it crosses a file system the probe does not enter`,
     evidence: [
       ({ f }) =>
         f.devnode
           ? `${DEVICE}: ${f.devnode.mode}, ${f.devnode.kind}, not c 10:${f.miscMinor ?? "?"}`
-          : `${DEVICE}: not looked at, on a file system that may never answer (FUSE)`,
+          : `${DEVICE}: behind FUSE (which may never answer), or a mount the probe cannot place`,
     ],
+    // Nothing to mend where nothing was looked at; no node replaced where it is the process's own (pasted
+    // on the host, that would replace the host's).
     fix: [
-      CONTAINER,
-      // Not where the node is the process's own: pasted on the host, it would replace the host's.
+      ({ f }) => (f.devnode ? CONTAINER : null),
       ({ f }) =>
-        f.miscMinor === null || f.ownDev ? null : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`,
-      letIn,
+        !f.devnode || f.miscMinor === null || f.ownDev
+          ? null
+          : `rm ${DEVICE} && mknod -m 0600 ${DEVICE} c 10 ${f.miscMinor}`,
+      (s) => (s.f.devnode ? letIn(s) : null),
     ],
   },
   "libvirt-device-acl": {
@@ -1249,7 +1256,8 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
     /** The headline: a real judge's answer (--migrate, --qemu) if any, else the probe's for the QEMU that will run. */
     postcopy: known ? decisive["postcopy-ram"] : null,
     /** The real judge whose answer the headline is, when it is not the probe's own. */
-    answeredBy: stands ? undefined : real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
+    answeredBy:
+      stands && !judged.ok["postcopy-ram"] ? undefined : real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
     /** The probe's own answer, for which QEMU, on which route, and for QEMU before and after 8.0. */
     probe: {
       postcopy: judged.ram,

@@ -369,7 +369,7 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null, stands:
   });
   if (probeSays === null) return said(answer.accepts ? "pass" : "fail", `${told}, which the probe could not judge`);
   answer.agrees = answer.accepts === probeSays;
-  if (!answer.agrees) answer.why = stands ? `${stands}: the probe's no stands` : UNKNOWN_REASON;
+  if (!answer.agrees) answer.why = stands && !probeSays ? `${stands}: the probe's no stands` : UNKNOWN_REASON;
   const differ = `THE PROBE SAID ${probeSays ? "YES" : "NO"}: ${answer.why}`;
   return said(
     answer.accepts && answer.agrees ? "pass" : "fail",
