@@ -44,7 +44,17 @@ import {
   VERSION,
 } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { askQemu, identify, multifdWith, pipe, poll, CAUSES as QEMU_CAUSES, setcap, versionIn } from "./qemu.ts";
+import {
+  askQemu,
+  identify,
+  multifdWith,
+  pipe,
+  poll,
+  CAUSES as QEMU_CAUSES,
+  qemuAnswer,
+  setcap,
+  versionIn,
+} from "./qemu.ts";
 import { actionName, combined, run } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
 import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
@@ -1724,6 +1734,17 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     },
   );
 
+  test("qemuAnswer(): what stands keeps only the probe's no; where the probe says yes and QEMU no, QEMU decides", () => {
+    const answer = { version: "7.2.0", accepts: false, message: "Postcopy is not supported", multifd: null };
+    const qemu = { path: "/usr/bin/qemu-system-x86_64", version: "7.2.0", ptrace: false, answer } as Qemu;
+    const stands = "page-size fails (host 4096, target 65536), which the QEMU asked does not reproduce";
+    expect(qemuAnswer(qemu, true, stands).json.qemu?.why).toBe(
+      "the reason is not known to the probe: QEMU's answer decides",
+    );
+    const accepting = { ...qemu, answer: { ...answer, accepts: true, message: "" } } as Qemu;
+    expect(qemuAnswer(accepting, false, stands).json.qemu?.why).toBe(`${stands}: the probe's no stands`);
+  });
+
   test.skipIf(!realQemu || !isRoot)("multifd beside postcopy-ram: taken before 8.1, refused from 8.1 to 10.0", () => {
     for (const q of [realQemu!, ...(qemu10 ? [qemu10] : [])]) {
       const answer = askQemu(sys, q, 5000);
@@ -2682,6 +2703,37 @@ ${serve}
   );
 
   test.skipIf(skip || !existsSync("/dev/fuse"))(
+    "a FUSE mounted over the directory of a running QEMU's binary is not looked into: the run ends",
+    () => {
+      const dir = mkdtempSync(`${world}/exe-dir-`);
+      mkdirSync(`${dir}/q`);
+      copyFileSync(standIn("qemu-system-x86_64"), `${dir}/q/qemu-system-x86_64`);
+      chmodSync(`${dir}/q/qemu-system-x86_64`, 0o755);
+      writeFileSync(`${world}/stuck-fuse-exe.c`, STUCK_FUSE);
+      Bun.spawnSync([cc!, "-o", `${world}/stuck-fuse-exe`, `${world}/stuck-fuse-exe.c`]);
+      // The QEMU, then FUSE over its directory's parent, then the probe: one mount namespace of their own.
+      const out = `${world}/exe-dir.json`;
+      const script = [
+        `${dir}/q/qemu-system-x86_64 & P=$!`,
+        "sleep 0.2",
+        `${world}/stuck-fuse-exe ${dir} &`,
+        "while ! grep -q fuse.stuck /proc/self/mountinfo; do sleep 0.01; done",
+        // Bounded below the test's own bound, so the QEMU is killed whatever the probe does.
+        `timeout -s KILL 15 ${world}/bun ${world}/probe.ts --json --pid $P > ${out}`,
+        `echo $? > ${out}.rc; kill -9 $P`,
+      ].join("\n");
+      Bun.spawnSync(inNamespace(script), { cwd: world });
+      const report = JSON.parse(readFileSync(out, "utf8")) as Report;
+      expect([readFileSync(`${out}.rc`, "utf8").trim(), report.postcopy, report.probe.qemu]).toEqual([
+        "0",
+        true,
+        "QEMU 7.2.0",
+      ]);
+    },
+    30_000,
+  );
+
+  test.skipIf(skip || !existsSync("/dev/fuse"))(
     "devnode-impostor: a root on FUSE (rootless Podman's fuse-overlayfs) is not looked into, and the run ends",
     async () => {
       const q = standIn("qemu-system-x86_64");
@@ -2819,6 +2871,15 @@ ${serve}
     const said = await runInContext([], 10_000, { capture: true, command: flood }).catch((e: Error) => e.message);
     expect(said).toBe("The probe's child wrote more than 16 MiB: no report is written");
   });
+
+  test.skipIf(!isRoot)(
+    "a child whose parent is gone writes no --output: the run is exit 2, its document on stdout",
+    () => {
+      const out = `${world}/orphan.json`;
+      const run = cli(["--json", "--pid", "1", "--output", out], { env: { POSTCOPY_PROBE_PARENT: "4194001" } });
+      expect([run.code, run.report.error, existsSync(out)]).toEqual([2, "The parent probe is gone", false]);
+    },
+  );
 
   test.skipIf(!isRoot || !strace)("--output is the parent's to write, even when the child fails", () => {
     const out = `${world}/child-fails.json`;
