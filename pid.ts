@@ -19,7 +19,7 @@ import * as K from "./ffi.ts";
 import type { Answers, Cause, Check, Judging, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, rows, sh, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { hostOwned, versionIn } from "./qemu.ts";
+import { versionIn } from "./qemu.ts";
 import type { FilterVerdict } from "./seccomp.ts";
 
 /** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
@@ -206,12 +206,9 @@ export function processFacts(sys: Sys, pid: number) {
     /** Its arguments; null when they could not be read whole. */
     cmdline: cmdline === null ? null : cmdline.split("\0").slice(0, -1),
     mounts: mountsOf(sys.readText(`${at}/mountinfo`)),
-    /** The files it holds open, by the path it knows them by, and the mount each is on (fdinfo's mnt_id). */
+    /** The files it holds open: each fd, and the path it knows it by. */
     files: () =>
-      fdsOf(pid).map((fd) => ({
-        path: seen(link(`${at}/fd/${fd}`)?.replace(/ \(deleted\)$/, "") ?? null),
-        mnt: Number(field(sys.readText(`${at}/fdinfo/${fd}`), "mnt_id")),
-      })),
+      fdsOf(pid).map((fd) => ({ fd, path: seen(link(`${at}/fd/${fd}`)?.replace(/ \(deleted\)$/, "") ?? null) })),
   };
 }
 const PF_KTHREAD = 0x00200000;
@@ -241,7 +238,7 @@ function fdsOf(pid: number) {
     return [];
   }
 }
-/** A mount of a mountinfo table: its id, device (major:minor), mount point and file system type. */
+/** A mount of a mountinfo table: its id, device (major:minor), mount point, file system type and options. */
 type Mount = NonNullable<ReturnType<typeof mountsOf>>[number];
 /** /proc/PID/mountinfo's mounts: id, device, mount point (as the process sees it) and type; null if unread. */
 function mountsOf(text: string | null) {
@@ -251,7 +248,10 @@ function mountsOf(text: string | null) {
       ?.split("\n")
       .map((line) => line.split(" "))
       .filter((f) => f.includes("-"))
-      .map((f) => ({ id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type: f[f.indexOf("-") + 1] })) ?? null
+      .map((f) => {
+        const [type, options] = [f[f.indexOf("-") + 1], f[f.indexOf("-") + 3] ?? ""];
+        return { id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type, options: unoctal(options) };
+      }) ?? null
   );
 }
 
@@ -377,19 +377,28 @@ export function pidContext(sys: Sys, pid: number): Context {
   // its path, walked as the host's (never into FUSE), must be the file it runs.
   const host = !unread && !f.ownMountNamespace && f.root === "/" ? walk.resolve(path) : null;
   const here = host !== null && host.ret >= 0 && !walk.refuses(host.ret) && sameFile(sys, host.ret, binary.ret);
+  const grantable = here ? ownedAt(sys, walk, host.ret) : null;
   if (host && host.ret >= 0) sys.close(host.ret);
   const qemu: Qemu = {
     path,
     version,
     major: version ? Number(version.split(".")[0]) : undefined,
     ptrace: false, // the process's own CapEff decides, and comes along with the child
-    grantable: here ? hostOwned(sys, path) : null,
+    grantable,
     error: version
       ? undefined
       : `${path}: no QEMU version could be read from its binary${unread ? ` (${unread})` : ""}`,
   };
   const { configChecks, CAUSES: VM_CAUSES } = require("./vm.ts") as typeof import("./vm.ts");
-  const vm = configChecks({ ...f, cmdline: f.cmdline, walk: (at) => walkedTo(sys, walk, at) });
+  // A file it holds is placed while the probe holds it too: an O_PATH open of its magic link touches no file system.
+  const heldOn = (fd: string) => {
+    const mine = sys.open(`/proc/${pid}/fd/${fd}`, K.O_PATH | K.O_CLOEXEC);
+    const type = mine.ret < 0 ? null : (walk.mountOf(mine.ret)?.type ?? null);
+    if (mine.ret >= 0) sys.close(mine.ret);
+    return type;
+  };
+  const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd) }));
+  const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: (at) => walkedTo(sys, walk, at) });
   const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const filters = f.seccomp === 2 ? seccompOf(sys, pid, f.seccompFilters) : null;
   const own = contextCheck(f, qemu, name, filters);
@@ -441,9 +450,15 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
   if (!verdict) return { error: `the probe knows no system call numbers for ${K.arch!.name}`, lengths };
   return { verdict, lengths, filters: read.filters };
 }
+/** Whether an overlay has a layer (lowerdir, upperdir in its options) under one of the `fuse` mounts; any, if it names none. */
+export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
+  const layers = [...overlay.options.matchAll(/(?:lower|upper)dir\+?=([^,]*)/g)].flatMap((x) => x[1].split(":"));
+  const under = (path: string, point: string) => path === point || path.startsWith(point === "/" ? "/" : `${point}/`);
+  return fuse.length > 0 && (!layers.some(Boolean) || layers.some((p) => fuse.some((f) => under(p, f.point))));
+}
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never
- * answer (FUSE, or an overlay where FUSE is mounted: its lower layer may be one), nor into a mount it
+ * answer (FUSE, or an overlay with a layer under a FUSE mount), nor into a mount it
  * cannot place. openat2() within the root's own mount where no FUSE is mounted; else, or where the path
  * crosses a mount, the walk, which looks at each file's mount before it looks into it, the root's first.
  */
@@ -454,7 +469,8 @@ function walker(sys: Sys, root: number, pid: number) {
    * The mount an open file is on, from tables read once it is open (an open file holds its mount, so no
    * other has its id or device then): the process's by id, else the probe's by id, or by device (a
    * chroot's table leaves out the mount its root lies in; in a mount namespace of its own, under an id of
-   * its copy's). Its device is statx()'s cached one, which FUSE is not asked for. Also whether FUSE is mounted.
+   * its copy's). Its device is statx()'s cached one, which FUSE is not asked for. Also the FUSE mounts of
+   * either table, which an overlay may stack on (one unmounted since, or hidden from both, is not seen).
    */
   const placed = (fd: number) => {
     const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
@@ -464,18 +480,18 @@ function walker(sys: Sys, root: number, pid: number) {
       return st.ret === 0 ? ours.find((m) => m.dev === st.dev) : undefined;
     };
     const mount = theirs.find((m) => m.id === id) ?? ours.find((m) => m.id === id) ?? byDevice();
-    return { mount, fuse: fuseIn(theirs) };
+    return { mount, fuse: [...theirs, ...ours].filter((m) => m.type.startsWith("fuse")) };
   };
   const mountOf = (fd: number) => placed(fd).mount;
   const refuses = (fd: number) => {
     const { mount: m, fuse } = placed(fd);
     if (!m) return "it lies on a mount that is in no mount table the probe read, which it does not enter";
-    const untrusted = m.type.startsWith("fuse") || (fuse && m.type === "overlay");
+    const untrusted = m.type.startsWith("fuse") || (m.type === "overlay" && onFuse(m, fuse));
     return untrusted ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter` : null;
   };
   // A walk stopped before a mount it does not enter answers ENODEV: what is there was not looked at.
   const resolve = (path: string): R & { stopped?: string } => {
-    const within = fuseIn(tables()[0]) || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
+    const within = tables().some(fuseIn) || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
     const r: R & { stopped?: string } =
       !within || [EXDEV, ENOSYS].includes(within.errno) ? walkIn(sys, root, path, refuses) : within;
     return r.stopped ? { ...r, errno: K.errnoOf("ENODEV") } : r;
@@ -518,10 +534,49 @@ function mapped(sys: Sys, pid: number, fd: number) {
     return perms?.[2] === "x" && at === dev && inode === String(st.ino);
   });
 }
+/** An open file's statx() from cached attributes: a FUSE server is not asked. */
+const statOf = (sys: Sys, fd: number) => sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
 /** Whether two open files are the same file (the same device and inode). */
 function sameFile(sys: Sys, a: number, b: number) {
-  const [x, y] = [sys.stat("", a, K.AT_EMPTY_PATH), sys.stat("", b, K.AT_EMPTY_PATH)];
+  const [x, y] = [statOf(sys, a), statOf(sys, b)];
   return x.ret === 0 && y.ret === 0 && x.dev === y.dev && x.ino === y.ino;
+}
+/**
+ * hostOwned() for --pid, where the tenant may change a link or a mount on the way while the probe looks:
+ * the kernel's name for the open file `fd` when it and each directory above it are root's, writable by no
+ * one else, and on mounts the walk enters. Its directory is walked to and must hold that very file; those
+ * above are reached by `..`, so no path is looked up again.
+ */
+function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): string | null {
+  const name = link(`/proc/self/fd/${fd}`);
+  if (!name?.startsWith("/") || name.endsWith(" (deleted)")) return null;
+  const trusted = (at: number) => {
+    const st = statOf(sys, at);
+    const othersWrite = st.mode & 0o002 || (st.mode & 0o020 && st.gid !== 0);
+    return st.ret === 0 && st.uid === 0 && !othersWrite && !walk.refuses(at) ? st : null;
+  };
+  const openAt = (dir: number, file: string) =>
+    K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
+  const dir = walk.resolve(name.slice(0, name.lastIndexOf("/")) || "/");
+  if (dir.ret < 0) return null;
+  const held = [dir.ret];
+  try {
+    if (!trusted(fd) || !trusted(dir.ret)) return null;
+    const inDir = openAt(dir.ret, name.slice(name.lastIndexOf("/") + 1));
+    if (inDir.ret >= 0) held.push(inDir.ret);
+    if (inDir.ret < 0 || !sameFile(sys, inDir.ret, fd)) return null;
+    for (let at = dir.ret; ; ) {
+      const st = trusted(at);
+      const up = st && openAt(at, "..");
+      if (!st || !up || up.ret < 0) return null;
+      held.push(up.ret);
+      const parent = statOf(sys, up.ret);
+      if (parent.dev === st.dev && parent.ino === st.ino) return name; // the root is its own parent
+      at = up.ret;
+    }
+  } finally {
+    for (const h of held) sys.close(h);
+  }
 }
 
 /** What the child cannot take on of the process (its seccomp filter, label, namespaces), with its known effect. */

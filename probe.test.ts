@@ -27,7 +27,7 @@ import { basename, dirname } from "node:path";
 import { runInContext } from "./context.ts";
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import { openat2, CAUSES as PID_CAUSES, walkIn } from "./pid.ts";
+import { onFuse, openat2, CAUSES as PID_CAUSES, walkIn } from "./pid.ts";
 import type { Capability, CauseId, Check, Evidence, Facts, Report, Seen } from "./probe.ts";
 import {
   CAPABILITIES,
@@ -2508,18 +2508,18 @@ ${serve}
           `mem-path ${fuse} is on fuse.stuck (by its path in the process's root): "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
         ]);
       });
-      // Where FUSE is mounted, an overlay may stack on it: the probe does not look into one either.
+      // An overlay whose layers are not under the FUSE mount is looked into (onFuse() below for one that is).
       const layers = `${world}/layers`;
       mkdirSync(layers, { recursive: true });
-      const overlay = `mount -t tmpfs none ${layers} && mkdir ${layers}/l ${layers}/u ${layers}/w ${layers}/m && mount -t overlay none -o lowerdir=${layers}/l,upperdir=${layers}/u,workdir=${layers}/w ${layers}/m`;
+      const overlay = `mount -t tmpfs none ${layers} && mkdir ${layers}/l ${layers}/u ${layers}/w ${layers}/m && mount -t overlay none -o lowerdir=${layers}/l,upperdir=${layers}/u,workdir=${layers}/w ${layers}/m && touch ${layers}/m/ram`;
       const stacked = [...inNamespace(`${overlay} && ${mounted}`), "sh"];
       // A kernel booted without its modules (the booted test kernels) has no overlay to mount.
       const hasOverlay = Bun.spawnSync(inNamespace(overlay)).exitCode === 0;
       if (hasOverlay)
         await withTarget([q, "-mem-path", `${layers}/m/ram`], { prefix: stacked }, (pid) => {
           expect(memoryOf(byPid(pid).report)).toEqual([
-            "skip",
-            `could not tell what mem-path ${layers}/m/ram is on: it lies under the overlay mount at ${layers}/m, which the probe does not enter`,
+            "fail",
+            `mem-path ${layers}/m/ram is on overlay (by its path in the process's root): "Host backend files need to be TMPFS or HUGETLBFS only" (QEMU 8.1+ refuses; before 8.1 postcopy starts, then fails)`,
           ]);
         });
       // A relative mem-path is the target's cwd's; a link to /dev/shm is followed inside its root.
@@ -2733,6 +2733,19 @@ ${serve}
     30_000,
   );
 
+  test("onFuse(): an overlay is not entered when a layer of it lies under a FUSE mount, or it names none", () => {
+    const fuse = [{ point: "/var/lib/lazy" }];
+    const overlay = (options: string) => onFuse({ options }, fuse);
+    expect([
+      overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/docker/l/B,upperdir=/var/lib/docker/u,workdir=/w"),
+      overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/lazy/layer7,upperdir=/var/lib/docker/u"),
+      overlay("rw,lowerdir+=/var/lib/lazy,upperdir=/u"),
+      overlay("rw,upperdir=/var/lib/lazy-not/u"),
+      overlay("rw"),
+      onFuse({ options: "rw" }, []),
+    ]).toEqual([false, true, true, false, true, false]);
+  });
+
   test.skipIf(skip || !existsSync("/dev/fuse"))(
     "devnode-impostor: a root on FUSE (rootless Podman's fuse-overlayfs) is not looked into, and the run ends",
     async () => {
@@ -2871,6 +2884,20 @@ ${serve}
     const said = await runInContext([], 10_000, { capture: true, command: flood }).catch((e: Error) => e.message);
     expect(said).toBe("The probe's child wrote more than 16 MiB: no report is written");
   });
+
+  test.skipIf(!isRoot || !realQemu || unprivileged !== "0" || !Bun.which("setcap"))(
+    "unprivileged-userfaultfd: --pid of the host's own QEMU run as another user offers setcap on the file it runs",
+    async () => {
+      const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+      const idle = ["-machine", "none", "-nodefaults", "-display", "none", "-S", "-monitor", "none", "-serial", "none"];
+      await withTarget([realQemu!, ...idle], { prefix: nobody }, (pid) => {
+        const fixes = byPid(pid).report.diagnosis.flatMap((d) => d.fix);
+        expect(fixes.filter((x) => x.startsWith("setcap"))).toEqual([
+          `setcap cap_sys_ptrace+ep ${realpathSync(realQemu!)}   # broad: also lets QEMU ptrace`,
+        ]);
+      });
+    },
+  );
 
   test.skipIf(!isRoot)(
     "a child whose parent is gone writes no --output: the run is exit 2, its document on stdout",

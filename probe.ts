@@ -758,7 +758,10 @@ export type Unjudged = [why: string, settle: string];
 const UNJUDGED: Record<string, Unjudged> = {
   limit: [OWN_LIMIT, "run it again with more of what ran out (ulimit -n, free memory, fewer threads)"],
   byFileCap: ["QEMU opens its uffd by a file capability this run lacks", AS_QEMU],
-  impostor: [`${DEVICE} is not the userfaultfd device: what QEMU 8.0+ makes of it decides`, "ask QEMU with --qemu"],
+  impostor: [
+    `${DEVICE} is not the userfaultfd device, or was not looked at: what QEMU 8.0+ makes of it decides`,
+    "ask QEMU with --qemu",
+  ],
   unversioned: [
     "no QEMU version was read: postcopy beside multifd works from QEMU 10.1 on",
     "ask QEMU with --qemu, or migrate with --migrate --parallel 4",

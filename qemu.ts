@@ -96,7 +96,7 @@ export function find(sys: Sys, given: string | true | null) {
  * directory above it owned by root and writable by no one else. Only such a file is run, or offered a
  * file capability, and by that path: no link on the way is followed again.
  */
-export function hostOwned(sys: Sys, path: string) {
+function hostOwned(sys: Sys, path: string) {
   let real: string;
   try {
     real = (require("node:fs") as typeof import("node:fs")).realpathSync(path);

@@ -41,8 +41,8 @@ export type VmView = {
   cwd: string | null;
   /** Its mounts (mountinfo), null when unread. */
   mounts: Array<{ id: number; type: string }> | null;
-  /** The files it holds open, by the path it knows them by, and the mount each is on. */
-  files: () => Array<{ path: string | null; mnt: number }>;
+  /** The files it holds open, by the path it knows them by, and the type of the mount each is on (null: unknown). */
+  files: () => Array<{ path: string | null; type: () => string | null }>;
   /** The file system of a path walked inside the process's root. */
   walk: (path: string) => { type: string | null; how: string };
 };
@@ -65,9 +65,11 @@ function memPathOn(path: string, f: VmView): { type: string | null; how: string 
   if (f.mounts === null) return { type: null, how: "the process's mount table is unreadable" };
   const at = absolute(path, f.cwd ?? "/");
   const under = (p: string) => p === at || p.startsWith(at === "/" ? "/" : `${at}/`);
-  const open = f.files().find((file) => file.path !== null && under(file.path));
-  const held = open && f.mounts.find((m) => m.id === open.mnt);
-  return held ? { type: held.type, how: "the RAM file QEMU holds open" } : f.walk(at);
+  const type = f
+    .files()
+    .find((file) => file.path !== null && under(file.path))
+    ?.type();
+  return type ? { type, how: "the RAM file QEMU holds open" } : f.walk(at);
 }
 
 /**
