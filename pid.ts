@@ -450,7 +450,7 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
   if (!verdict) return { error: `the probe knows no system call numbers for ${K.arch!.name}`, lengths };
   return { verdict, lengths, filters: read.filters };
 }
-/** Whether an overlay has a layer (lowerdir, upperdir in its options) under one of the `fuse` mounts; any, if it names none. */
+/** Whether an overlay has a layer (its lowerdir, upperdir) under one of the `fuse` mounts; any, if it names none. */
 export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
   const layers = [...overlay.options.matchAll(/(?:lower|upper)dir\+?=([^,]*)/g)].flatMap((x) => x[1].split(":"));
   const under = (path: string, point: string) => path === point || path.startsWith(point === "/" ? "/" : `${point}/`);
