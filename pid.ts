@@ -238,11 +238,12 @@ function fdsOf(pid: number) {
     return [];
   }
 }
-/** A mount of a mountinfo table: its id, device (major:minor), mount point, file system type and options. */
+/** A mount of a mountinfo table: its id, device (major:minor), mount point, type and options (as escaped there). */
 type Mount = NonNullable<ReturnType<typeof mountsOf>>[number];
 /** /proc/PID/mountinfo's mounts: id, device, mount point (as the process sees it) and type; null if unread. */
+/** mountinfo's octal escapes (\040 for a space) undone. */
+const unoctal = (p: string) => p.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
 function mountsOf(text: string | null) {
-  const unoctal = (p: string) => p.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
   return (
     text
       ?.split("\n")
@@ -250,7 +251,7 @@ function mountsOf(text: string | null) {
       .filter((f) => f.includes("-"))
       .map((f) => {
         const [type, options] = [f[f.indexOf("-") + 1], f[f.indexOf("-") + 3] ?? ""];
-        return { id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type, options: unoctal(options) };
+        return { id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type, options };
       }) ?? null
   );
 }
@@ -452,7 +453,9 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
 }
 /** Whether an overlay has a layer (its lowerdir, upperdir) under one of the `fuse` mounts; any, if it names none. */
 export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
-  const layers = [...overlay.options.matchAll(/(?:lower|upper)dir\+?=([^,]*)/g)].flatMap((x) => x[1].split(":"));
+  // Split where mountinfo has a raw comma: one in a path is escaped there (\054), like a space (\040).
+  const named = [...overlay.options.matchAll(/(?:lower|upper|data)dir\+?=([^,]*)/g)];
+  const layers = named.flatMap((x) => x[1].split(":")).map(unoctal);
   const under = (path: string, point: string) => path === point || path.startsWith(point === "/" ? "/" : `${point}/`);
   return fuse.length > 0 && (!layers.some(Boolean) || layers.some((p) => fuse.some((f) => under(p, f.point))));
 }

@@ -2734,7 +2734,7 @@ ${serve}
   );
 
   test("onFuse(): an overlay is not entered when a layer of it lies under a FUSE mount, or it names none", () => {
-    const fuse = [{ point: "/var/lib/lazy" }];
+    const fuse = [{ point: "/var/lib/lazy" }, { point: "/srv/a b,c" }];
     const overlay = (options: string) => onFuse({ options }, fuse);
     expect([
       overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/docker/l/B,upperdir=/var/lib/docker/u,workdir=/w"),
@@ -2743,7 +2743,10 @@ ${serve}
       overlay("rw,upperdir=/var/lib/lazy-not/u"),
       overlay("rw"),
       onFuse({ options: "rw" }, []),
-    ]).toEqual([false, true, true, false, true, false]);
+      // mountinfo's escapes: a comma in a path is \054 there, a space \040; data-only layers too.
+      overlay(String.raw`rw,lowerdir=/srv/a\040b\054c/l,upperdir=/u`),
+      overlay("rw,lowerdir=/l,datadir+=/var/lib/lazy/data"),
+    ]).toEqual([false, true, true, false, true, false, true, true]);
   });
 
   test.skipIf(skip || !existsSync("/dev/fuse"))(
