@@ -206,9 +206,12 @@ export function processFacts(sys: Sys, pid: number) {
     /** Its arguments; null when they could not be read whole. */
     cmdline: cmdline === null ? null : cmdline.split("\0").slice(0, -1),
     mounts: mountsOf(sys.readText(`${at}/mountinfo`)),
-    /** The files it holds open: each fd, and the path it knows it by. */
+    /** The files it holds open: each fd, its link's text as the host sees it, and the path it knows it by. */
     files: () =>
-      fdsOf(pid).map((fd) => ({ fd, path: seen(link(`${at}/fd/${fd}`)?.replace(/ \(deleted\)$/, "") ?? null) })),
+      fdsOf(pid).map((fd) => {
+        const raw = link(`${at}/fd/${fd}`);
+        return { fd, raw, path: seen(raw?.replace(/ \(deleted\)$/, "") ?? null) };
+      }),
   };
 }
 const PF_KTHREAD = 0x00200000;
@@ -392,13 +395,15 @@ export function pidContext(sys: Sys, pid: number): Context {
   };
   const { configChecks, CAUSES: VM_CAUSES } = require("./vm.ts") as typeof import("./vm.ts");
   // A file it holds is placed while the probe holds it too: an O_PATH open of its magic link touches no file system.
-  const heldOn = (fd: string) => {
+  // It must still be the file whose name was read: the fd may have been closed and used again since.
+  const heldOn = (fd: string, raw: string | null) => {
     const mine = sys.open(`/proc/${pid}/fd/${fd}`, K.O_PATH | K.O_CLOEXEC);
-    const type = mine.ret < 0 ? null : (walk.mountOf(mine.ret)?.type ?? null);
+    const same = mine.ret >= 0 && raw !== null && link(`/proc/self/fd/${mine.ret}`) === raw;
+    const type = same ? (walk.mountOf(mine.ret)?.type ?? null) : null;
     if (mine.ret >= 0) sys.close(mine.ret);
     return type;
   };
-  const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd) }));
+  const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd, file.raw) }));
   const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: (at) => walkedTo(sys, walk, at) });
   const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const filters = f.seccomp === 2 ? seccompOf(sys, pid, f.seccompFilters) : null;
@@ -453,11 +458,18 @@ function seccompOf(sys: Sys, pid: number, expected: number | null) {
 }
 /** Whether an overlay has a layer (its lowerdir, upperdir) under one of the `fuse` mounts; any, if it names none. */
 export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
-  // Split where mountinfo has a raw comma: one in a path is escaped there (\054), like a space (\040).
-  const named = [...overlay.options.matchAll(/(?:lower|upper|data)dir\+?=([^,]*)/g)];
-  const layers = named.flatMap((x) => x[1].split(":")).map(unoctal);
+  // Options split where mountinfo has a raw comma (one in a path is \054 there, a space \040); `lowerdir=` lists
+  // layers split at a raw colon (an escaped one is \134: there), `lowerdir+=`, `upperdir=`, `datadir+=` one each.
+  const options = [...overlay.options.matchAll(/(lowerdir=|(?:lower|upper|data)dir\+?=)([^,]*)/g)];
+  const split = ([, key, value]: string[]) => (key === "lowerdir=" ? value.split(/(?<!\\134):/) : [value]);
+  const layers = options
+    .flatMap(split)
+    .map((p) => unoctal(p).replace(/\\:/g, ":"))
+    .filter(Boolean);
   const under = (path: string, point: string) => path === point || path.startsWith(point === "/" ? "/" : `${point}/`);
-  return fuse.length > 0 && (!layers.some(Boolean) || layers.some((p) => fuse.some((f) => under(p, f.point))));
+  // A relative layer is as its mounter typed it, from a directory the probe cannot know: it may be under FUSE.
+  const fused = (p: string) => !p.startsWith("/") || fuse.some((f) => under(p, f.point));
+  return fuse.length > 0 && (layers.length === 0 || layers.some(fused));
 }
 /**
  * How the probe walks a process's files: inside its root, and never into a file system that may never
@@ -560,7 +572,8 @@ function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): string 
   };
   const openAt = (dir: number, file: string) =>
     K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
-  const dir = walk.resolve(name.slice(0, name.lastIndexOf("/")) || "/");
+  const dirOf = name.slice(0, name.lastIndexOf("/")) || "/";
+  const dir = walk.resolve(dirOf);
   if (dir.ret < 0) return null;
   const held = [dir.ret];
   try {
@@ -574,7 +587,9 @@ function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): string 
       if (!st || !up || up.ret < 0) return null;
       held.push(up.ret);
       const parent = statOf(sys, up.ret);
-      if (parent.dev === st.dev && parent.ino === st.ino) return name; // the root is its own parent
+      // At the root (its own parent): the directory checked must be the one the name says, no link between.
+      if (parent.dev === st.dev && parent.ino === st.ino)
+        return link(`/proc/self/fd/${dir.ret}`) === dirOf ? name : null;
       at = up.ret;
     }
   } finally {

@@ -2734,7 +2734,7 @@ ${serve}
   );
 
   test("onFuse(): an overlay is not entered when a layer of it lies under a FUSE mount, or it names none", () => {
-    const fuse = [{ point: "/var/lib/lazy" }, { point: "/srv/a b,c" }];
+    const fuse = [{ point: "/var/lib/lazy" }, { point: "/srv/a b,c" }, { point: "/srv/l:2" }];
     const overlay = (options: string) => onFuse({ options }, fuse);
     expect([
       overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/docker/l/B,upperdir=/var/lib/docker/u,workdir=/w"),
@@ -2746,7 +2746,12 @@ ${serve}
       // mountinfo's escapes: a comma in a path is \054 there, a space \040; data-only layers too.
       overlay(String.raw`rw,lowerdir=/srv/a\040b\054c/l,upperdir=/u`),
       overlay("rw,lowerdir=/l,datadir+=/var/lib/lazy/data"),
-    ]).toEqual([false, true, true, false, true, false, true, true]);
+      // A colon in a path: escaped in a `lowerdir=` list, as it is in `lowerdir+=`, which names one layer.
+      overlay(String.raw`rw,lowerdir=/x:/srv/l\134:2,upperdir=/u`),
+      overlay("rw,lowerdir+=/srv/l:2,upperdir=/u"),
+      // A relative layer, as its mounter typed it from a directory the probe cannot know.
+      overlay("rw,lowerdir=l,upperdir=/u"),
+    ]).toEqual([false, true, true, false, true, false, true, true, true, true, true]);
   });
 
   test.skipIf(skip || !existsSync("/dev/fuse"))(
