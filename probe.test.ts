@@ -55,7 +55,7 @@ import {
   setcap,
   versionIn,
 } from "./qemu.ts";
-import { actionName, combined, run } from "./seccomp.ts";
+import { actionName, combined, run, verdicts } from "./seccomp.ts";
 import { renderPrometheus } from "./textfile.ts";
 import { configChecks, CAUSES as VM_CAUSES } from "./vm.ts";
 
@@ -3237,6 +3237,20 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
     30_000,
   );
 
+  test("verdicts(): a filter that refuses nothing sets no route, the device's included", () => {
+    const allowAll = prog([[0x06, 0, 0, 0x7fff0000]]);
+    // A key set to nothing would stand over the kernel's own answer for that route (checkOpen spreads them).
+    expect(Object.entries(verdicts([allowAll], "x86_64", 4096)!.answers)).toEqual([]);
+    // One that refuses the node's open() refuses the device's route with it.
+    const noOpen = prog([
+      [0x20, 0, 0, 0],
+      [0x15, 0, 1, 257],
+      [0x06, 0, 0, 0x00050001],
+      [0x06, 0, 0, 0x7fff0000],
+    ]);
+    expect(verdicts([noOpen], "x86_64", 4096)?.answers).toEqual({ "device-node": "EPERM", device: "EPERM" });
+  });
+
   test("run() gives what the kernel gives: every instruction class, x32, and a wrong arch", () => {
     const calls: Array<[number, number]> = [
       [323, 0],
@@ -3271,6 +3285,43 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
     expect(errnos).toEqual(interpreted);
     expect(interpreted[4]).toBe(18); // x32: EXDEV
     expect(interpreted.slice(0, 4).every((e) => e > 0)).toBe(true);
+    // Shifts by X of 32 and more, as the kernel runs them (by the count's low 5 bits): X is the call's first argument.
+    const SHIFTS = [
+      ...[
+        [0x20, 0, 0, 0],
+        [0x15, 1, 0, 323],
+        [0x06, 0, 0, 0x7fff0000],
+      ], // userfaultfd, else SECCOMP_RET_ALLOW
+      ...[
+        [0x20, 0, 0, 16],
+        [0x07, 0, 0, 0],
+      ], // X = args[0]
+      ...[
+        [0x00, 0, 0, 1],
+        [0x6c, 0, 0, 0],
+        [0x02, 0, 0, 0],
+      ], // M[0] = 1 << X
+      ...[
+        [0x00, 0, 0, 0x800],
+        [0x7c, 0, 0, 0],
+        [0x61, 0, 0, 0],
+        [0x4c, 0, 0, 0],
+      ], // A = 0x800 >> X | M[0]
+      ...[
+        [0x54, 0, 0, 0xfff],
+        [0x44, 0, 0, 0x00050000],
+        [0x16, 0, 0, 0],
+      ], // RET SECCOMP_RET_ERRNO(A & 0xfff)
+    ];
+    const shiftCalls: Array<[number, number]> = [
+      [323, 3],
+      [323, 32],
+      [323, 33],
+      [323, 36],
+    ];
+    const shifted = Bun.spawnSync([`${world}/bun`, script, JSON.stringify(SHIFTS), JSON.stringify(shiftCalls)]);
+    const byRun = shiftCalls.map(([nr, flags]) => run(prog(SHIFTS), x86(nr, flags)) & 0xffff);
+    expect([JSON.parse(shifted.stdout.toString() || "null"), byRun]).toEqual([byRun, [0x108, 0x801, 0x402, 0x90]]);
     // Another architecture's call (AUDIT_ARCH_I386): killed, as the filter says.
     expect(actionName(run(prog(EVERY), { ...x86(374, 0), arch: 0x40000003 }))).toBe("SECCOMP_RET_KILL_PROCESS");
   });

@@ -195,8 +195,9 @@ function alu(op: number, a: number, v: number) {
     48: () => Math.floor((a >>> 0) / (v >>> 0)),
     64: () => a | v,
     80: () => a & v,
-    96: () => (v >= 32 ? 0 : a << v),
-    112: () => (v >= 32 ? 0 : (a >>> 0) >>> v),
+    // The kernel shifts by the count's low 5 bits (a BPF_K count of 32 or more is refused at load).
+    96: () => a << (v & 31),
+    112: () => (a >>> 0) >>> (v & 31),
     128: () => -a,
     160: () => a ^ v,
   };
@@ -288,9 +289,11 @@ export function verdicts(filters: Insn[][], archName: string, pageSize: number):
       break;
     }
   }
-  // The node's open() refused is the device's route refused.
-  verdict.answers.device ??= verdict.answers["device-node"];
-  if (verdict.answers["device-node"]) verdict.says.device ??= verdict.says["device-node"];
+  // The node's open() refused is the device's route refused (and only then: no route is set to nothing).
+  if (verdict.answers["device-node"]) {
+    verdict.answers.device ??= verdict.answers["device-node"];
+    verdict.says.device ??= verdict.says["device-node"];
+  }
   const names = [...new Set(Object.values(verdict.says).map((said) => said!.split("(")[0]))];
   const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
   const allowing = "# its profile, allowing what QEMU calls";
