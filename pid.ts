@@ -19,7 +19,7 @@ import * as K from "./ffi.ts";
 import type { Answers, Cause, Check, Judging, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, rows, sh, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
-import { versionIn } from "./qemu.ts";
+import { rootsAlone, versionIn } from "./qemu.ts";
 import type { FilterVerdict } from "./seccomp.ts";
 
 /** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
@@ -266,6 +266,8 @@ const [S_IFLNK, MAXSYMLINKS, PATH_MAX] = [0o120000, 40, 4096];
 const [ENOSYS, ELOOP, EXDEV] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP"), K.errnoOf("EXDEV")];
 /** statx() from the attributes cached (include/uapi/linux/fcntl.h): FUSE's server is not asked. */
 const AT_STATX_DONT_SYNC = 0x4000;
+/** An open file's statx() from cached attributes: a FUSE server is not asked. */
+const statOf = (sys: Sys, fd: number) => sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
 /**
  * `path` resolved inside the directory `root` as a process whose root it is resolves it, as an O_PATH
  * fd (or the errno): `..` and absolute symbolic links stay inside, magic links are refused (openat2()
@@ -491,7 +493,7 @@ function walker(sys: Sys, root: number, pid: number) {
     const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
     const [theirs, ours] = tables();
     const byDevice = () => {
-      const st = sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
+      const st = statOf(sys, fd);
       return st.ret === 0 ? ours.find((m) => m.dev === st.dev) : undefined;
     };
     const mount = theirs.find((m) => m.id === id) ?? ours.find((m) => m.id === id) ?? byDevice();
@@ -549,8 +551,6 @@ function mapped(sys: Sys, pid: number, fd: number) {
     return perms?.[2] === "x" && at === dev && inode === String(st.ino);
   });
 }
-/** An open file's statx() from cached attributes: a FUSE server is not asked. */
-const statOf = (sys: Sys, fd: number) => sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
 /** Whether two open files are the same file (the same device and inode). */
 function sameFile(sys: Sys, a: number, b: number) {
   const [x, y] = [statOf(sys, a), statOf(sys, b)];
@@ -567,8 +567,7 @@ function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): string 
   if (!name?.startsWith("/") || name.endsWith(" (deleted)")) return null;
   const trusted = (at: number) => {
     const st = statOf(sys, at);
-    const othersWrite = st.mode & 0o002 || (st.mode & 0o020 && st.gid !== 0);
-    return st.ret === 0 && st.uid === 0 && !othersWrite && !walk.refuses(at) ? st : null;
+    return rootsAlone(st) && !walk.refuses(at) ? st : null;
   };
   const openAt = (dir: number, file: string) =>
     K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));

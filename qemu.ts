@@ -104,12 +104,13 @@ function hostOwned(sys: Sys, path: string) {
     return null;
   }
   for (let at = real; ; at = at.slice(0, at.lastIndexOf("/")) || "/") {
-    const st = sys.stat(at);
-    const othersWrite = st.mode & 0o002 || (st.mode & 0o020 && st.gid !== 0);
-    if (st.ret < 0 || st.uid !== 0 || othersWrite) return null;
+    if (!rootsAlone(sys.stat(at))) return null;
     if (at === "/") return real;
   }
 }
+/** A stat of a file root owns and no one else can write (a group other than root's may not either). */
+export const rootsAlone = (st: { ret: number; uid: number; gid: number; mode: number }) =>
+  st.ret === 0 && st.uid === 0 && !(st.mode & 0o002) && !(st.mode & 0o020 && st.gid !== 0);
 
 /** Whether the binary's file capabilities give CAP_SYS_PTRACE (permitted and effective) to whoever runs it. */
 export function fileCapPtrace(path: string) {
