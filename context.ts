@@ -14,7 +14,7 @@ import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { ProcessFacts, processFacts } from "./pid.ts";
 import type { Cause, Check, Judging, Options, Unjudged } from "./probe.ts";
-import { CAP_SYS_PTRACE, capBit, quoted, rows, UsageError } from "./probe.ts";
+import { CAP_SYS_PTRACE, capBit, quoted, rows, UsageError, workingDirectory } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find } from "./qemu.ts";
 import type { Insn } from "./seccomp.ts";
@@ -187,7 +187,8 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   const env = Object.fromEntries(CHILD_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
   const stdout = o.capture ? "pipe" : "inherit";
   const child = Bun.spawn([...(o.command ?? self()), ...argv], {
-    env: { ...env, [CHILD]: String(process.pid) },
+    env: { ...env, ...SELF_ENV, PWD: workingDirectory(), [CHILD]: String(process.pid) },
+    cwd: "/",
     stdio: ["ignore", stdout, "inherit"],
     detached: true,
   });
@@ -210,8 +211,15 @@ const BORROWED: Unjudged = [
   "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
   "run the probe as that user, without --user",
 ];
-/** The command that starts the probe itself again: a compiled binary is its own script; `bun probe.ts` names it. */
-export const self = () => (Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, Bun.main]);
+/**
+ * The command that starts the probe itself again, to be run from `/`: a compiled binary is its own (built to read
+ * nothing of its working directory); else Bun, told to read no bunfig.toml or .env and to start in `/`.
+ */
+export const self = () =>
+  Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, ...AUTOLOADS_OFF, Bun.main];
+const AUTOLOADS_OFF = ["--config=/dev/null", "--no-env-file", "--cwd=/"];
+/** What a process of the probe's own (a child, a launcher) has in its environment: Bun writes no transpiler cache. */
+export const SELF_ENV = { BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" };
 /** What the child may see of the parent's environment. */
 const CHILD_ENV = ["PATH", "TERM", "NO_COLOR", "LANG", "LC_ALL"];
 /** A report is a few kilobytes: a child's stdout is read up to this; a longer one is no report (null). */

@@ -12,7 +12,7 @@
  */
 if (typeof Bun === "undefined") {
   // Node (22.18+ runs .ts files) would die on the bun:ffi import with a stack trace.
-  console.error("postcopy-probe needs Bun: run `npx -y bun probe.ts` (npm brings Bun), or `bun probe.ts`");
+  console.error("postcopy-probe needs Bun: with Bun on PATH, run it as a program: ./probe.ts");
   process.exit(2);
 }
 // Loaded only once the runtime is known to be Bun: the guard above could not run before a static

@@ -15,7 +15,7 @@
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import type { Context } from "./context.ts";
-import { self, within } from "./context.ts";
+import { SELF_ENV, self, within } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { Check, Options, RealAnswer, Unjudged } from "./probe.ts";
@@ -300,10 +300,15 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
       // The filters travel in the launcher's environment: no file a process of that user could change meanwhile.
       const filters = side === "dst" && plan.filters?.length ? { [FILTERS]: plan.filters.map(encoded).join(",") } : {};
       const nnp = plan.noNewPrivs || !admin ? { [NO_NEW_PRIVS]: "1" } : {};
-      const env = { ...process.env, [LAUNCH]: String(process.pid), ...filters, ...nnp };
+      const env = { ...process.env, ...SELF_ENV, [LAUNCH]: String(process.pid), ...filters, ...nnp };
       // The RAM's directory, when there is one, is each QEMU's fd 3.
       const stdio = ["ignore", "ignore", "pipe", ...(plan.memDir === undefined ? [] : [plan.memDir])];
-      const child = Bun.spawn([...self(), plan.qemu, ...args], { env, stdio: stdio as never, detached: true });
+      const child = Bun.spawn([...self(), plan.qemu, ...args], {
+        env,
+        stdio: stdio as never,
+        detached: true,
+        cwd: "/",
+      });
       children.push(child);
       void readStderr(
         child.stderr as unknown as ReadableStream<Uint8Array>,

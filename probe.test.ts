@@ -1826,7 +1826,7 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     () => {
       const dir = qemuDir(
         "rejects",
-        `${REJECTS}\necho 'postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted' >&2`,
+        `echo 'postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted' >&2\n${REJECTS}`,
       );
       const { code, report } = cli(["--json", "--qemu"], { path: pathWith(dir) });
       expect(code).toBe(1);
@@ -3755,7 +3755,7 @@ describe("the package and the binary", () => {
     expect([pkg.bin, pkg.dependencies, readFileSync(`${import.meta.dir}/probe.ts`, "utf8").split("\n")[0]]).toEqual([
       { "postcopy-probe": "probe.ts" },
       undefined,
-      "#!/usr/bin/env bun",
+      "#!/bin/sh",
     ]);
   });
 
@@ -3797,7 +3797,169 @@ describe("the package and the binary", () => {
     expect([run.exitCode, run.stdout.toString(), run.stderr.toString()]).toEqual([
       2,
       "",
-      "postcopy-probe needs Bun: run `npx -y -p bun -p postcopy-probe postcopy-probe`, or `bunx postcopy-probe`\n",
+      "postcopy-probe needs Bun: with Bun on PATH, run it as a program: ./probe.ts\n",
     ]);
   });
+});
+
+// ── What a run does to the host: the README's effects table, proven by a trace ──
+
+/**
+ * A directory another user wrote, as root may run the probe from: a bunfig.toml whose preload leaves a mark, a
+ * .env that would make the probe a --migrate launcher (which refuses to run: exit 127), package.json, tsconfig.json.
+ */
+function hostileDir() {
+  const dir = mkdtempSync(`${tmpdir()}/postcopy-probe-hostile-`);
+  hostiles.push(dir);
+  const files: Record<string, string> = {
+    "evil.js": `require("fs").writeFileSync(${JSON.stringify(`${dir}/RAN`)}, String(process.getuid()))`,
+    "bunfig.toml": 'preload = ["./evil.js"]\n',
+    ".env": "POSTCOPY_PROBE_LAUNCH=1\n",
+    "package.json": '{ "name": "tenant" }',
+    "tsconfig.json": "{}",
+  };
+  for (const [name, text] of Object.entries(files)) writeFileSync(`${dir}/${name}`, text);
+  for (const name of [...Object.keys(files), "."]) chownSync(`${dir}/${name}`, 65534, 65534);
+  chmodSync(dir, 0o777);
+  return dir;
+}
+/** One system call as `strace -ff -y` logs it: its name, its arguments as written, and what it returned. */
+type Call = { pid: string; name: string; args: string; ret: string };
+/**
+ * Runs `argv` under `strace -ff -y` (one log per process: no interleaved lines; each fd shown with its path) from
+ * `cwd`, with HOME and XDG_CACHE_HOME in empty directories; what each process called, and the run's outcome.
+ */
+function traced(argv: string[], o: { cwd: string; prefix?: string[]; env?: Record<string, string> }) {
+  const logs = mkdtempSync(`${world}/trace-`);
+  const home = mkdtempSync(`${world}/home-`);
+  const env = { PATH: `${world}:/usr/local/bin:/usr/bin:/bin`, HOME: home, XDG_CACHE_HOME: home, ...o.env };
+  const strace = [strace_!, "-ff", "-y", "-qq", "-s", "256", "-o", `${logs}/t`];
+  const run = Bun.spawnSync([...strace, ...(o.prefix ?? []), ...argv], { cwd: o.cwd, env });
+  const calls: Call[] = readdirSync(logs).flatMap((file) =>
+    readFileSync(`${logs}/${file}`, "latin1")
+      .split("\n")
+      .flatMap((line) => {
+        const m = line.match(/^(\w+)\((.*)\)\s+= (.*)$/);
+        return m ? [{ pid: file, name: m[1], args: m[2], ret: m[3] }] : [];
+      }),
+  );
+  return { code: run.exitCode, stdout: run.stdout.toString(), stderr: run.stderr.toString(), calls, home };
+}
+const strace_ = Bun.which("strace");
+const hostiles: string[] = [];
+afterAll(() => {
+  for (const dir of hostiles) rmSync(dir, { recursive: true, force: true });
+});
+/** Calls that change files, their names or their metadata: none is an effect of a run. */
+const CHANGES =
+  /^(mkdir|mkdirat|rmdir|unlink|unlinkat|rename|renameat2?|link|linkat|symlink|symlinkat|chmod|fchmod|fchmodat2?|chown|fchown|fchownat|lchown|truncate|mknod|mknodat|mount|umount2|setxattr|lsetxattr|fsetxattr|removexattr|utimensat|socket|connect|bind)$/;
+/** Where a run may read (the README's effects table): the kernel's and the host's files, the libraries, the probe's. */
+const READS = [/^\/(proc|sys|etc|usr|lib|lib64|run\/sysctl\.d)(\/|$)/, /^\/dev\/(userfaultfd|urandom|null)$/, /^\/$/];
+/** The programs a run executes: the shebang's sh and what it runs (true, readlink, env), then Bun. */
+const EXECUTES = ["probe.ts", "true", "readlink", "env", "bun"];
+/**
+ * Each effect of a traced run that the README's table does not list: a program it runs, a file it opens for writing
+ * (but /dev/userfaultfd, and /dev/null for the shebang's sh), a file it reads outside the table's places (the
+ * probe's own and Bun's are in `own`), a file changed, a socket, a write to a file, or the cache it was given used.
+ */
+function unlisted(t: ReturnType<typeof traced>, own: string[], prefixes: string[] = []) {
+  const found: string[] = [];
+  // A prefix (setpriv, the seccomp loader) runs first in a process of its own: from the exec that ends it on.
+  const byPid = Map.groupBy(t.calls, (c) => c.pid);
+  for (const calls of byPid.values()) {
+    const execs = calls.filter((c) => c.name === "execve" && c.ret === "0");
+    const isPrefix = (c: Call) => prefixes.some((p) => c.args.startsWith(`"${p}"`));
+    const start = execs.some(isPrefix) ? execs[execs.findLastIndex(isPrefix) + 1] : execs[0];
+    for (const c of start ? calls.slice(calls.indexOf(start)) : calls) {
+      const path = c.args.match(/^(?:AT_FDCWD, |\d+<([^>]*)>, )?"([^"]*)"/);
+      const file = path ? (path[2].startsWith("/") ? path[2] : `${path[1] ?? "."}/${path[2]}`) : null;
+      if (c.name === "execve" && c.ret === "0" && !EXECUTES.includes(basename(file ?? "")))
+        found.push(`executes ${file}`);
+      if (/^(open|openat|openat2|creat)$/.test(c.name) && file) {
+        const writing = c.name === "creat" || /O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND/.test(c.args);
+        const allowed = writing ? /^\/dev\/(userfaultfd|null)$/.test(file) : READS.some((r) => r.test(file));
+        if (!allowed && !own.some((dir) => file === dir || file.startsWith(`${dir}/`)))
+          found.push(`${writing ? "opens for writing" : "reads"} ${file}`);
+      }
+      if (CHANGES.test(c.name)) found.push(`${c.name}(${c.args.slice(0, 80)})`);
+      if (c.name === "ftruncate" && !c.args.includes("memfd:postcopy-probe")) found.push(`ftruncate(${c.args})`);
+      if (/^(write|writev|pwrite64)$/.test(c.name) && /^\d+<\//.test(c.args) && !/^[12]</.test(c.args))
+        found.push(`writes to ${c.args.match(/^\d+<([^>]*)>/)?.[1]}`);
+    }
+  }
+  if (readdirSync(t.home).length) found.push(`writes into its HOME or XDG_CACHE_HOME: ${readdirSync(t.home)}`);
+  return found;
+}
+
+describe("what a run does to the host: only what the README's effects table lists", () => {
+  const skip = !isRoot || !strace_;
+  const seccompLoader = "/usr/bin/python3";
+  const hasSeccomp = Bun.spawnSync([seccompLoader, "-c", "import seccomp"]).exitCode === 0;
+  const NOBODY = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+  /** Docker's default profile, loaded as a container runtime loads it, around the probe. */
+  const DOCKER = () => {
+    copyFileSync(`${import.meta.dir}/test/seccomp-run.py`, `${world}/seccomp-run.py`);
+    copyFileSync(`${import.meta.dir}/test/docker-default.json`, `${world}/docker-default.json`);
+    return [seccompLoader, `${world}/seccomp-run.py`, `${world}/docker-default.json`, ""];
+  };
+  const contexts: Array<[string, () => string[], string[], boolean]> = [
+    ["as root", () => [], [], false],
+    ["as uid 65534", () => NOBODY, [NOBODY[0]], false],
+    ["under Docker's seccomp profile", DOCKER, [seccompLoader], !hasSeccomp],
+  ];
+  test.each(contexts)(
+    "the default run %s, from a directory another user wrote, on a cold cache: nothing beyond the table",
+    (_, prefix, prefixes, unavailable) => {
+      if (skip || unavailable) return;
+      const dir = hostileDir();
+      const t = traced([`${world}/probe.ts`, "--json"], { cwd: dir, prefix: prefix() });
+      expect([t.code, t.stderr]).toEqual([prefixes.length ? 1 : 0, ""]);
+      expect(JSON.parse(t.stdout).schema).toBe("postcopy-probe/1");
+      expect(unlisted(t, [world], prefixes)).toEqual([]);
+      expect(existsSync(`${dir}/RAN`)).toBe(false);
+    },
+  );
+});
+
+describe("nothing of the working directory is read or run, by any way to run the probe as a program", () => {
+  const skip = !isRoot || !strace_;
+  test.skipIf(skip)("the shebang (npm's bin, npx, bunx), and --user's child: not read, not run", () => {
+    const dir = hostileDir();
+    for (const args of [["--json"], ["--json", "--user", "nobody"]]) {
+      const t = traced([`${world}/probe.ts`, ...args], { cwd: dir });
+      expect([t.stderr, JSON.parse(t.stdout).schema]).toEqual(["", "postcopy-probe/1"]);
+      expect(unlisted(t, [world])).toEqual([]);
+    }
+    expect(existsSync(`${dir}/RAN`)).toBe(false);
+  });
+
+  test.skipIf(skip)("the standalone binary, and --user's child: not read, not run", () => {
+    const binary = `${import.meta.dir}/dist/postcopy-probe-linux-x64`;
+    expect(Bun.spawnSync(["bash", `${import.meta.dir}/.ci/build`, "linux-x64"]).exitCode).toBe(0);
+    const dir = hostileDir();
+    EXECUTES.push(basename(binary));
+    for (const args of [["--json"], ["--json", "--user", "nobody"]]) {
+      const t = traced([binary, ...args], { cwd: dir });
+      expect([t.stderr, JSON.parse(t.stdout).schema]).toEqual(["", "postcopy-probe/1"]);
+      expect(unlisted(t, [dirname(binary)])).toEqual([]);
+    }
+    EXECUTES.pop();
+    expect(existsSync(`${dir}/RAN`)).toBe(false);
+  });
+
+  test.skipIf(!isRoot)(
+    "the packed tarball through npx (Bun from this checkout), and --user's child: nothing run",
+    () => {
+      const pack = Bun.spawnSync(["npm", "pack", "--silent", "--pack-destination", world], { cwd: import.meta.dir });
+      const tarball = `${world}/${pack.stdout.toString().trim()}`;
+      const dir = hostileDir();
+      for (const args of [["--json"], ["--json", "--user", "nobody"]]) {
+        const npx = ["npx", "-y", "--prefer-offline", "-p", `${import.meta.dir}/node_modules/bun`, "-p", tarball];
+        const run = Bun.spawnSync([...npx, "postcopy-probe", ...args], { cwd: dir });
+        expect(JSON.parse(run.stdout.toString()).schema).toBe("postcopy-probe/1");
+        expect(run.exitCode).toBeLessThan(2);
+      }
+      expect(existsSync(`${dir}/RAN`)).toBe(false);
+    },
+  );
 });

@@ -1,4 +1,8 @@
-#!/usr/bin/env bun
+#!/bin/sh
+/*/true 2>/dev/null; exec env BUN_RUNTIME_TRANSPILER_CACHE_PATH=0 \
+  bun --config=/dev/null --no-env-file --cwd=/ "$(readlink -f -- "$0")" "$@" # */
+// Run as a program, sh runs the line above: Bun then reads nothing of the working directory (no bunfig.toml,
+// .env, package.json or tsconfig.json: --cwd=/ and the script's own path), and writes no transpiler cache.
 /**
  * postcopy-probe: can QEMU do userfaultfd-based postcopy live migration on this host, in this
  * context — and if not, why, and what to run. It runs QEMU's own postcopy_ram_supported_by_host()
@@ -75,6 +79,12 @@ export const shown = (text: string) =>
   text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => ESCAPES[c] ?? escaped(c.codePointAt(0)!));
 const escaped = (n: number) => (n < 0x100 ? `\\x${n.toString(16).padStart(2, "0")}` : `\\u{${n.toString(16)}}`);
 const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
+/**
+ * The directory the probe was started in: its cwd, unless its shebang moved it to `/` (then the PWD of the shell
+ * that ran the shebang names it). Relative paths on the command line are from there.
+ */
+export const workingDirectory = (env: Record<string, string | undefined> = process.env) =>
+  process.cwd() === "/" && env.PWD?.startsWith("/") ? env.PWD : process.cwd();
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
 /** The value after `key:` in a /proc file such as /proc/meminfo. */
@@ -1479,7 +1489,17 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   }
   // --parallel migrates with multifd: that migration answers postcopy-multifd, which the exit status is then for.
   if (opts.parallel && !argv.some((a) => a.startsWith("--require"))) opts.require = ["postcopy-multifd"];
-  return { ...opts, migrate: opts.migrate || opts.parallel > 0 };
+  if (opts.output === "") throw new UsageError(`Option "--output" needs a file name, not ""`);
+  // A relative path is from where the probe was started; a QEMU named without a path is looked up on $PATH.
+  const here = (path: string) => (path.startsWith("/") ? path : `${workingDirectory(env)}/${path}`);
+  const qemu =
+    typeof opts.qemu === "string" && !opts.qemu.includes("/") ? (Bun.which(opts.qemu) ?? opts.qemu) : opts.qemu;
+  return {
+    ...opts,
+    output: opts.output && here(opts.output),
+    qemu: typeof qemu === "string" ? here(qemu) : qemu,
+    migrate: opts.migrate || opts.parallel > 0,
+  };
 }
 
 /** The format asked for, read leniently: an error document must match it even when the command line is wrong. */
