@@ -251,7 +251,7 @@ export async function within(done: Promise<unknown>, ms: number) {
 export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   const pid = opts.pid;
   const P = pid === null ? null : (require("./pid.ts") as typeof import("./pid.ts"));
-  const context = P ? P.pidContext(sys, pid!) : contextOf(sys, opts);
+  const context = P ? await P.pidContext(sys, pid!) : contextOf(sys, opts);
   if (P) for (const dir of P.cgroupDirs(sys, pid!)) P.joinCgroup(sys, dir);
   // QEMU's own CAP_SYS_PTRACE (its binary's file capability) comes along: the syscall's gate is then QEMU's.
   const exe = pid === null ? find(sys, opts.qemu) : null;

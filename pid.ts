@@ -20,7 +20,7 @@ import type { Answers, Cause, Check, Judging, Unjudged } from "./probe.ts";
 import { CAP_SYS_PTRACE, capBit, DEVICE, field, rows, sh, UsageError, uidMapOf } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { rootsAlone, versionIn } from "./qemu.ts";
-import type { FilterVerdict } from "./seccomp.ts";
+import type { FilterVerdict, Insn } from "./seccomp.ts";
 
 /** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
 export type ProcessFacts = {
@@ -44,35 +44,37 @@ export type Confinement = {
 };
 
 /**
+ * `message` answered by a worker thread running `file` (apparmor.ts, seccomp.ts), within `ms`; the thread ends on
+ * every path, and with it whatever it holds (a profile, a tracee).
+ */
+async function fromWorker<T extends object>(file: string, message: object, ms: number): Promise<T | { error: string }> {
+  const worker = new Worker(new URL(file, import.meta.url).href);
+  try {
+    let answer: T | { error: string } = { error: `${file}'s worker did not answer within ${ms} ms` };
+    const answered = new Promise<void>((resolve) => {
+      worker.onmessage = ({ data }) => resolve(void (answer = data));
+      worker.onerror = (e) => resolve(void (answer = { error: `${file}'s worker failed: ${e.message}` }));
+    });
+    worker.postMessage(message);
+    await within(answered, ms);
+    return answer;
+  } finally {
+    worker.terminate();
+  }
+}
+
+/**
  * The routes as `profile` lets them through: a worker thread takes it on (apparmor.ts) and answers them,
  * within a second. What the profile changed, and how CAP_SYS_PTRACE met it; or why it could not tell.
  */
 async function confinedAnswers(profile: string, device: string | number) {
   const facts = typeof device === "string" ? { device, deviceSays: 0 } : { device: null, deviceSays: device };
-  const worker = new Worker(new URL("./apparmor.ts", import.meta.url).href);
-  try {
-    const answered = new Promise<Confined>((resolve, reject) => {
-      worker.onmessage = ({ data }) => resolve(data);
-      worker.onerror = (e) => reject(e);
-    });
-    worker.postMessage({ profile, ...facts });
-    let result: Confined | null = null;
-    if (
-      !(await within(
-        answered.then((r) => (result = r)),
-        1000,
-      ))
-    )
-      return { error: "AppArmor's worker did not answer within 1000 ms" };
-    const done = result as Confined | null;
-    if (!done || "error" in done) return { error: done?.error ?? "AppArmor's worker did not answer" };
-    const denied = Object.fromEntries(
-      Object.entries(done.after).filter(([r, ans]) => done.before[r as keyof Answers] !== ans),
-    );
-    return { denied: denied as Partial<Answers>, ptrace: done.ptrace };
-  } finally {
-    worker.terminate();
-  }
+  const done = await fromWorker<Confined>("./apparmor.ts", { profile, ...facts }, 1000);
+  if ("error" in done) return { error: done.error };
+  const denied = Object.fromEntries(
+    Object.entries(done.after).filter(([r, ans]) => done.before[r as keyof Answers] !== ans),
+  );
+  return { denied: denied as Partial<Answers>, ptrace: done.ptrace };
 }
 
 /** Takes on the process's AppArmor profile in one thread of the child, to answer the routes under it. */
@@ -153,8 +155,6 @@ export function cgroupDirs(sys: Sys, pid: number | "self", controller = "devices
 }
 /** Moves this process into the cgroup at `dir`, unless it is frozen (a paused container would freeze the probe). */
 export function joinCgroup(sys: Sys, dir: string) {
-  if (/^frozen 1$/m.test(sys.readText(`${dir}/cgroup.events`) ?? ""))
-    throw new Error(`The process's cgroup ${dir} is frozen (a paused container?): thaw it, then ask again`);
   const fd = sys.open(`${dir}/cgroup.procs`, K.O_WRONLY | K.O_CLOEXEC);
   const r = fd.ret < 0 ? fd : sys.write(fd.ret, String(process.pid));
   if (fd.ret >= 0) sys.close(fd.ret);
@@ -349,7 +349,7 @@ function loadedProgram(cmdline: string[]) {
  * bytes, never run), /dev/userfaultfd resolved inside its root, and its VM's configuration checks.
  * Answers only for a QEMU: a kernel thread, the probe itself or another program is an error (exit 2).
  */
-export function pidContext(sys: Sys, pid: number): Context {
+export async function pidContext(sys: Sys, pid: number): Promise<Context> {
   const f = processFacts(sys, pid);
   const who = `Process ${pid} (${f.comm})`;
   const [uid, gid] = [f.uids[1], f.gids[1]];
@@ -360,6 +360,8 @@ export function pidContext(sys: Sys, pid: number): Context {
   if (f.cmdline === null)
     throw new Error(`${who}: its command line could not be read whole (over ${K.READ_MAX} bytes)`);
   if (f.mounts === null) throw new Error(`${who}: its mount table could not be read`);
+  const frozen = frozenCgroup(sys, pid);
+  if (frozen) throw new Error(`${who} is in a frozen cgroup, ${frozen} (a paused container?): thaw it, then ask again`);
   const root = sys.open(`/proc/${pid}/root`, K.O_PATH | K.O_CLOEXEC);
   if (root.ret < 0) throw new Error(`Cannot open /proc/${pid}/root: ${K.errnoName(root.errno)}`);
   const walk = walker(sys, root.ret, pid);
@@ -408,7 +410,8 @@ export function pidContext(sys: Sys, pid: number): Context {
   const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd, file.raw) }));
   const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: (at) => walkedTo(sys, walk, at) });
   const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
-  const filters = f.seccomp === 2 ? seccompOf(sys, pid, f.seccompFilters) : null;
+  const fileBacked = vm.ram.shared || vm.ram.memPath !== null;
+  const filters = f.seccomp === 2 ? await seccompOf(sys, pid, f.seccompFilters, fileBacked) : null;
   const own = contextCheck(f, qemu, name, filters);
   processed(sys, pid); // read whole, or not at all: a process that went while it was read is no answer
   return {
@@ -444,19 +447,35 @@ export function pidContext(sys: Sys, pid: number): Context {
   };
 }
 /**
- * The process's seccomp filters, read (seccomp.ts, loaded only here) and answered for each route to a
- * uffd; or why they could not be read, or answered on this architecture.
+ * The process's seccomp filters, read (seccomp.ts, loaded only here, by a worker thread of its own: the kernel lets
+ * the process go when that thread ends, whether or not it stopped) and answered for each route to a uffd; or why
+ * they could not be read, or answered on this architecture.
  */
-function seccompOf(sys: Sys, pid: number, expected: number | null) {
+async function seccompOf(sys: Sys, pid: number, expected: number | null, fileBacked: boolean) {
   const S = require("./seccomp.ts") as typeof import("./seccomp.ts");
-  const read = S.readFilters(pid);
+  const read = await fromWorker<{ filters: Insn[][] }>("./seccomp.ts", { pid, ms: PTRACE_MS }, PTRACE_MS + 1000);
   if ("error" in read) return { error: `its seccomp filters could not be read: ${read.error}`, lengths: [] };
   const lengths = read.filters.map((f) => f.length);
   if (expected !== null && lengths.length !== expected)
     return { error: `${lengths.length} of its ${expected} seccomp filters could be read`, lengths };
-  const verdict = S.verdicts(read.filters, K.arch!.name, sys.pageSize());
+  const verdict = S.verdicts(read.filters, K.arch!.name, sys.pageSize(), fileBacked);
   if (!verdict) return { error: `the probe knows no system call numbers for ${K.arch!.name}`, lengths };
   return { verdict, lengths, filters: read.filters };
+}
+/** How long the process may take to stop for its filters to be read. */
+const PTRACE_MS = 1000;
+/**
+ * The frozen cgroup `pid` is in, or null: cgroup v2's cgroup.events, or the v1 freezer's freezer.state. A frozen
+ * process never stops for ptrace, and a child that joined its cgroup would freeze too.
+ */
+export function frozenCgroup(sys: Sys, pid: number | "self") {
+  return (
+    cgroupDirs(sys, pid, "freezer").find(
+      (dir) =>
+        /^frozen 1$/m.test(sys.readText(`${dir}/cgroup.events`) ?? "") ||
+        /^(FROZEN|FREEZING)$/.test(sys.readText(`${dir}/freezer.state`)?.trim() ?? ""),
+    ) ?? null
+  );
 }
 /** Whether an overlay has a layer (its lowerdir, upperdir) under one of the `fuse` mounts; any, if it names none. */
 export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
@@ -601,7 +620,7 @@ function contextCheck(
   f: ReturnType<typeof processFacts>,
   qemu: Qemu,
   name: string,
-  filters: ReturnType<typeof seccompOf> | null,
+  filters: Awaited<ReturnType<typeof seccompOf>> | null,
 ): Check {
   const head = { id: "context", title: "the running process's own context (--pid)" };
   const what = [

@@ -354,20 +354,26 @@ async function migrate(qemu: string, args: (side: string) => string[]) {
 }
 
 /**
- * A stand-in for a QEMU process: a small C program that holds a QEMU's version string (not with
- * -DNO_VERSION), opens each file named after -hold as QEMU holds its RAM file, then waits. Built once,
- * static, so that it runs in a chroot of its own too.
+ * A stand-in for a QEMU process: a small C program that holds a QEMU's version string (7.2.0, or -DVERSION's; none
+ * with -DNO_VERSION), opens each file named after -hold as QEMU holds its RAM file, after -vfork N stays in vfork()
+ * while its child sleeps N seconds (a main thread that cannot stop), then waits. Built once, static, so that it runs
+ * in a chroot of its own too.
  */
 const STAND_IN = `#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifndef VERSION
+#define VERSION "7.2.0"
+#endif
 #ifndef NO_VERSION
-__attribute__((used)) static const char version[] = "QEMU emulator version 7.2.0 (stand-in)";
+__attribute__((used)) static const char version[] = "QEMU emulator version " VERSION " (stand-in)";
 #endif
 int main(int argc, char **argv) {
   for (int i = 1; i + 1 < argc; i++)
     if (!strcmp(argv[i], "-hold")) open(argv[i + 1], O_RDONLY);
     else if (!strcmp(argv[i], "-chroot") && (chroot(argv[i + 1]) || chdir("/"))) return 1;
+    else if (!strcmp(argv[i], "-vfork") && vfork() == 0) { sleep(atoi(argv[i + 1])); _exit(0); }
   pause();
   return 0;
 }`;
@@ -2005,7 +2011,7 @@ describe("--user (context.ts): the whole probe again, as QEMU's user", () => {
           }),
         );
       for (const signal of ["SIGKILL", "SIGTERM"] as const) {
-        const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--user", "nobody", "--bench", "500000"], {
+        const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--user", "nobody", "--bench", "40000"], {
           stdio: ["ignore", "ignore", "ignore"],
         });
         let child = 0;
@@ -2198,7 +2204,7 @@ describe("--pid (context.ts): this VM, in its QEMU's own context, judged as that
         );
         expect([code, report.postcopy, report.error]).toEqual([1, false, undefined]);
         expect(report.diagnosis.find((d) => d.cause === "seccomp")?.evidence).toEqual([
-          "userfaultfd(2): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 6 instructions",
+          "userfaultfd(O_CLOEXEC): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 6 instructions",
           "userfaultfd(UFFD_USER_MODE_ONLY): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 6 instructions",
         ]);
       });
@@ -2583,7 +2589,7 @@ ${serve}
       const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
       await withTarget([q], { prefix: nobody }, async (pid) => {
         const env = { ...process.env, NO_COLOR: "1", ROOTS_SECRET: "s.root-only" };
-        const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--pid", String(pid), "--bench", "500000"], {
+        const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--pid", String(pid), "--bench", "40000"], {
           env,
           stdio: ["ignore", "ignore", "ignore"],
         });
@@ -2865,7 +2871,7 @@ ${serve}
           const { code, report } = byPid(pid);
           expect([code, report.error]).toEqual([
             2,
-            `The process's cgroup ${cgroup} is frozen (a paused container?): thaw it, then ask again`,
+            `Process ${pid} (qemu-system-x86) is in a frozen cgroup, ${cgroup} (a paused container?): thaw it, then ask again`,
           ]);
           expect(readFileSync(`${cgroup}/cgroup.procs`, "utf8")).toBe(`${pid}\n`);
           writeFileSync(`${cgroup}/cgroup.freeze`, "0");
@@ -3101,7 +3107,7 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         const { code, report } = byPid(pid);
         expect([await ask(), code, report.postcopy]).toEqual(["no: Postcopy is not supported", 1, false]);
         expect(seccompOf(report)?.evidence[0]).toMatch(
-          /^userfaultfd\(2\): SECCOMP_RET_ERRNO\(EPERM\), filter 1 of 1, \d+ instructions$/,
+          /^userfaultfd\(O_CLOEXEC\): SECCOMP_RET_ERRNO\(EPERM\), filter 1 of 1, \d+ instructions$/,
         );
         expect(check(report, "context").detail).toMatch(
           /; seccomp filters of \d+ instructions, read and run for each route$/,
@@ -3180,7 +3186,9 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         expect([code, report.postcopy, seccompOf(report)?.evidence[0]]).toEqual([
           1,
           false,
-          expect.stringMatching(/^userfaultfd\(2\): SECCOMP_RET_KILL_PROCESS, filter 1 of 1, \d+ instructions$/),
+          expect.stringMatching(
+            /^userfaultfd\(O_CLOEXEC\): SECCOMP_RET_KILL_PROCESS, filter 1 of 1, \d+ instructions$/,
+          ),
         ]);
         expect(routesOf(report).syscall).toBe("SIGSYS");
         expect((await ask()).startsWith("no")).toBe(true); // QEMU is killed when it asks the kernel
@@ -3208,6 +3216,116 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
           /^ioctl\(UFFDIO_REGISTER\): SECCOMP_RET_ERRNO\(EPERM\), filter 1 of 1, \d+ instructions$/,
         );
       });
+    },
+    30_000,
+  );
+
+  test.skipIf(skip)(
+    "seccomp: a filter that denies munlockall(), which QEMU's check calls, refuses postcopy, as in QEMU",
+    async () => {
+      const rules = {
+        defaultAction: "SCMP_ACT_ALLOW",
+        syscalls: [{ names: ["munlockall"], action: "SCMP_ACT_ERRNO" }],
+      };
+      await withQemu(realQemu!, profile("munlockall", [], rules), [], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        expect([(await ask()).startsWith("no: Postcopy is not supported"), code, report.postcopy]).toEqual([
+          true,
+          1,
+          false,
+        ]);
+        expect(seccompOf(report)?.evidence[0]).toMatch(
+          /^munlockall\(\): SECCOMP_RET_ERRNO\(EPERM\), filter 1 of 1, \d+ instructions$/,
+        );
+      });
+    },
+    30_000,
+  );
+
+  test.skipIf(skip)(
+    "seccomp: userfaultfd(2) allowed only with O_CLOEXEC|O_NONBLOCK refuses QEMU's O_CLOEXEC, as in QEMU",
+    async () => {
+      const flags = { index: 0, value: K.O_CLOEXEC | K.O_NONBLOCK, op: "SCMP_CMP_EQ" };
+      const allowed = [{ names: ["userfaultfd"], action: "SCMP_ACT_ALLOW", args: [flags] }];
+      await withQemu(realQemu!, profile("nonblock-only", allowed), [], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        expect([(await ask()).startsWith("no: Postcopy is not supported"), code, report.postcopy]).toEqual([
+          true,
+          1,
+          false,
+        ]);
+        expect(seccompOf(report)?.evidence[0]).toMatch(/^userfaultfd\(O_CLOEXEC\): SECCOMP_RET_ERRNO\(EPERM\)/);
+      });
+    },
+    30_000,
+  );
+
+  test.skipIf(skip || !cc)(
+    "a filter that hands the device's openat() to a supervisor (USER_NOTIF) decides nothing for QEMU 8.0+: UNKNOWN",
+    async () => {
+      const notify = { defaultAction: "SCMP_ACT_ALLOW", syscalls: [{ names: ["openat"], action: "SCMP_ACT_NOTIFY" }] };
+      const qemu10 = standIn("qemu-system-x86_64", ["-static", '-DVERSION="10.0.0"']);
+      await withTarget([qemu10], { prefix: profile("notify", [], notify) }, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, report.postcopy, report.undetermined.includes("postcopy-ram")]).toEqual([2, null, true]);
+        expect(report.error).toContain("a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF)");
+      });
+    },
+    30_000,
+  );
+
+  test.skipIf(skip || !cc)(
+    "a process whose main thread cannot stop (in vfork) is let go at the bound, never left in a tracing stop",
+    async () => {
+      // Its vfork() child sleeps 2 s: the process stops for ptrace only then, after the 1 s bound, while the run
+      // (its --bench) still goes on.
+      const q = standIn("qemu-system-x86_64");
+      await withTarget([q, "-vfork", "2"], { prefix: profile("vfork") }, async (pid) => {
+        const status = () => procOf(String(pid), "status");
+        const probe = Bun.spawn(
+          [`${world}/bun`, `${world}/probe.ts`, "--json", "--pid", String(pid), "--bench", "40000"],
+          {
+            stdio: ["ignore", "pipe", "pipe"],
+          },
+        );
+        const seen = new Set<string>();
+        while (probe.exitCode === null) {
+          seen.add(status().match(/^State:\s+(\S)/m)?.[1] ?? "");
+          await Bun.sleep(20);
+        }
+        const report = JSON.parse(await new Response(probe.stdout).text()) as Report;
+        expect([probe.exitCode, report.error]).toEqual([2, expect.stringContaining("did not stop within 1000 ms")]);
+        expect([...seen].filter((state) => state === "t")).toEqual([]);
+        expect(status()).toMatch(/^TracerPid:\s+0$/m);
+      });
+    },
+    60_000,
+  );
+
+  test.skipIf(skip || !cc || !existsSync("/sys/fs/cgroup/freezer/cgroup.procs"))(
+    "a process in a frozen cgroup-v1 freezer is exit 2, said as such: never a ptrace failure",
+    async () => {
+      const q = standIn("qemu-system-x86_64");
+      const cgroup = mkdtempSync("/sys/fs/cgroup/freezer/postcopy-probe-test-");
+      try {
+        await withTarget([q], { prefix: profile("frozen") }, (pid) => {
+          writeFileSync(`${cgroup}/cgroup.procs`, String(pid));
+          writeFileSync(`${cgroup}/freezer.state`, "FROZEN");
+          try {
+            const { code, report, stderr } = byPid(pid);
+            expect([code, report.error]).toEqual([
+              2,
+              `Process ${pid} (qemu-system-x86) is in a frozen cgroup, ${cgroup} (a paused container?): thaw it, then ask again`,
+            ]);
+            expect(stderr).not.toContain("ptrace");
+          } finally {
+            writeFileSync(`${cgroup}/freezer.state`, "THAWED");
+            writeFileSync("/sys/fs/cgroup/freezer/cgroup.procs", String(pid));
+          }
+        });
+      } finally {
+        rmdirSync(cgroup);
+      }
     },
     30_000,
   );

@@ -40,19 +40,24 @@ const SECCOMP_DATA_SIZE = 64;
 /** The kernel's limit on a filter's length (BPF_MAXINSNS). */
 const BPF_MAXINSNS = 4096;
 
-/** The system calls on a route to a uffd, per architecture; AUDIT_ARCH_* (linux/audit.h) for seccomp_data.arch. */
-const NR: Record<
-  string,
-  { arch: number } & Record<"userfaultfd" | "openat" | "ioctl" | "mmap" | "munmap" | "madvise", number>
-> = {
-  x86_64: { arch: 0xc000003e, userfaultfd: 323, openat: 257, ioctl: 16, mmap: 9, munmap: 11, madvise: 28 },
-  // asm-generic/unistd.h
-  aarch64: { arch: 0xc00000b7, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
-  riscv64: { arch: 0xc00000f3, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
-  loongarch64: { arch: 0xc0000102, userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 },
+/** The system calls QEMU makes for postcopy, per architecture; AUDIT_ARCH_* (linux/audit.h) for seccomp_data.arch. */
+type Numbers = Record<"userfaultfd" | "openat" | "ioctl" | "mmap" | "munmap" | "madvise", number> &
+  Record<"munlockall" | "eventfd2" | "fallocate", number> & { arch: number };
+// asm-generic/unistd.h numbers for the architectures that use it.
+const GENERIC = { userfaultfd: 282, openat: 56, ioctl: 29, mmap: 222, munmap: 215, madvise: 233 };
+const GENERIC_MORE = { munlockall: 231, eventfd2: 19, fallocate: 47 };
+const NR: Record<string, Numbers> = {
+  x86_64: {
+    ...{ arch: 0xc000003e, userfaultfd: 323, openat: 257, ioctl: 16, mmap: 9, munmap: 11, madvise: 28 },
+    ...{ munlockall: 152, eventfd2: 290, fallocate: 285 },
+  },
+  aarch64: { arch: 0xc00000b7, ...GENERIC, ...GENERIC_MORE },
+  riscv64: { arch: 0xc00000f3, ...GENERIC, ...GENERIC_MORE },
+  loongarch64: { arch: 0xc0000102, ...GENERIC, ...GENERIC_MORE },
 };
-/** MADV_DONTNEED (mman-common.h), and AT_FDCWD and an mmap's fd -1 as the 64-bit registers carry them. */
-const [MADV_DONTNEED, AT_FDCWD_ARG, NO_FD] = [4, 0xffffffffffffff9cn, 0xffffffffffffffffn];
+// mman-common.h, fcntl.h (FALLOC_FL_*), eventfd.h; AT_FDCWD and an mmap's fd -1 as the 64-bit registers carry them.
+const [MADV_DONTNEED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, EFD_CLOEXEC] = [4, 1, 2, K.O_CLOEXEC];
+const [AT_FDCWD_ARG, NO_FD] = [0xffffffffffffff9cn, 0xffffffffffffffffn];
 
 const T = K.FFIType;
 /** libc calls only this file makes. */
@@ -234,65 +239,124 @@ export type FilterVerdict = {
   /** A route a filter refuses, with the answer QEMU gets: the errno, or SIGSYS for a filter that kills or traps. */
   answers: Partial<Answers>;
   /**
-   * Each refused or undecided route, said exactly:
-   * "userfaultfd(2): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions".
+   * Each refused or undecided route, said exactly, with when QEMU meets it:
+   * "userfaultfd(O_CLOEXEC): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions".
    */
   says: Partial<Record<Route | "device-node", string>>;
+  /** The refused routes that QEMU's host check passes: they fail only when postcopy starts, after precopy. */
+  late: Route[];
   /** Routes no filter can decide ahead: a supervisor (USER_NOTIF) or a tracer (TRACE) answers. */
   undecided: Route[];
   /** The rule a Docker-format profile needs for what the filters refused: those calls, allowed. */
   fix: string;
 };
+/** One call QEMU makes: how the report names it, its number's name, its arguments; `late` once postcopy starts. */
+type Step = { name: string; nr: keyof Numbers; args: Array<number | bigint>; late?: boolean };
 
 /**
- * The filters' answers for the calls each route makes, in order, with QEMU's arguments: the first call
- * a filter does not let through decides the route. null when this architecture's numbers are not known.
+ * The calls QEMU makes on a route to a uffd, in order and with its arguments (migration/postcopy-ram.c, the same in
+ * 7.2 and 8.0+ but for how the uffd is made): its host check, postcopy_ram_supported_by_host(), when postcopy-ram
+ * is set (a uffd with O_CLOEXEC, a throw-away one for receive_ufd_features(), UFFDIO_API, munlockall(), a test
+ * page mapped, registered, unregistered, unmapped); then what it makes once the migration starts and postcopy
+ * listens (its RAM discarded, a uffd with O_CLOEXEC|O_NONBLOCK, UFFDIO_API, an eventfd, each block registered,
+ * its temporary pages mapped, faults served), where a refusal fails the migration after precopy.
  */
-export function verdicts(filters: Insn[][], archName: string, pageSize: number): FilterVerdict | null {
+function qemuSteps(open: (flags: number) => Step[], page: number, fileBacked: boolean): Step[] {
+  const ioctl = (name: string, request: bigint, late?: boolean): Step => ({
+    ...{ name: `ioctl(${name})`, nr: "ioctl", args: [3, request, 0] },
+    late,
+  });
+  const anonymous = [0, page, K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS, NO_FD, 0];
+  const late = (step: Step): Step => ({ ...step, late: true });
+  return [
+    ...open(K.O_CLOEXEC),
+    ...open(K.O_CLOEXEC),
+    ioctl("UFFDIO_API", K.UFFDIO_API),
+    { name: "munlockall()", nr: "munlockall", args: [] },
+    { name: "mmap(MAP_PRIVATE|MAP_ANONYMOUS)", nr: "mmap", args: anonymous },
+    ioctl("UFFDIO_REGISTER", K.UFFDIO_REGISTER),
+    ioctl("UFFDIO_UNREGISTER", K.UFFDIO_UNREGISTER),
+    { name: "munmap()", nr: "munmap", args: [0, page] },
+    late({ name: "madvise(MADV_DONTNEED)", nr: "madvise", args: [0, page, MADV_DONTNEED] }),
+    ...(fileBacked ? [late({ name: "fallocate(PUNCH_HOLE)", nr: "fallocate", args: [3, PUNCH_HOLE, 0, page] })] : []),
+    ...open(K.O_CLOEXEC | K.O_NONBLOCK).map(late),
+    ioctl("UFFDIO_API", K.UFFDIO_API, true),
+    late({ name: "eventfd2(EFD_CLOEXEC)", nr: "eventfd2", args: [0, EFD_CLOEXEC] }),
+    ioctl("UFFDIO_REGISTER", K.UFFDIO_REGISTER, true),
+    late({ name: "mmap(MAP_PRIVATE|MAP_ANONYMOUS)", nr: "mmap", args: anonymous }),
+    ...[K.UFFDIO_COPY, K.UFFDIO_ZEROPAGE, K.UFFDIO_WAKE].map((r) => ioctl(ioctlName(r), r, true)),
+  ];
+}
+const PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+/** How a uffd is made with `flags` on each route: what QEMU 8.0+ calls on the device, and userfaultfd(2). */
+const OPENS: Record<Route, (flags: number) => Step[]> = {
+  device: (flags) => [
+    { name: `ioctl(USERFAULTFD_IOC_NEW, ${flagNames(flags)})`, nr: "ioctl", args: [3, K.USERFAULTFD_IOC_NEW, flags] },
+  ],
+  syscall: (flags) => [{ name: `userfaultfd(${flagNames(flags)})`, nr: "userfaultfd", args: [flags] }],
+  // The probe's own diagnostic: a user-mode-only uffd, which QEMU never asks for.
+  "user-mode-only": (flags) => [
+    { name: "userfaultfd(UFFD_USER_MODE_ONLY)", nr: "userfaultfd", args: [flags | K.UFFD_USER_MODE_ONLY] },
+  ],
+};
+const flagNames = (flags: number) => (flags & K.O_NONBLOCK ? "O_CLOEXEC|O_NONBLOCK" : "O_CLOEXEC");
+
+/**
+ * The filters' answers for the calls QEMU makes on each route (the device's node opened first, as QEMU 8.0+ opens it,
+ * once): the first call a filter does not let through decides the route. `fileBacked`: the VM's RAM has a file behind
+ * it (a mem-path, a memfd, share=on), which QEMU discards with fallocate(). null when this architecture's numbers are
+ * not known.
+ */
+export function verdicts(
+  filters: Insn[][],
+  archName: string,
+  pageSize: number,
+  fileBacked = false,
+): FilterVerdict | null {
   const nr = NR[archName];
   if (!nr) return null;
-  const call = (name: keyof typeof nr, ...args: Array<number | bigint>): Call => ({
-    nr: nr[name],
+  const call = (step: Step): Call => ({
+    nr: nr[step.nr],
     arch: nr.arch,
-    args: [...args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6),
+    args: [...step.args.map(BigInt), 0n, 0n, 0n, 0n, 0n, 0n].slice(0, 6),
   });
-  const flags = K.O_CLOEXEC | K.O_NONBLOCK;
-  const fd = 3; // the filters cannot know QEMU's fd numbers; few look at them
-  const ioctls = [K.UFFDIO_API, K.UFFDIO_REGISTER, K.UFFDIO_UNREGISTER, K.UFFDIO_COPY, K.UFFDIO_ZEROPAGE]
-    .concat([K.UFFDIO_WAKE, K.UFFDIO_WRITEPROTECT])
-    .map((request): [string, Call] => [`ioctl(${ioctlName(request)})`, call("ioctl", fd, request, 0)]);
-  const memory: Array<[string, Call]> = [
-    ["mmap(2)", call("mmap", 0, pageSize, K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS, NO_FD, 0)],
-    ["munmap(2)", call("munmap", 0, pageSize)],
-    ["madvise(MADV_DONTNEED)", call("madvise", 0, pageSize, MADV_DONTNEED)],
-  ];
-  const routes: Record<Route | "device-node", Array<[string, Call]>> = {
-    "device-node": [["openat(/dev/userfaultfd)", call("openat", AT_FDCWD_ARG, 0, K.O_RDWR | K.O_CLOEXEC, 0)]],
-    device: [["ioctl(USERFAULTFD_IOC_NEW)", call("ioctl", fd, K.USERFAULTFD_IOC_NEW, flags)], ...ioctls, ...memory],
-    syscall: [["userfaultfd(2)", call("userfaultfd", flags)], ...ioctls, ...memory],
-    "user-mode-only": [["userfaultfd(UFFD_USER_MODE_ONLY)", call("userfaultfd", flags | K.UFFD_USER_MODE_ONLY)]],
+  const node: Step = {
+    name: `openat(${DEVICE_PATH}, O_RDWR|O_CLOEXEC)`,
+    nr: "openat",
+    args: [AT_FDCWD_ARG, 0, K.O_RDWR | K.O_CLOEXEC],
   };
-  const verdict: FilterVerdict = { answers: {}, says: {}, undecided: [], fix: "" };
-  for (const [route, steps] of Object.entries(routes) as Array<[Route | "device-node", Array<[string, Call]>]>) {
-    for (const [name, c] of steps) {
-      const { value, filter } = combined(filters, c);
+  const routes: Record<Route | "device-node", Step[]> = {
+    "device-node": [node],
+    device: qemuSteps(OPENS.device, pageSize, fileBacked),
+    syscall: qemuSteps(OPENS.syscall, pageSize, fileBacked),
+    "user-mode-only": OPENS["user-mode-only"](K.O_CLOEXEC),
+  };
+  const verdict: FilterVerdict = { answers: {}, says: {}, late: [], undecided: [], fix: "" };
+  for (const [route, steps] of Object.entries(routes) as Array<[Route | "device-node", Step[]]>) {
+    for (const step of steps) {
+      const { value, filter } = combined(filters, call(step));
       const action = (value & SECCOMP_RET_ACTION_FULL) >>> 0;
       if (action === ACTIONS.SECCOMP_RET_ALLOW || action === ACTIONS.SECCOMP_RET_LOG) continue;
       const which = `filter ${filter + 1} of ${filters.length}, ${filters[filter].length} instructions`;
-      verdict.says[route] = `${name}: ${actionName(value)}, ${which}`;
+      const when = step.late ? " (when postcopy starts, after precopy)" : "";
+      verdict.says[route] = `${step.name}: ${actionName(value)}, ${which}${when}`;
+      // The node's open() handed to a supervisor or a tracer: the device's route is theirs to decide.
+      const on = route === "device-node" ? "device" : route;
       if (action === ACTIONS.SECCOMP_RET_USER_NOTIF || action === ACTIONS.SECCOMP_RET_TRACE) {
-        if (route !== "device-node") verdict.undecided.push(route);
+        if (!verdict.undecided.includes(on)) verdict.undecided.push(on);
       } else {
-        const errno = action === ACTIONS.SECCOMP_RET_ERRNO ? K.errnoName(value & SECCOMP_RET_DATA) : "SIGSYS";
-        verdict.answers[route] = errno;
+        verdict.answers[route] =
+          action === ACTIONS.SECCOMP_RET_ERRNO ? K.errnoName(value & SECCOMP_RET_DATA) : "SIGSYS";
+        if (step.late && route !== "device-node") verdict.late.push(route);
       }
       break;
     }
   }
   // The node's open() refused is the device's route refused (and only then: no route is set to nothing).
   if (verdict.answers["device-node"]) {
-    verdict.answers.device ??= verdict.answers["device-node"];
-    verdict.says.device ??= verdict.says["device-node"];
+    verdict.answers.device = verdict.answers["device-node"];
+    verdict.says.device = verdict.says["device-node"];
+    verdict.late = verdict.late.filter((r) => r !== "device");
   }
   const names = [...new Set(Object.values(verdict.says).map((said) => said!.split("(")[0]))];
   const rule = JSON.stringify({ names, action: "SCMP_ACT_ALLOW" });
@@ -300,7 +364,17 @@ export function verdicts(filters: Insn[][], archName: string, pageSize: number):
   verdict.fix = `jq '.syscalls += [${rule}]' PROFILE.json > PROFILE-postcopy.json   ${allowing}`;
   return verdict;
 }
+const DEVICE_PATH = "/dev/userfaultfd";
 const ioctlName = (request: bigint) =>
   request === K.USERFAULTFD_IOC_NEW
     ? "USERFAULTFD_IOC_NEW"
     : `UFFDIO_${Object.entries(K._UFFDIO).find(([, nr]) => BigInt(nr) === (request & 0xffn))?.[0]}`;
+
+// --pid reads the filters from a worker thread that runs this file: the kernel lets a tracee go when its tracer
+// thread ends, stopped or not, so a process that did not stop within the bound is let go with the thread.
+declare const self: Worker;
+if (!Bun.isMainThread)
+  self.onmessage = ({ data }: MessageEvent<{ pid: number; ms: number }>) => {
+    K.loadSys(); // errno, for this thread's calls
+    postMessage(readFilters(data.pid, data.ms));
+  };
