@@ -26,8 +26,10 @@ const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) 
 /** The initial user namespace's uid_map, as uidMapOf() reads it. */
 export const INITIAL_UID_MAP = "0 0 4294967295";
 // include/uapi/linux/prctl.h, capability.h, asm-generic/signal.h
-const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_CAPBSET_DROP] = [1, 4, 8, 24];
-const [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE] = [47, 2];
+const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS] = [1, 4, 24, 28];
+const [PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE] = [38, 47, 2];
+// include/uapi/linux/securebits.h
+const [SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_KEEP_CAPS] = [1, 2, 16];
 const [_LINUX_CAPABILITY_VERSION_3, SIGKILL] = [0x20080522, 9];
 const T = K.FFIType;
 /** libc calls only --user and --pid make: the privilege switch, and resolving paths inside a root. */
@@ -52,27 +54,35 @@ export const libc = () => (opened ??= calls());
  * Sets groups, gid and uid (real, effective, saved), then the capabilities QEMU has: `all` (root in the
  * initial user namespace, as --user root), or exactly `caps` (a CapEff mask: the process's, CAP_SYS_PTRACE
  * alone as a binary with that file capability gets it, or none), raised into the ambient set too so that
- * a QEMU this process starts (--qemu, --migrate) has them as QEMU did; `bounding`, when given, becomes the
- * bounding set (root regains no more at exec than the process could). The child stays not dumpable, so no
- * process of that user can trace it or read its environment.
+ * a QEMU this process starts (--qemu, --migrate) has them as QEMU did. With `held` (--pid), nothing this process
+ * starts may hold more than the process: the bounding set becomes its, and SECBIT_NOROOT (locked) keeps an exec as
+ * root from regaining what it had not (root in a user namespace of its own, or one that dropped its capabilities).
+ * The child stays not dumpable, so no process of that user can trace it or read its environment.
  */
-function become(uid: number, gid: number, groups: number[], caps: bigint | "all", bounding: bigint | null): R {
+function become(
+  uid: number,
+  gid: number,
+  groups: number[],
+  caps: bigint | "all",
+  held: { bounding: bigint } | null,
+): R {
   const c = libc();
   const set = K.answer(c.setgroups(groups.length, new Uint32Array(groups.length ? groups : [0])));
   const g = set.ret === -1 ? set : K.answer(c.setresgid(gid, gid, gid));
   if (g.ret === -1) return g;
   // Dropped while still root (EINVAL past the kernel's last capability is no error).
-  for (const cap of bounding === null ? [] : CAPS.filter((n) => !((bounding >> BigInt(n)) & 1n)))
+  for (const cap of held ? CAPS.filter((n) => !((held.bounding >> BigInt(n)) & 1n)) : [])
     c.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
-  const keep = caps === "all" || caps === 0n ? g : K.answer(c.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
-  const u = keep.ret === -1 ? keep : K.answer(c.setresuid(uid, uid, uid));
+  const keep = caps === "all" || caps === 0n ? 0 : SECBIT_KEEP_CAPS;
+  const bits = K.answer(c.prctl(PR_SET_SECUREBITS, keep | (held ? SECBIT_NOROOT | SECBIT_NOROOT_LOCKED : 0), 0, 0, 0));
+  const u = bits.ret === -1 ? bits : K.answer(c.setresuid(uid, uid, uid));
   if (u.ret === -1 || caps === "all") return u.ret === -1 ? u : K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
   // __user_cap_header_struct {version, pid}; two __user_cap_data_struct {effective, permitted, inheritable}.
   const [low, high] = [Number(caps & 0xffffffffn), Number(caps >> 32n)];
   const header = new Uint32Array([_LINUX_CAPABILITY_VERSION_3, 0]);
   const kept = K.answer(c.capset(header, new Uint32Array([low, low, low, high, high, high])));
   if (kept.ret === -1) return kept;
-  for (const cap of uid === 0 ? [] : CAPS.filter((n) => (caps >> BigInt(n)) & 1n))
+  for (const cap of CAPS.filter((n) => (caps >> BigInt(n)) & 1n))
     c.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0);
   return K.answer(c.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
 }
@@ -263,15 +273,25 @@ export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
   const borrowed: Judging = (forQemu) => (context.ptrace && !forQemu ? BORROWED : null);
   context.judging = [...(context.judging ?? []), borrowed];
-  // --pid: the process's own capabilities and bounding set; --user: root's all, else CAP_SYS_PTRACE or none.
+  // --pid: the process's own capabilities and bounding set (none of either from a user namespace of its own);
+  // --user: root's all, else CAP_SYS_PTRACE or none.
   const user = context.uid === 0 ? "all" : ptrace ? 1n << CAP_SYS_PTRACE : 0n;
   const caps = !initial ? 0n : f ? mask(f.capEff) : user;
-  const r = become(context.uid, context.gid, context.groups, caps, f && initial ? mask(f.capBnd) : null);
+  const r = become(
+    context.uid,
+    context.gid,
+    context.groups,
+    caps,
+    f ? { bounding: initial ? mask(f.capBnd) : 0n } : null,
+  );
   if (r.ret < 0) throw new Error(`Cannot become ${context.name} (uid ${context.uid}): ${K.errnoName(r.errno)}`);
   // Set after the ids change (which clears it), then checked: the parent may have gone in between.
   libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (!isChild()) throw new Error("The parent probe is gone");
   // Its AppArmor profile, taken on by one thread of the child, as that user, to answer the routes.
   await P?.confine(context);
+  // Its NoNewPrivs, for what the child starts from here on (QEMUs, their launchers): no file capability either.
+  if (f?.noNewPrivs && libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) !== 0)
+    throw new Error("Cannot take on the process's NoNewPrivs");
   return context;
 }

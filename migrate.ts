@@ -89,7 +89,12 @@ const calls = () =>
     prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
     getppid: { args: [], returns: T.i32 },
     execve: { args: [T.ptr, T.ptr, T.ptr], returns: T.i32 },
+    syscall: { args: [T.i64, T.i64, T.i64, T.i64, T.i64], returns: T.i64_fast },
   });
+// include/uapi/asm-generic/unistd.h: the same numbers on every architecture (Linux 5.3+).
+const [NR_PIDFD_SEND_SIGNAL, NR_PIDFD_OPEN] = [424, 434];
+/** The watchdog's first argument, and the prefix of the directories a migration makes (which only it removes). */
+const [WATCHDOG, DIR_PREFIX] = ["--watchdog", "postcopy-probe-migrate-"];
 
 /**
  * The guest: the VM's whole firmware (-bios), 64 KiB whose last bytes the CPU runs from reset, so no
@@ -143,6 +148,7 @@ export function firmware(ramBytes: number) {
 export function launch(argv: string[]) {
   K.loadSys(); // errno, for the answers below
   const c = calls();
+  if (argv[0] === WATCHDOG) return watch(c, argv[1] ?? "");
   const parent = process.env[LAUNCH];
   const fail = (why: string) => {
     console.error(`postcopy-probe: ${why}`);
@@ -163,7 +169,7 @@ export function launch(argv: string[]) {
     const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
     return { bytes, prog: new BigUint64Array([BigInt(bytes.length / 8), BigInt(K.addressOf(bytes))]) };
   });
-  if (programs && process.env[NO_NEW_PRIVS] === "1" && c.prctl(PR_SET_NO_NEW_PRIVS, 1, null, 0, 0) !== 0)
+  if (process.env[NO_NEW_PRIVS] === "1" && c.prctl(PR_SET_NO_NEW_PRIVS, 1, null, 0, 0) !== 0)
     return fail("PR_SET_NO_NEW_PRIVS was refused");
   for (const { prog } of programs ?? [])
     if (c.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, prog, 0, 0) !== 0) return fail("a seccomp filter was refused");
@@ -171,6 +177,36 @@ export function launch(argv: string[]) {
   held.push(strings, env, args, envp, programs);
   const r = K.answer(c.execve(strings[0], args, envp));
   fail(`cannot run ${argv[0]}: ${K.errnoName(r.errno)}`);
+}
+/**
+ * The watchdog, a process of the probe's own beside the QEMUs: its stdin is a pipe only the probe writes, which
+ * closes when the probe ends, however it ends (SIGKILL too). It then kills each QEMU through the pidfd it was given
+ * (fds 3 on: one that already ended is no other process, whatever its pid became), even one a secure exec (a file
+ * capability) freed of its parent-death signal, and removes the migration's directory.
+ */
+async function watch(c: ReturnType<typeof calls>, dir: string) {
+  for await (const _ of Bun.stdin.stream()) {
+    // nothing is ever written: the end of the stream is the message
+  }
+  const count = Number(process.env[LAUNCH]);
+  for (let fd = 3; fd < 3 + (count || 0); fd++) c.syscall(NR_PIDFD_SEND_SIGNAL, fd, SIGKILL, 0, 0);
+  if (dir.split("/").at(-1)?.startsWith(DIR_PREFIX)) rmSync(dir, { recursive: true, force: true });
+}
+/**
+ * Starts the watchdog for `children` (as this process's own user, in a group of its own, not to die with it), or
+ * null on a kernel without pidfds (before 5.3): the QEMUs then die with the probe by their parent-death signal only.
+ */
+function watchdog(children: Array<ReturnType<typeof Bun.spawn>>, dir: string) {
+  const c = calls();
+  const pidfds = children.map((child) => Number(c.syscall(NR_PIDFD_OPEN, child.pid, 0, 0, 0)));
+  try {
+    if (pidfds.some((fd) => fd < 0)) return null;
+    const env = { ...process.env, ...SELF_ENV, [LAUNCH]: String(pidfds.length) };
+    const stdio = ["pipe", "ignore", "ignore", ...pidfds];
+    return Bun.spawn([...self(), WATCHDOG, dir], { env, stdio: stdio as never, detached: true, cwd: "/" });
+  } finally {
+    for (const fd of pidfds.filter((fd) => fd >= 0)) K.loadSys().close(fd);
+  }
 }
 /** A NUL-terminated UTF-8 copy of a string: a path or an environment variable as the kernel takes it. */
 const utf8z = (text: string) => new TextEncoder().encode(`${text}\0`);
@@ -280,12 +316,13 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
   const result = blank(plan.qemu, plan.ramMiB, plan.parallel, kvm.ret >= 0 ? "kvm" : "tcg");
   // Filters go on without NoNewPrivs only where the process had none and this one may (CAP_SYS_ADMIN).
   const admin = capBit(field(sys.readText("/proc/self/status"), "CapEff"), CAP_SYS_ADMIN) === true;
-  const dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/postcopy-probe-migrate-`);
   const children: Array<ReturnType<typeof Bun.spawn>> = [];
+  let [dir, dog] = ["", null as ReturnType<typeof watchdog>];
   const stderr = ["", ""];
   const cleanup = () => {
     for (const child of children) kill(child);
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    (dog?.stdin as { end: () => void } | undefined)?.end(); // the watchdog then ends too
   };
   const onSignal = (signal: NodeJS.Signals) => {
     cleanup();
@@ -294,12 +331,13 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   for (const s of signals) process.once(s, onSignal);
   try {
+    dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/${DIR_PREFIX}`);
     writeFileSync(`${dir}/firmware.bin`, firmware(plan.ramMiB << 20));
     const start = (side: "src" | "dst") => {
       const args = qemuArgs(plan, result.accel, dir, side);
       // The filters travel in the launcher's environment: no file a process of that user could change meanwhile.
       const filters = side === "dst" && plan.filters?.length ? { [FILTERS]: plan.filters.map(encoded).join(",") } : {};
-      const nnp = plan.noNewPrivs || !admin ? { [NO_NEW_PRIVS]: "1" } : {};
+      const nnp = plan.noNewPrivs || (filters[FILTERS] && !admin) ? { [NO_NEW_PRIVS]: "1" } : {};
       const env = { ...process.env, ...SELF_ENV, [LAUNCH]: String(process.pid), ...filters, ...nnp };
       // The RAM's directory, when there is one, is each QEMU's fd 3.
       const stdio = ["ignore", "ignore", "pipe", ...(plan.memDir === undefined ? [] : [plan.memDir])];
@@ -317,6 +355,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
       return child;
     };
     const [dstChild, srcChild] = [start("dst"), start("src")];
+    dog = watchdog(children, dir);
     const gone = (c: ReturnType<typeof Bun.spawn>) => c.exitCode !== null || c.signalCode !== null;
     const [dst, src] = [
       await monitor(`${dir}/dst.qmp`, deadline, () => gone(dstChild)),
@@ -391,10 +430,13 @@ export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
     const running = ((await dst.cmd("query-status"))?.return as Reply | undefined)?.status;
     const ended = async () => ((await within(dstChild.exited, 1000)) ? "gone" : "unresponsive");
     return judged(result, status, typeof running === "string" ? running : await ended(), words(1) || words(0));
+  } catch (e) {
+    // A TMPDIR read-only or full, a spawn refused (a device cgroup, a limit): no migration, and the report stays.
+    return { ...result, ok: null, why: `it could not be set up here: ${sanitize((e as Error).message)}` };
   } finally {
     for (const s of signals) process.off(s, onSignal);
     cleanup();
-    await Promise.all(children.map((c) => within(c.exited, 1000)));
+    await Promise.all([...children, ...(dog ? [dog] : [])].map((c) => within(c.exited, 1000)));
   }
 }
 

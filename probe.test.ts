@@ -35,6 +35,7 @@ import {
   decodeFeatures,
   diagnose,
   errorDocument,
+  field,
   PATTERN_NUL,
   parseArgs,
   probe,
@@ -483,6 +484,16 @@ describe("ffi.ts", () => {
 });
 
 describe("facts: read from the host, never a wrong one", () => {
+  test("field() reads a value from its own line only: an empty one is empty, never the next line's", () => {
+    const status = "Name:\tqemu\nGroups:\nNStgid:\t4321\nCapEff:\t0000000000080000\n";
+    expect([field(status, "Groups"), field(status, "NStgid"), field(status, "CapEff"), field(status, "Uid")]).toEqual([
+      "",
+      "4321",
+      "0000000000080000",
+      null,
+    ]);
+  });
+
   test.skipIf(!isRoot)("unreadable or malformed host files are unknown, never a wrong fact", () => {
     const bad = `${world}/bad`;
     writeFileSync(bad, "not a number\n");
@@ -670,6 +681,24 @@ describe("checks with a fake Sys, for what this machine cannot produce", () => {
       undefined,
     ]);
   });
+
+  test.skipIf(!isRoot)(
+    "a limit of the probe's own (no thread for a round trip) hides no answer the routes already gave: EPERM is a no",
+    async () => {
+      const f = { ...facts, uid: 65534, user: "nobody", capSysPtrace: false, unprivilegedUserfaultfd: 0, seccomp: 0 };
+      const userfaultfd = (flags: number) => (flags & K.UFFD_USER_MODE_ONLY ? sys.userfaultfd(flags) : fail("EPERM"));
+      const fake: Sys = { ...sys, userfaultfd, open: () => fail("EACCES"), thread: () => fail("EAGAIN") };
+      const qemu = { path: "/usr/bin/qemu-system-x86_64", version: "7.2.0", major: 7, ptrace: false };
+      const report = await probe(fake, f, opts, { name: "nobody", uid: 65534, gid: 65534, groups: [], qemu });
+      expect(check(report, "round-trip").status).toBe("skip");
+      expect([report.postcopy, report.error, report.undetermined.includes("postcopy-ram")]).toEqual([
+        false,
+        undefined,
+        false,
+      ]);
+      expect(causes(report)).toContain("unprivileged-userfaultfd");
+    },
+  );
 
   test("UFFDIO_API EINVAL fails uffd-api and skips what needs the features", async () => {
     const ioctl: Sys["ioctl"] = (fd, req, arg) => (req === K.UFFDIO_API ? fail("EINVAL") : sys.ioctl(fd, req, arg));
@@ -2283,6 +2312,22 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
   const skip = !isRoot || !cc;
   const byPid = (pid: number, more: string[] = []) => cli(["--json", "--pid", String(pid), ...more]);
 
+  test.skipIf(skip || facts.miscMinor === null)(
+    "a QEMU with no supplementary groups (an empty Groups: line) is answered with none, never the next line's",
+    async () => {
+      const q = standIn("qemu-system-x86_64", ["-static", '-DVERSION="10.0.0"']);
+      const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+      // /dev/userfaultfd root:root 0660 in its mount namespace: a group of root's would open it, QEMU cannot.
+      await withTarget([q], { prefix: [...deviceOpenTo("0660"), ...nobody] }, (pid) => {
+        expect(procOf(String(pid), "status")).toMatch(/^Groups:\s*\n/m);
+        const { report } = byPid(pid);
+        const context = (report as unknown as { context: { groups: number[] } }).context;
+        expect([context.groups, routesOf(report)["device-node"]]).toEqual([[], "EACCES"]);
+        if (unprivileged === "0") expect(report.postcopy).toBe(false);
+      });
+    },
+  );
+
   test.skipIf(!isRoot)(
     "a kernel thread, a shell, the probe itself and a pid that is gone are exit 2, each saying so",
     () => {
@@ -3645,27 +3690,117 @@ describe("--migrate (migrate.ts): a real postcopy migration between two QEMUs, i
     MS,
   );
 
+  /**
+   * A copy of the host's QEMU carrying cap_sys_ptrace+ep, in a directory only root writes (so it is the host's own,
+   * which --migrate may run for --pid), removed after the tests.
+   */
+  const capped = (() => {
+    let dir: string | null = null;
+    afterAll(() => dir && rmSync(dir, { recursive: true, force: true }));
+    return () => {
+      if (dir) return `${dir}/bin/qemu-system-x86_64`;
+      dir = mkdtempSync("/run/postcopy-probe-test-");
+      chmodSync(dir, 0o755);
+      mkdirSync(`${dir}/bin`, { mode: 0o755 });
+      // QEMU finds its modules and data beside its binary (../lib, ../share), as it does in /usr.
+      for (const tree of ["lib", "share"]) symlinkSync(`/usr/${tree}`, `${dir}/${tree}`);
+      copyFileSync(realQemu!, `${dir}/bin/qemu-system-x86_64`);
+      const capped = `${dir}/bin/qemu-system-x86_64`;
+      expect(Bun.spawnSync(["/usr/sbin/setcap", "cap_sys_ptrace+ep", capped]).exitCode).toBe(0);
+      return capped;
+    };
+  })();
+  const setcap_ = existsSync("/usr/sbin/setcap");
+
   test.skipIf(skip)(
-    "a signal to the probe mid-migration: SIGTERM leaves nothing, SIGKILL no QEMU (they die with the probe)",
+    "a signal to the probe mid-migration: SIGTERM and SIGKILL leave nothing, QEMUs with a file capability included",
     async () => {
-      for (const signal of ["SIGTERM", "SIGKILL"] as const) {
-        const probe = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--migrate"], {
+      const runs: Array<[string, string[], string]> = [
+        ["SIGTERM", [], realQemu!],
+        ["SIGKILL", [], realQemu!],
+        // A QEMU that gains a file capability as nobody runs a secure exec, which clears its parent-death signal.
+        ...(setcap_ ? [["SIGKILL", ["--user", "nobody"], capped()] as [string, string[], string]] : []),
+      ];
+      for (const [signal, args, qemu] of runs) {
+        const probe = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--migrate", ...args], {
           cwd: world,
+          env: { ...process.env, PATH: pathWith(dirname(qemu)) },
           stdio: ["ignore", "ignore", "ignore"],
         });
         const until = Date.now() + 20_000;
-        while (Date.now() < until && pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-")).length < 2)
-          await Bun.sleep(20);
-        probe.kill(signal);
+        const qemus = () => pids().filter((p) => /-bios\0[^\0]*postcopy-probe-migrate-/.test(cmdlineOf(p)));
+        while (Date.now() < until && qemus().length < 2) await Bun.sleep(20);
+        const started = qemus().length;
+        probe.kill(signal as NodeJS.Signals);
         await probe.exited;
-        await Bun.sleep(300);
-        expect([signal, pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-"))]).toEqual([signal, []]);
-        // Nothing can clean up after SIGKILL: its directory (a socket and the guest's firmware) stays.
-        for (const n of left()) rmSync(`${tmpdir()}/${n}`, { recursive: true, force: true });
+        for (let i = 0; i < 100 && left().length; i++) await Bun.sleep(20);
+        expect([signal, args, started, left()]).toEqual([signal, args, 2, []]);
+        for (const p of pids().filter((p) => cmdlineOf(p).includes("postcopy-probe-migrate-")))
+          process.kill(Number(p), 9);
       }
-      expect(left()).toEqual([]);
     },
     MS,
+  );
+
+  test.skipIf(skip || unprivileged !== "0")(
+    "capabilities: a root QEMU with none outside its user namespace, or under SECBIT_NOROOT: its copies hold none either",
+    async () => {
+      for (const prefix of [
+        ["/usr/bin/unshare", "-Ur"],
+        ["/usr/bin/setpriv", "--securebits", "+noroot,+noroot_locked"],
+      ]) {
+        await withQemu(realQemu!, prefix, [], async (pid, ask) => {
+          const { code, report } = byPid(pid, "--migrate");
+          expect([prefix[0], (await ask()).split(":")[0], code, report.postcopy, report.migration!.ok]).toEqual([
+            prefix[0],
+            "no",
+            1,
+            false,
+            false,
+          ]);
+        });
+      }
+    },
+    MS,
+  );
+
+  test.skipIf(skip || !setcap_)(
+    "NoNewPrivs: the QEMUs --migrate starts for a QEMU under it are under it too, and answer as that QEMU does",
+    async () => {
+      const nnp = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"];
+      await withQemu(capped(), nnp, [], async (pid, ask) => {
+        const probe = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, "--json", "--pid", String(pid), "--migrate"], {
+          stdio: ["ignore", "pipe", "ignore"],
+        });
+        const copies = new Map<string, string>();
+        while (probe.exitCode === null) {
+          for (const p of pids().filter((p) => /-bios\0[^\0]*postcopy-probe-migrate-/.test(cmdlineOf(p))))
+            copies.set(p, procOf(p, "status").match(/^NoNewPrivs:\s+(\d)/m)?.[1] ?? "gone");
+          await Bun.sleep(20);
+        }
+        const report = JSON.parse(await new Response(probe.stdout).text()) as Report;
+        const yes = (await ask()) === "yes"; // whether this kernel grants a file capability under NoNewPrivs
+        expect([report.postcopy, report.migration!.ok]).toEqual([yes, yes]);
+        expect([...copies.values()].filter((v) => v !== "gone").every((v) => v === "1")).toBe(true);
+        expect([...copies.values()].filter((v) => v === "1").length).toBeGreaterThan(0);
+      });
+    },
+    MS,
+  );
+
+  test.skipIf(skip)(
+    "--migrate that cannot set up here (TMPDIR not writable) is UNKNOWN with why, the report kept",
+    () => {
+      const { code, report } = cli(["--json", "--migrate"], { env: { TMPDIR: "/proc" } });
+      expect([code, report.postcopy, report.migration?.ok, check(report, "migration")?.status]).toEqual([
+        2,
+        null,
+        null,
+        "skip",
+      ]);
+      expect(report.migration?.why).toStartWith("it could not be set up here: ");
+      expect(check(report, "register-anon").status).toBe("pass");
+    },
   );
 
   test("with no QEMU, --migrate cannot answer: exit 2 with the reason, and no yes or no", () => {

@@ -87,9 +87,9 @@ export const workingDirectory = (env: Record<string, string | undefined> = proce
   process.cwd() === "/" && env.PWD?.startsWith("/") ? env.PWD : process.cwd();
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
-/** The value after `key:` in a /proc file such as /proc/meminfo. */
+/** The value after `key:` in a /proc file such as /proc/meminfo, on its own line only: an empty value is "". */
 export const field = (text: string | null, key: string) =>
-  text?.match(new RegExp(`^${key}:\\s*(.*)$`, "m"))?.[1] ?? null;
+  text?.match(new RegExp(`^${key}:[ \\t]*(.*)$`, "m"))?.[1] ?? null;
 /** The first line of a uid_map, spaces squeezed: "0 0 4294967295" in the initial user namespace. */
 export const uidMapOf = (text: string | null) => text?.trim().split("\n")[0].trim().replace(/\s+/g, " ") ?? null;
 /** A capability bit of a CapEff mask, or null when the mask could not be read. */
@@ -801,8 +801,14 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     const opens = answer === "ok";
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability)
     // when ours is not.
-    const served = need.trips.every((k) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens));
+    const servedTrip = (k: string) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens);
+    const served = need.trips.every(servedTrip);
     const ok = opens && served && need.checks.every(passed) && (need.features ?? []).every(has);
+    // What the run knows refuses it is a no, whatever else it could not judge (a limit of its own hides no answer).
+    const refused =
+      (answer !== null && !opens && !LIMITS.includes(answer)) ||
+      need.checks.some((id) => checks.find((c) => c.id === id)?.status === "fail") ||
+      need.trips.some((k) => trips[k] && !servedTrip(k) && !limited(trips[k].detail));
     const limit =
       LIMITS.includes(answer ?? "") || ["round-trip", ...need.checks].some((id) => learnt.limited.includes(id));
     // QEMU's file capability opens a uffd where this run opened none: nothing about it could be checked.
@@ -814,6 +820,7 @@ export function judge(checks: Check[], learnt: Learnt, f: Facts, context?: Conte
     // The first of these that holds is why it could not be judged.
     const why = Object.entries({ limit, byFileCap, impostor }).find(([, holds]) => holds)?.[0];
     const yes = ok && !impostor && !theirs && theirs !== false;
+    if (refused || theirs === false) return [false, null];
     return [yes, yes ? null : why ? UNJUDGED[why] : theirs || null];
   };
   /** Every capability, QEMU's judged for `qemuAs`: the deciding QEMU's consumer, or one generation's. */
