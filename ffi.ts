@@ -80,6 +80,7 @@ export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
 export const [O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC, O_PATH] = [0, 1, 2, 0x800, 0x80000, 0x200000];
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
+export const MAP_HUGE_SHIFT = 26;
 export const [AT_FDCWD, AT_EMPTY_PATH, STATX_BASIC_STATS] = [-100, 0x1000, 0x7ff];
 export const [S_IFMT, S_IFREG, S_IFCHR] = [0o170000, 0o100000, 0o020000];
 /** struct statx: uid @20, gid @24, mode (u16) @28, ino @32, size @40, rdev @128, dev @136; 256 bytes in all. */

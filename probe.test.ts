@@ -199,20 +199,27 @@ function traceOpens(argv: string[]) {
   return { stdout: run.stdout.toString(), opens: readFileSync(log, "utf8").split("\n") };
 }
 
-/** A script that installs a seccomp filter failing userfaultfd(2) with `errno` (as a container runtime does), then runs main(). */
-function seccompScript(errno: "EPERM" | "ENOSYS") {
-  const script = `${world}/seccomp-${errno}.ts`;
+/** x86_64's seccomp filter, as struct sock_filter rows [code, jt, jf, k]: userfaultfd(2) -> ERRNO(`errno`), all else ALLOW. */
+const userfaultfdRefused = (errno: string) => [
+  [0x20, 0, 0, 4],
+  [0x15, 0, 3, 0xc000003e],
+  [0x20, 0, 0, 0],
+  [0x15, 0, 1, 323],
+  [0x06, 0, 0, 0x00050000 | K.errnoOf(errno)],
+  [0x06, 0, 0, 0x7fff0000],
+];
+/** A script that installs a seccomp filter (as a container runtime does), then runs main(); by default one failing userfaultfd(2) with `errno`. */
+function seccompScript(errno: "EPERM" | "ENOSYS", insns = userfaultfdRefused(errno), name = `seccomp-${errno}`) {
+  const script = `${world}/${name}.ts`;
   writeFileSync(
     script,
     `import { ptr } from "bun:ffi";
-    import { errnoOf, FFIType as T, loadSys, openLibc } from "./ffi.ts";
+    import { FFIType as T, loadSys, openLibc } from "./ffi.ts";
     import { main } from "./probe.ts";
     loadSys();
     const { prctl } = openLibc({ prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 } });
     const [PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER] = [38, 22, 2]; // linux/prctl.h, seccomp.h
-    // struct sock_filter {u16 code; u8 jt, jf; u32 k}: on x86_64, userfaultfd(2) -> ERRNO, all else ALLOW.
-    const insns = [[0x20, 0, 0, 4], [0x15, 0, 3, 0xc000003e], [0x20, 0, 0, 0], [0x15, 0, 1, 323],
-      [0x06, 0, 0, 0x00050000 | errnoOf("${errno}")], [0x06, 0, 0, 0x7fff0000]];
+    const insns = ${JSON.stringify(insns)};
     const bytes = new Uint8Array(8 * insns.length);
     const view = new DataView(bytes.buffer);
     insns.forEach(([code, jt, jf, k], i) => {
@@ -226,10 +233,15 @@ function seccompScript(errno: "EPERM" | "ENOSYS") {
   return script;
 }
 /** The CLI under a seccomp filter: the child installs it, then runs the probe. */
-function underSeccomp(errno: "EPERM" | "ENOSYS", args: string[], o: Parameters<typeof cli>[1] = {}) {
+function underSeccomp(
+  errno: "EPERM" | "ENOSYS",
+  args: string[],
+  o: Parameters<typeof cli>[1] & { insns?: number[][]; name?: string } = {},
+) {
   const nobody = o.nobody ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
   const env = { ...process.env, NO_COLOR: "1", PATH: o.path ?? process.env.PATH ?? "" };
-  const run = Bun.spawnSync([...nobody, `${world}/bun`, seccompScript(errno), ...args], { env, cwd: world });
+  const script = seccompScript(errno, o.insns, o.name);
+  const run = Bun.spawnSync([...nobody, `${world}/bun`, script, ...args], { env, cwd: world });
   return { code: run.exitCode, report: JSON.parse(run.stdout.toString()) as Report };
 }
 /** A shell script run in a private mount namespace: what it mounts is gone with it, the host is untouched. */
@@ -493,6 +505,24 @@ describe("facts: read from the host, never a wrong one", () => {
       null,
     ]);
   });
+
+  test.skipIf(!isRoot)(
+    "with /proc mounted subset=pid (systemd's ProcSubset=pid) the answers are those of a whole /proc",
+    () => {
+      const subset = cli(["--json"], {
+        prefix: inNamespace('mount -t proc -o subset=pid proc /proc && exec "$@"').concat("sh"),
+      });
+      const whole = cli(["--json"]);
+      const seen = (r: Report) => ({
+        postcopy: r.postcopy,
+        capabilities: r.capabilities,
+        host: [r.host.kernel, r.host.miscMinor, r.host.hugePageSize],
+        causes: causes(r).filter((c) => c !== NOTE),
+      });
+      expect(existsSync("/proc/misc")).toBe(true);
+      expect([subset.code, seen(subset.report)]).toEqual([whole.code, seen(whole.report)]);
+    },
+  );
 
   test.skipIf(!isRoot)("unreadable or malformed host files are unknown, never a wrong fact", () => {
     const bad = `${world}/bad`;
@@ -1143,6 +1173,37 @@ describe("diagnosis under real denials", () => {
     },
   );
 
+  test.skipIf(!isRoot)(
+    "seccomp: the probe's own filter refusing UFFDIO_API (not the syscall) is named, never a bare no",
+    () => {
+      // ioctl(fd, UFFDIO_API, ...) -> ERRNO(EPERM): the request's low word is args[1] at offset 24.
+      const api = Number(K.UFFDIO_API & 0xffffffffn);
+      const insns = [
+        ...[
+          [0x20, 0, 0, 4],
+          [0x15, 0, 5, 0xc000003e],
+          [0x20, 0, 0, 0],
+          [0x15, 0, 3, 16],
+        ],
+        ...[
+          [0x20, 0, 0, 24],
+          [0x15, 0, 1, api],
+          [0x06, 0, 0, 0x00050001],
+          [0x06, 0, 0, 0x7fff0000],
+        ],
+      ];
+      const { code, report } = underSeccomp("EPERM", ["--json"], {
+        insns,
+        name: "seccomp-api",
+        path: pathWith(QEMU10),
+      });
+      expect([code, report.postcopy, check(report, "uffd-api").detail]).toEqual([1, false, "UFFDIO_API: EPERM"]);
+      const cause = report.diagnosis.find((d) => d.cause === "seccomp");
+      expect(cause?.evidence).toEqual(["Seccomp: 2 in /proc/self/status (1 filters)", "uffd-api: UFFDIO_API: EPERM"]);
+      expect(cause?.blocks).toContain("postcopy-ram");
+    },
+  );
+
   test.skipIf(!isRoot)("seccomp, not no-kernel-support: a filter returning ENOSYS", () => {
     const { code, report } = underSeccomp("ENOSYS", ["--json"], { nobody: true, path: pathWith(QEMU7) });
     expect([code, report.postcopy]).toEqual([1, false]);
@@ -1736,6 +1797,25 @@ describe("--qemu (qemu.ts): the QEMU's own answer is the headline", () => {
     '{"error": {"class": "GenericError", "desc": "Postcopy is not supported"}}',
     '{"return": {}}',
   );
+
+  test("a QEMU that answers postcopy-ram, not multifd, within the bound: only postcopy-multifd is left unanswered", async () => {
+    const dir = qemuDir("silent-multifd", `${answers('{"return": {}}', '{"return": {}}')}\nsleep 10`);
+    const asked = (require: Capability[]) =>
+      probe(sys, facts, { ...opts, qemu: `${dir}/qemu-system-x86_64`, qemuMs: 500, require });
+    const plain = await asked(["postcopy-ram"]);
+    expect([plain.postcopy, plain.error, plain.qemu?.accepts, plain.qemu?.multifd]).toEqual([
+      true,
+      undefined,
+      true,
+      { accepts: null, message: "no answer within 500 ms: killed" },
+    ]);
+    const multifd = await asked(["postcopy-multifd"]);
+    expect([multifd.postcopy, multifd.required.ok, multifd.error]).toEqual([
+      null,
+      null,
+      "could not answer what was asked: --qemu: QEMU 7.2.0 did not answer multifd beside postcopy-ram (no answer within 500 ms: killed)",
+    ]);
+  });
 
   test.skipIf(!realQemu || !isRoot)("as root QEMU accepts postcopy-ram and the probe agrees", () => {
     const { code, report } = cli(["--json", "--qemu"]);

@@ -126,13 +126,15 @@ export type Facts = ReturnType<typeof readFacts>;
  */
 export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: ProcessFacts = {}) {
   const meminfo = sys.readText("/proc/meminfo");
-  const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, ""));
+  // The default huge page size; with /proc mounted subset=pid (systemd's ProcSubset=pid), the smallest sysfs lists.
+  const hugeKb = whole(field(meminfo, "Hugepagesize")?.replace(/ kB$/, "")) ?? (meminfo ? null : hugeSizes()[0]);
   const status = sys.readText("/proc/self/status");
   const uid = process.getuid!();
   const uidMap = uidMapOf(sys.readText("/proc/self/uid_map"));
   const node = typeof device === "string" ? sys.stat(device) : null;
   const found = node?.ret === 0 ? node : null;
-  const minor = whole(sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1]);
+  const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1];
+  const minor = whole(misc ?? sys.readText("/sys/class/misc/userfaultfd/dev")?.match(/^10:(\d+)$/m)?.[1]);
   // Only the userfaultfd device itself is ever opened: anything else there (a FIFO, a file, another
   // device) is not, and answers ENODEV.
   const isDevice = !!found && (found.mode & K.S_IFMT) === K.S_IFCHR && found.rdev.join(":") === `10:${minor}`;
@@ -141,7 +143,8 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
   const [passwd, groups] = [rows(sys, "/etc/passwd"), rows(sys, "/etc/group")];
   const libvirt = libvirtConf(sys.readText("/etc/libvirt/qemu.conf"));
   return {
-    kernel: sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? "unknown",
+    kernel:
+      sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? (require("node:os") as typeof import("node:os")).release(),
     device: isDevice ? (device as string) : null,
     /** The errno the device's route answers without an open(): its resolution's, or ENODEV for what is not it. */
     deviceSays: isDevice ? 0 : node === null ? (device as number) : node.ret < 0 ? node.errno : K.errnoOf("ENODEV"),
@@ -185,6 +188,23 @@ export function readFacts(sys: Sys, device: string | number = DEVICE, theirs: Pr
     // --pid: what is the process's own, not the probe's (its filters, namespace, capability, NoNewPrivs).
     ...theirs,
   };
+}
+/** The huge page sizes /sys/kernel/mm/hugepages lists, in kB, smallest first (none without hugetlbfs). */
+function hugeSizes() {
+  try {
+    const names = (require("node:fs") as typeof import("node:fs")).readdirSync("/sys/kernel/mm/hugepages");
+    return names
+      .flatMap(
+        (n) =>
+          n
+            .match(/^hugepages-(\d+)kB$/)
+            ?.slice(1)
+            .map(Number) ?? [],
+      )
+      .sort((x, y) => x - y);
+  } catch {
+    return [];
+  }
 }
 /** `crw-------` for a character device with mode 0600. */
 const modeString = (mode: number) =>
@@ -503,7 +523,9 @@ async function registered<T>(sys: Sys, facts: Facts, route: Route, m: Range, use
       r = sys.ftruncate(memfd, m.len);
       if (r.ret < 0) return said("ftruncate", r);
     }
-    r = sys.mmap(0, m.len, K.PROT_READ | K.PROT_WRITE, MEMORY[m.kind], memfd);
+    // Huge pages of exactly this size (MAP_HUGE_*): the default may be another.
+    const size = m.kind === "hugetlb" ? Math.log2(m.len) << K.MAP_HUGE_SHIFT : 0;
+    r = sys.mmap(0, m.len, K.PROT_READ | K.PROT_WRITE, MEMORY[m.kind] | size, memfd);
     if (r.ret === -1) return said("mmap", r);
     area = r.ret;
     const reg = new BigUint64Array([BigInt(area), BigInt(m.len), m.mode, 0n]);
@@ -523,7 +545,7 @@ async function register(p: Probe, spec: Registration): Promise<Check> {
   const absent = lacking(spec, p.learnt.features!, feature);
   if (absent) return absent;
   const len = spec.kind === "hugetlb" ? p.facts.hugePageSize : p.facts.pageSize;
-  if (!len) return result(spec, "fail", "no Hugepagesize in /proc/meminfo: kernel without hugetlbfs");
+  if (!len) return result(spec, "fail", "no huge page size in /proc/meminfo or sysfs: a kernel without hugetlbfs");
   const range = { ...spec, len, features: feature };
   const checked = await registered(p.sys, p.facts, p.learnt.route!, range, (fd, _, reg) => {
     const r = p.sys.ioctl(fd, K.UFFDIO_UNREGISTER, reg.subarray(0, 2));
@@ -903,8 +925,12 @@ const ofQemu = (caps: Capability[]) => caps.filter((cap) => NEEDS[cap].consumer 
 /** What a cause can stand in the way of, by where its gate is. */
 const BLOCKS = {
   kernel: (s: Seen) => s.failing,
-  // A filter of the process's refuses routes by name; the probe's own is told on the syscall's.
-  filtered: (s: Seen) => (s.f.filter ? refusing(s, s.f.filter.answers) : through(s, "syscall")),
+  // A filter of the process's refuses routes by name; the probe's own is told on the syscall's, and by the checks
+  // whose calls it refused.
+  filtered: (s: Seen) =>
+    s.f.filter
+      ? refusing(s, s.f.filter.answers)
+      : [...new Set([...(filterDeniesSyscall(s.f, s.a) ? through(s, "syscall") : []), ...needing(s, refusedCalls(s))])],
   profiled: (s: Seen) => refusing(s, s.f.apparmor?.denied ?? {}),
   device: (s: Seen) => through(s, "device"),
   syscall: (s: Seen) => through(s, "syscall"),
@@ -917,6 +943,20 @@ const BLOCKS = {
     failing.filter((cap) => needed(cap).some((n) => missingOf(checks).includes(n))),
   note: () => [] as Capability[],
 };
+/** Failing capabilities that need one of `checks` passed. */
+const needing = ({ failing }: Seen, checks: Check[]) =>
+  failing.filter((cap) => NEEDS[cap].checks.some((id) => checks.some((c) => c.id === id)));
+/**
+ * Checks of QEMU's sequence failed by a call the probe's own seccomp filter refused: EPERM or ENOSYS where the kernel
+ * answers neither (CRIU's EVENT_FORK aside, which is EPERM without CAP_SYS_PTRACE).
+ */
+const refusedCalls = ({ f, checks }: Seen) =>
+  filtered(f) && !f.filter
+    ? checks.filter(
+        (c) => c.status === "fail" && ["EPERM", "ENOSYS"].includes(c.errno ?? "") && !NOT_FILTERS.includes(c.id),
+      )
+    : [];
+const NOT_FILTERS = ["uffd-open", "criu-events"];
 /** Where a cause's gate stands: its row in BLOCKS. */
 type Place = keyof typeof BLOCKS;
 /** The feature and ioctl names a capability's checks ask for. */
@@ -1131,10 +1171,22 @@ const CAUSES = {
   },
   seccomp: {
     // --pid: the process's filters, read and run; else the probe's own filter, told from how it answers.
-    when: ({ f, a }) => (f.filter ? Object.keys(f.filter.answers).length > 0 : filterDeniesSyscall(f, a)),
+    when: (s) =>
+      s.f.filter
+        ? Object.keys(s.f.filter.answers).length > 0
+        : filterDeniesSyscall(s.f, s.a) || refusedCalls(s).length > 0,
     blocks: "filtered",
-    summary: "a seccomp filter denies the calls a userfaultfd is opened with",
-    evidence: [(s) => (s.f.filter ? Object.values(s.f.filter.says) : [ownFilters(s), answered(s)])],
+    summary: "a seccomp filter denies calls QEMU makes for its userfaultfd",
+    evidence: [
+      (s) =>
+        s.f.filter
+          ? Object.values(s.f.filter.says)
+          : [
+              ownFilters(s),
+              ...(filterDeniesSyscall(s.f, s.a) ? [answered(s)] : []),
+              ...refusedCalls(s).map((c) => `${c.id}: ${c.detail}`),
+            ],
+    ],
     fix: [({ f }) => f.filter?.fix ?? null, ...SECCOMP],
   },
   "user-namespace": {
@@ -1253,7 +1305,7 @@ export async function probe(sys: Sys, facts: Facts, opts: Options, context?: Con
   const asked = opts.qemu !== null || opts.migrate;
   const stands = asked ? loadQemu().standing(checks, facts, context) : null;
   const real = [
-    ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram, stands)]),
+    ...(opts.qemu === null ? [] : [loadQemu().qemuAnswer(learnt.qemu, judged.ram, stands, opts.require)]),
     ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
   ];
   const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<Capability, boolean>;

@@ -13,7 +13,7 @@
 import type { Context } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
+import type { Capability, Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
 import { answered, DEVICE, sh } from "./probe.ts";
 
 /** QEMU's own answer to migrate-set-capabilities postcopy-ram, and whether (and why not) it agrees with the probe. */
@@ -22,8 +22,11 @@ export type QemuAnswer = {
   version: string;
   accepts: boolean;
   message: string;
-  /** Its answer to multifd beside postcopy-ram (null when it refused postcopy-ram, so it was not asked). */
-  multifd: { accepts: boolean; message: string } | null;
+  /**
+   * Its answer to multifd beside postcopy-ram (null when it refused postcopy-ram, so it was not asked); `accepts` is
+   * null when it gave none within the bound.
+   */
+  multifd: { accepts: boolean | null; message: string } | null;
   agrees?: boolean;
   why?: string;
 };
@@ -318,10 +321,11 @@ export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer |
     return r.length >= 3 || (r.length === 2 && "error" in r[1]);
   };
   const ran = runBounded(sys, [path, ...ARGS], QMP, complete, timeoutMs);
-  if (ran.stopped) return ran.stopped;
   const text = [ran.out, ran.err];
-  const version = greetingVersion(objects(text[0].split("\n")));
   const [, answer, multifd] = replies(text[0]);
+  // Stopped with postcopy-ram answered: only multifd is left without an answer.
+  if (ran.stopped && !(answer && !answer.error)) return ran.stopped;
+  const version = greetingVersion(objects(text[0].split("\n")));
   const said = sanitize(
     [...text[1].split("\n"), ...text[0].split("\n")].find((l) => l.trim() && !objects([l]).length) ?? "",
   );
@@ -336,8 +340,12 @@ export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer |
   const message = error ? [sanitize(String(error.desc ?? "an error")), ...why].join(": ") : "";
   // multifd is asked with postcopy-ram on: QEMU 8.1 to 10.0 refuse the pair; asked alone, it says nothing.
   const refusal = (multifd?.error as { desc?: unknown } | undefined)?.desc;
-  const pair =
-    error || !multifd ? null : { accepts: !multifd.error, message: refusal ? sanitize(String(refusal)) : "" };
+  const unanswered = { accepts: null, message: ran.stopped ?? "no answer" };
+  const pair = error
+    ? null
+    : multifd
+      ? { accepts: !multifd.error, message: refusal ? sanitize(String(refusal)) : "" }
+      : unanswered;
   return { path, version, accepts: !error, message, multifd: pair };
 }
 /** QMP's replies (objects with `return` or `error`) among the lines of `text`. */
@@ -348,7 +356,12 @@ const replies = (text: string) => objects(text.split("\n")).filter((r) => "retur
  * postcopy-multifd when it answered that too); `probeSays` is null when the probe could not judge postcopy-ram,
  * `stands` why the probe's no stands against it.
  */
-export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null, stands: string | null): RealAnswer {
+export function qemuAnswer(
+  qemu: Qemu | null,
+  probeSays: boolean | null,
+  stands: string | null,
+  required: Capability[] = [],
+): RealAnswer {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
   if (!answer) {
@@ -358,14 +371,22 @@ export function qemuAnswer(qemu: Qemu | null, probeSays: boolean | null, stands:
   }
   const whose = `QEMU ${answer.version}'s own answer`;
   // QEMU before 8.1 takes multifd beside postcopy, then its destination aborts: only a refusal is its answer.
-  const multifd = answer.multifd && { "postcopy-multifd": answer.multifd.accepts && multifdWith(answer.version) };
+  const pair = answer.multifd?.accepts;
+  const multifd = answer.multifd && { "postcopy-multifd": pair === null ? null : pair && multifdWith(answer.version) };
   const decides = { "postcopy-ram": answer.accepts, ...multifd };
+  // Its silence on multifd leaves only postcopy-multifd unanswered, and only a run that asks for it UNKNOWN.
+  const silent: Unjudged = [
+    `--qemu: QEMU ${answer.version} did not answer multifd beside postcopy-ram (${answer.multifd?.message})`,
+    "ask QEMU again, or migrate with --migrate --parallel 4",
+  ];
+  const unanswered = pair === null && required.includes("postcopy-multifd") ? silent : undefined;
   const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
   const told = `QEMU ${answer.version} ${verb}`;
   const said = (status: Status, detail: string) => ({
     whose,
     check: { ...head, status, detail },
     decides,
+    unanswered,
     json: { qemu: answer },
   });
   if (probeSays === null) return said(answer.accepts ? "pass" : "fail", `${told}, which the probe could not judge`);
