@@ -14,7 +14,7 @@ import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { ProcessFacts, processFacts } from "./pid.ts";
 import type { Cause, Check, Judging, Options, Unjudged } from "./probe.ts";
-import { CAP_SYS_PTRACE, capBit, quoted, rows, UsageError, workingDirectory } from "./probe.ts";
+import { CAP_SYS_PTRACE, capBit, quoted, rows, stdoutClosed, UsageError, workingDirectory } from "./probe.ts";
 import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find } from "./qemu.ts";
 import type { Insn } from "./seccomp.ts";
@@ -165,6 +165,8 @@ export async function takeOn(
   }
   if (!isChild()) {
     contextOf(sys, opts);
+    // The child writes to the stdout it inherits: one closed here would take its report with it, unsaid.
+    if (opts.output === null && stdoutClosed(sys)) throw new Error("Cannot write the report: stdout is closed");
     return runInContext(argv, childMs(opts), { capture: opts.output !== null });
   }
   // The child's document, an error's too, goes to the parent through its stdout: --output is the parent's.
@@ -209,6 +211,8 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
     const out = await text;
     if (out === null)
       throw new Error(`The probe's child wrote more than ${OUTPUT_MAX >> 20} MiB: no report is written`);
+    // Killed (the OOM killer, an operator): what it wrote, if anything, is no whole report.
+    if (child.signalCode) throw new Error(`The probe's child was killed by ${child.signalCode}: no report`);
     return { code: child.exitCode ?? 2, out };
   }
   child.kill("SIGKILL");

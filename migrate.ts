@@ -535,6 +535,8 @@ function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): 
   if (!qemu?.path) return qemu?.error ?? "no QEMU found";
   const f = context?.process;
   // A tenant's binary is never run: only the host's own QEMU, the one the process runs, in the host's namespace.
+  if (f?.exe?.endsWith(" (deleted)"))
+    return `${qemu.path}, which process ${f.pid} runs, was replaced or removed since it started (an upgrade?): the probe runs only the file the process runs`;
   if (f && (!qemu.grantable || f.exe !== qemu.path)) {
     const own = "the host's own QEMU (root's file, in the host's mount namespace)";
     return `${qemu.path}, which process ${f.pid} runs, is not ${own}: the probe does not run it`;

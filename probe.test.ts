@@ -546,11 +546,13 @@ describe("facts: read from the host, never a wrong one", () => {
     );
     const prefix = [...inNamespace(`${binds.join(" && ")} && mount --bind /dev/zero /proc/meminfo && exec "$@"`), "sh"];
     const { code, report } = cli(["--json"], { prefix, path: pathWith(QEMU7) });
+    // An unreadable /proc/meminfo leaves the huge page size to sysfs: the smallest size it lists.
+    const sizes = readdirSync("/sys/kernel/mm/hugepages").map((n) => Number(n.match(/\d+/)![0]) * 1024);
     expect([code, report.host.user, report.host.unprivilegedUserfaultfd, report.host.hugePageSize]).toEqual([
       0,
       "0",
       null,
-      null,
+      Math.min(...sizes),
     ]);
   });
 });
@@ -1773,6 +1775,26 @@ describe("the command line", () => {
     expect(run.stderr.split("\n")[1]).toStartWith("Usage: postcopy-probe ");
   });
 
+  test("--pid with --qemu, and an --output of nothing (an unset variable), are usage errors: exit 2, never a run", () => {
+    for (const [args, message] of [
+      [
+        ["--pid", "1", "--qemu"],
+        "--qemu cannot answer for --pid: a process's QEMU is never run to ask it; use --pid with --migrate",
+      ],
+      [["--output", ""], 'Option "--output" needs a file name, not ""'],
+    ] as const) {
+      const { code, stdout, stderr } = cli([...args]);
+      expect([code, stdout, stderr.split("\n")[0]]).toEqual([2, "", `postcopy-probe: ${message}`]);
+    }
+  });
+
+  test("without the JIT (BUN_JSC_useJIT=0, or an address-space limit) bun:ffi cannot work, and the error says so", () => {
+    const { code, stderr, report } = cli(["--json"], { env: { BUN_JSC_useJIT: "0" } });
+    const why =
+      "Cannot use bun:ffi: bun:ffi requires the JIT (off by BUN_JSC_useJIT=0, or by an address-space limit such as ulimit -v under about 2 GiB)";
+    expect([code, stderr, report.error]).toEqual([2, `postcopy-probe: ${why}\n`, why]);
+  });
+
   test("--version prints the package version and --help the usage", () => {
     const pkg = JSON.parse(readFileSync(`${import.meta.dir}/package.json`, "utf8"));
     expect(VERSION).toBe(pkg.version);
@@ -2079,6 +2101,35 @@ describe("--user (context.ts): the whole probe again, as QEMU's user", () => {
       }
     },
   );
+
+  test.skipIf(!isRoot)(
+    "a child killed by a signal (the OOM killer) is exit 2 with why, and --output says up 0",
+    async () => {
+      const output = `${world}/killed.prom`;
+      writeFileSync(output, "postcopy_probe_up 1\n");
+      const args = ["--user", "nobody", "--bench", "200000", "--format", "prometheus", "--output", output];
+      const parent = Bun.spawn([`${world}/bun`, `${world}/probe.ts`, ...args], { stdio: ["ignore", "ignore", "pipe"] });
+      const child = async () =>
+        pids().find((p) => procOf(p, "stat").split(") ")[1]?.split(" ")[1] === String(parent.pid));
+      let pid: string | undefined;
+      for (let i = 0; i < 500 && !(pid = await child()); i++) await Bun.sleep(10);
+      await Bun.sleep(300);
+      process.kill(Number(pid), "SIGKILL");
+      expect(await parent.exited).toBe(2);
+      expect(await new Response(parent.stderr).text()).toBe(
+        "postcopy-probe: The probe's child was killed by SIGKILL: no report\n",
+      );
+      expect(readFileSync(output, "utf8")).toContain("\npostcopy_probe_up 0\n");
+    },
+  );
+
+  test.skipIf(!isRoot)("--user with stdout closed is exit 2, said on stderr: never a silent 0", () => {
+    const run = Bun.spawnSync(["/bin/sh", "-c", `exec 1>&- && exec ${world}/bun ${world}/probe.ts --user nobody`]);
+    expect([run.exitCode, run.stderr.toString()]).toEqual([
+      2,
+      "postcopy-probe: Cannot write the report: stdout is closed\n",
+    ]);
+  });
 
   test.skipIf(!isRoot)("--user refuses a caller that is not root", () => {
     const run = cli(["--user", "root"], { nobody: true });
@@ -2392,6 +2443,25 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
   const skip = !isRoot || !cc;
   const byPid = (pid: number, more: string[] = []) => cli(["--json", "--pid", String(pid), ...more]);
 
+  test.skipIf(skip)(
+    "--migrate of a QEMU whose binary was replaced since it started (an upgrade) says so, and runs nothing",
+    async () => {
+      const dir = mkdtempSync(`${world}/replaced-`);
+      chmodSync(dir, 0o755);
+      copyFileSync(standIn("qemu-system-x86_64"), `${dir}/qemu-system-x86_64`);
+      await withTarget([`${dir}/qemu-system-x86_64`], {}, (pid) => {
+        rmSync(`${dir}/qemu-system-x86_64`);
+        copyFileSync(standIn("qemu-system-x86_64"), `${dir}/qemu-system-x86_64`);
+        const { code, report } = byPid(pid, ["--migrate"]);
+        expect([code, report.migration?.ok, report.migration?.why]).toEqual([
+          2,
+          null,
+          `${dir}/qemu-system-x86_64, which process ${pid} runs, was replaced or removed since it started (an upgrade?): the probe runs only the file the process runs`,
+        ]);
+      });
+    },
+  );
+
   test.skipIf(skip || facts.miscMinor === null)(
     "a QEMU with no supplementary groups (an empty Groups: line) is answered with none, never the next line's",
     async () => {
@@ -2491,7 +2561,7 @@ describe("--pid (context.ts) against a hostile target: what it names is never ru
           }
         },
       );
-      expect(existsSync(`${dir}/RAN`)).toBe(false);
+      expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
     },
     20_000,
   );
@@ -3294,6 +3364,9 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
         expect([(await ask()).split(":")[0], code, report.postcopy]).toEqual(expected);
         expect(seccompOf(report)).toBeUndefined();
         if (unprivileged === "0") expect(causes(report)).toContain("unprivileged-userfaultfd");
+        // Its filter was read and run: no "shows once the sysctl allows it", which only an unread filter needs.
+        const sysctl = report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd");
+        expect(sysctl?.evidence.filter((e) => e.includes("Seccomp: 2")) ?? []).toEqual([]);
       });
     },
     30_000,
@@ -4150,11 +4223,27 @@ function hostileDir() {
     ".env": "POSTCOPY_PROBE_LAUNCH=1\n",
     "package.json": '{ "name": "tenant" }',
     "tsconfig.json": "{}",
+    // Found through a relative $PATH entry, this would be the QEMU whose version decides.
+    "qemu-system-x86_64": "#!/bin/sh\necho 'QEMU emulator version 99.0.0'\n",
   };
   for (const [name, text] of Object.entries(files)) writeFileSync(`${dir}/${name}`, text);
+  // Libraries named as a C library may be: loaded from here, each would leave its mark.
+  for (const name of ["libc.so.6", "libc.musl-x86_64.so.1", "libc.so"])
+    copyFileSync(evilLibrary(dir), `${dir}/${name}`);
   for (const name of [...Object.keys(files), "."]) chownSync(`${dir}/${name}`, 65534, 65534);
   chmodSync(dir, 0o777);
   return dir;
+}
+/** A shared library whose constructor leaves a mark (LOADED) in `dir`, built once per directory. */
+function evilLibrary(dir: string) {
+  const source = `${dir}/evil.c`;
+  writeFileSync(
+    source,
+    `#include <stdio.h>\n__attribute__((constructor)) static void mark(void) { fclose(fopen("${dir}/LOADED", "w")); }\n`,
+  );
+  const built = Bun.spawnSync([cc!, "-shared", "-fPIC", "-o", `${dir}/evil.so`, source]);
+  if (built.exitCode !== 0) throw new Error(built.stderr.toString());
+  return `${dir}/evil.so`;
 }
 /** One system call as `strace -ff -y` logs it: its name, its arguments as written, and what it returned. */
 type Call = { pid: string; name: string; args: string; ret: string };
@@ -4165,7 +4254,8 @@ type Call = { pid: string; name: string; args: string; ret: string };
 function traced(argv: string[], o: { cwd: string; prefix?: string[]; env?: Record<string, string> }) {
   const logs = mkdtempSync(`${world}/trace-`);
   const home = mkdtempSync(`${world}/home-`);
-  const env = { PATH: `${world}:/usr/local/bin:/usr/bin:/bin`, HOME: home, XDG_CACHE_HOME: home, ...o.env };
+  // A relative entry first, as a careless root's $PATH may have: nothing may be looked for there.
+  const env = { PATH: `.:${world}:/usr/local/bin:/usr/bin:/bin`, HOME: home, XDG_CACHE_HOME: home, ...o.env };
   const strace = [strace_!, "-ff", "-y", "-qq", "-s", "256", "-o", `${logs}/t`];
   const run = Bun.spawnSync([...strace, ...(o.prefix ?? []), ...argv], { cwd: o.cwd, env });
   const calls: Call[] = readdirSync(logs).flatMap((file) =>
@@ -4225,7 +4315,7 @@ function unlisted(t: ReturnType<typeof traced>, own: string[], prefixes: string[
 }
 
 describe("what a run does to the host: only what the README's effects table lists", () => {
-  const skip = !isRoot || !strace_;
+  const skip = !isRoot || !strace_ || !cc;
   const seccompLoader = "/usr/bin/python3";
   const hasSeccomp = Bun.spawnSync([seccompLoader, "-c", "import seccomp"]).exitCode === 0;
   const NOBODY = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
@@ -4249,13 +4339,13 @@ describe("what a run does to the host: only what the README's effects table list
       expect([t.code, t.stderr]).toEqual([prefixes.length ? 1 : 0, ""]);
       expect(JSON.parse(t.stdout).schema).toBe("postcopy-probe/1");
       expect(unlisted(t, [world], prefixes)).toEqual([]);
-      expect(existsSync(`${dir}/RAN`)).toBe(false);
+      expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
     },
   );
 });
 
 describe("nothing of the working directory is read or run, by any way to run the probe as a program", () => {
-  const skip = !isRoot || !strace_;
+  const skip = !isRoot || !strace_ || !cc;
   test.skipIf(skip)("the shebang (npm's bin, npx, bunx), and --user's child: not read, not run", () => {
     const dir = hostileDir();
     for (const args of [["--json"], ["--json", "--user", "nobody"]]) {
@@ -4263,7 +4353,7 @@ describe("nothing of the working directory is read or run, by any way to run the
       expect([t.stderr, JSON.parse(t.stdout).schema]).toEqual(["", "postcopy-probe/1"]);
       expect(unlisted(t, [world])).toEqual([]);
     }
-    expect(existsSync(`${dir}/RAN`)).toBe(false);
+    expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
   });
 
   test.skipIf(skip)("the standalone binary, and --user's child: not read, not run", () => {
@@ -4277,7 +4367,7 @@ describe("nothing of the working directory is read or run, by any way to run the
       expect(unlisted(t, [dirname(binary)])).toEqual([]);
     }
     EXECUTES.pop();
-    expect(existsSync(`${dir}/RAN`)).toBe(false);
+    expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
   });
 
   test.skipIf(!isRoot)(
@@ -4292,7 +4382,8 @@ describe("nothing of the working directory is read or run, by any way to run the
         expect(JSON.parse(run.stdout.toString()).schema).toBe("postcopy-probe/1");
         expect(run.exitCode).toBeLessThan(2);
       }
-      expect(existsSync(`${dir}/RAN`)).toBe(false);
+      expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
     },
+    60_000,
   );
 });

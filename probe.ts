@@ -85,6 +85,12 @@ const ESCAPES: Record<string, string> = { "\n": "\\n", "\t": "\\t", "\r": "\\r" 
  */
 export const workingDirectory = (env: Record<string, string | undefined> = process.env) =>
   process.cwd() === "/" && env.PWD?.startsWith("/") ? env.PWD : process.cwd();
+/** $PATH without its relative entries ("", "."): nothing is looked for in the directory the probe was run from. */
+export const absolutePath = (env: Record<string, string | undefined> = process.env) =>
+  (env.PATH ?? "")
+    .split(":")
+    .filter((dir) => dir.startsWith("/"))
+    .join(":");
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
 /** The value after `key:` in a /proc file such as /proc/meminfo, on its own line only: an empty value is "". */
@@ -1209,8 +1215,9 @@ const CAUSES = {
       answered,
       ({ f }) => `vm.unprivileged_userfaultfd = ${f.unprivilegedUserfaultfd ?? "unreadable"} (${sysctlFrom(f)})`,
       ({ f }) => `CAP_SYS_PTRACE: not held by ${f.user} (uid ${f.uid})`,
+      // The probe's own filter, which it cannot read: a process's, read and run, says so itself.
       ({ f, a }) =>
-        filtered(f) && !filterDeniesSyscall(f, a)
+        filtered(f) && !f.filter && !filterDeniesSyscall(f, a)
           ? "Seccomp: 2: whether the filter denies userfaultfd(2) too shows once the sysctl allows it"
           : null,
     ],
@@ -1549,10 +1556,14 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   // --parallel migrates with multifd: that migration answers postcopy-multifd, which the exit status is then for.
   if (opts.parallel && !argv.some((a) => a.startsWith("--require"))) opts.require = ["postcopy-multifd"];
   if (opts.output === "") throw new UsageError(`Option "--output" needs a file name, not ""`);
+  if (opts.pid !== null && opts.qemu !== null)
+    throw new UsageError(
+      "--qemu cannot answer for --pid: a process's QEMU is never run to ask it; use --pid with --migrate",
+    );
   // A relative path is from where the probe was started; a QEMU named without a path is looked up on $PATH.
   const here = (path: string) => (path.startsWith("/") ? path : `${workingDirectory(env)}/${path}`);
-  const qemu =
-    typeof opts.qemu === "string" && !opts.qemu.includes("/") ? (Bun.which(opts.qemu) ?? opts.qemu) : opts.qemu;
+  const named = typeof opts.qemu === "string" && !opts.qemu.includes("/");
+  const qemu = named ? (Bun.which(opts.qemu as string, { PATH: absolutePath(env) }) ?? opts.qemu) : opts.qemu;
   return {
     ...opts,
     output: opts.output && here(opts.output),
@@ -1569,14 +1580,15 @@ function formatAsked(argv: string[]): Format {
   return FORMATS.includes(value as Format) ? (value as Format) : "human";
 }
 
+/** Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout it inherited ever is. */
+export const stdoutClosed = (sys: Sys) =>
+  (Number.parseInt(field(sys.readText("/proc/self/fdinfo/1"), "flags") ?? "0", 8) & K.O_CLOEXEC) !== 0;
 /** Writes the whole document to stdout, or to `output` whole (textfile.ts); throws when it cannot. */
 function emit(sys: Sys | null, text: string, output: string | null) {
   if (!text) return;
   if (output) return loadTextfile().writeWhole(output, text);
   if (!sys) return console.log(text.trimEnd());
-  // Started with stdout closed, Bun puts /dev/null there, close-on-exec: no stdout we inherited ever is.
-  const flags = field(sys.readText("/proc/self/fdinfo/1"), "flags");
-  if (flags && Number.parseInt(flags, 8) & K.O_CLOEXEC) throw new Error("Cannot write the report: stdout is closed");
+  if (stdoutClosed(sys)) throw new Error("Cannot write the report: stdout is closed");
   const bytes = new TextEncoder().encode(text);
   for (let at = 0, tries = 0; at < bytes.length; ) {
     const r = sys.write(1, bytes.subarray(at));

@@ -14,7 +14,7 @@ import type { Context } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
 import type { Capability, Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
-import { answered, DEVICE, sh } from "./probe.ts";
+import { absolutePath, answered, DEVICE, sh } from "./probe.ts";
 
 /** QEMU's own answer to migrate-set-capabilities postcopy-ram, and whether (and why not) it agrees with the probe. */
 export type QemuAnswer = {
@@ -91,7 +91,7 @@ const [BINARY_MAX, CHUNK] = [1 << 29, 1 << 20];
 export function find(sys: Sys, given: string | true | null) {
   if (typeof given === "string") return given;
   const name = `qemu-system-${K.arch!.name}`;
-  return Bun.which(name, { PATH: process.env.PATH ?? "" }) ?? QEMU_PLACES.find((q) => sys.stat(q).ret === 0) ?? null;
+  return Bun.which(name, { PATH: absolutePath() }) ?? QEMU_PLACES.find((q) => sys.stat(q).ret === 0) ?? null;
 }
 
 /**
