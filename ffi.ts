@@ -120,17 +120,10 @@ export function latin1(bytes: Uint8Array) {
 }
 
 /**
- * The C library this process runs with (glibc's libc.so.6, or musl's loader), by the path it is mapped from: never a
- * bare name, which Bun's dlopen also looks for in the working directory when the system has none by that name (musl
- * has no libc.so.6), so a file there would be loaded as root.
+ * libc's file name for the running arch: glibc first, then musl. Bun's dlopen also looks for a name the system has not
+ * got (musl has no libc.so.6) in the working directory: main() works in / (a tenant's file is never loaded as root).
  */
-function libcPath() {
-  const maps = (require("node:fs") as typeof import("node:fs")).readFileSync("/proc/self/maps", "latin1");
-  const path = maps.match(/ (\/\S*\/(?:libc\.so\.6|libc\.musl-\S+\.so\.1|ld-musl-\S+\.so\.1))$/m)?.[1];
-  if (!path) throw new Error("Cannot load libc: no glibc or musl in /proc/self/maps");
-  return path;
-}
-let libc: string | null = null;
+const LIBC_NAMES = ["libc.so.6", `libc.musl-${archOrX64.musl}.so.1`, "libc.so"];
 const SYMBOLS = {
   syscall: { args: [T.i64, T.i64, T.i64, T.i64, T.i64, T.i64], returns: T.i64_fast },
   open: { args: [T.ptr, T.i32], returns: T.i32 },
@@ -158,14 +151,18 @@ type Symbols = Parameters<typeof dlopen>[1];
  * qemu.ts) are declared in its file and opened here when it runs.
  */
 export function openLibc<S extends Symbols>(symbols: S) {
-  libc ??= libcPath();
-  try {
-    return dlopen(libc, symbols).symbols;
-  } catch (e) {
-    const why = (e as Error).message;
-    // bun:ffi compiles its calls: with the JIT off, no library loads at all.
-    throw new Error(/JIT/.test(why) ? `Cannot use bun:ffi: ${why} (${NO_JIT})` : `Cannot load libc: ${why}`);
+  const why: string[] = [];
+  for (const name of LIBC_NAMES) {
+    try {
+      return dlopen(name, symbols).symbols;
+    } catch (e) {
+      why.push((e as Error).message); // try the next name: musl systems have no libc.so.6
+    }
   }
+  // bun:ffi compiles its calls: with the JIT off, no library loads at all.
+  const jit = why.find((m) => /JIT/.test(m));
+  if (jit) throw new Error(`Cannot use bun:ffi: ${jit} (${NO_JIT})`);
+  throw new Error(`Cannot load libc: tried ${LIBC_NAMES.join(", ")}`);
 }
 const NO_JIT = "off by BUN_JSC_useJIT=0, or by an address-space limit such as ulimit -v under about 2 GiB";
 

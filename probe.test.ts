@@ -4356,6 +4356,17 @@ describe("nothing of the working directory is read or run, by any way to run the
     expect([existsSync(`${dir}/RAN`), existsSync(`${dir}/LOADED`)]).toEqual([false, false]);
   });
 
+  test.skipIf(!cc)(
+    "why main() works in /: Bun's dlopen loads a library the system has not by its name from the working directory",
+    () => {
+      const dir = hostileDir();
+      copyFileSync(evilLibrary(dir), `${dir}/libnone.so`);
+      const script = 'try { require("bun:ffi").dlopen("libnone.so", { mark: { args: [], returns: "void" } }); } catch {}';
+      Bun.spawnSync([process.execPath, "-e", script], { cwd: dir });
+      expect(existsSync(`${dir}/LOADED`)).toBe(true);
+    },
+  );
+
   test.skipIf(skip)("the standalone binary, and --user's child: not read, not run", () => {
     const binary = `${import.meta.dir}/dist/postcopy-probe-linux-x64`;
     expect(Bun.spawnSync(["bash", `${import.meta.dir}/.ci/build`, "linux-x64"]).exitCode).toBe(0);

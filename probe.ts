@@ -1606,6 +1606,10 @@ const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
+  // Nothing is looked up where the probe was started (a tenant's directory, for root): from here on it works in /,
+  // and a relative path it was given is from there (PWD, which its children get).
+  process.env.PWD = workingDirectory();
+  process.chdir("/");
   // --migrate starts each QEMU through the probe itself, which then becomes that QEMU (migrate.ts).
   if (process.env.POSTCOPY_PROBE_LAUNCH) return loadMigrate().launch(argv);
   let [sys, asked]: [Sys | null, Options | null] = [null, null];
