@@ -9,8 +9,8 @@
  * The message in: `{ profile, device, deviceSays }`; out: `{ before, after, ptrace }` or `{ error }`.
  */
 import * as K from "./ffi.ts";
-import type { Answers } from "./probe.ts";
-import { CAP_SYS_PTRACE, capBit, field, routeAnswers } from "./probe.ts";
+import { CAP_SYS_PTRACE, capBit, field, routeAnswers } from "./shared.ts";
+import type { Answers } from "./types.ts";
 
 /** What the worker answers: the routes unconfined and confined, and how userfaultfd(2) met the profile. */
 export type Confined = { before: Answers; after: Answers; ptrace: "allowed" | "denied" | null } | { error: string };

@@ -11,11 +11,9 @@
  */
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Facts, Options, Progress, Report, Route } from "./probe.ts";
-import { serveFaults } from "./probe.ts";
+import { ROUTES, serveFaults } from "./shared.ts";
+import type { Bench, Facts, Options, Progress, Report } from "./types.ts";
 
-/** The routes in the order the checks prefer them: a kernel-mode uffd first. */
-const ROUTES: Route[] = ["device", "syscall", "user-mode-only"];
 const NS_PER_US = 1000;
 
 /** --bench on base pages, with a progress line on a terminal (stderr) that goes when it ends, however it ends. */
@@ -84,11 +82,10 @@ async function served(sys: Sys, facts: Facts, report: Report, opts: Options, pro
   );
   return typeof measured === "string" ? { error: measured } : measured;
 }
-export type Bench = Exclude<Awaited<ReturnType<typeof served>>, { error: string }>;
 
 const us = (ns: number) => `${(ns / NS_PER_US).toFixed(1)} µs`;
 /** The benchmark's line in the human report. */
-export function benchLine(b: Bench | { error: string }) {
+export function benchLine(b: Bench) {
   if ("error" in b) return `Benchmark: could not run (${b.error})`;
   const rate = `${b.pagesPerSec} pages/s, ${((b.pagesPerSec * b.pageSize) / 2 ** 20).toFixed(0)} MiB/s`;
   const on = `${b.faults} faults on ${b.pageSize} B pages, ${b.route}`;

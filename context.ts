@@ -12,43 +12,44 @@
 
 import type { R, Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { ProcessFacts, processFacts } from "./pid.ts";
-import type { Cause, Check, Judging, Options, Unjudged } from "./probe.ts";
-import { CAP_SYS_PTRACE, capBit, quoted, rows, stdoutClosed, UsageError, workingDirectory } from "./probe.ts";
-import type { Qemu } from "./qemu.ts";
 import { fileCapPtrace, find } from "./qemu.ts";
-import type { Insn } from "./seccomp.ts";
+import {
+  CAP_SYS_PTRACE,
+  capBit,
+  INITIAL_UID_MAP,
+  quoted,
+  rows,
+  stdoutClosed,
+  UsageError,
+  within,
+  workingDirectory,
+} from "./shared.ts";
+import type * as T from "./types.ts";
 
 /** Tells the child which process started it: the parent's pid, which must be its getppid(). */
 const CHILD = "POSTCOPY_PROBE_PARENT";
 const MAX_ID = 4294967294; // (uid_t)-1 means "no change", not an id
 const id = (v = "") => (/^\d{1,10}$/.test(v) && Number(v) <= MAX_ID ? Number(v) : null);
-/** The initial user namespace's uid_map, as uidMapOf() reads it. */
-export const INITIAL_UID_MAP = "0 0 4294967295";
 // include/uapi/linux/prctl.h, capability.h, asm-generic/signal.h
 const [PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS] = [1, 4, 24, 28];
 const [PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE] = [38, 47, 2];
 // include/uapi/linux/securebits.h
 const [SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_KEEP_CAPS] = [1, 2, 16];
 const [_LINUX_CAPABILITY_VERSION_3, SIGKILL] = [0x20080522, 9];
-const T = K.FFIType;
-/** libc calls only --user and --pid make: the privilege switch, and resolving paths inside a root. */
+const F = K.FFIType;
+/** libc calls only --user and --pid make: the privilege switch. */
 const calls = () =>
   K.openLibc({
-    setgroups: { args: [T.u64, T.ptr], returns: T.i32 },
-    setresgid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
-    setresuid: { args: [T.u32, T.u32, T.u32], returns: T.i32 },
-    capset: { args: [T.ptr, T.ptr], returns: T.i32 },
-    prctl: { args: [T.i32, T.u64, T.u64, T.u64, T.u64], returns: T.i32 },
-    getppid: { args: [], returns: T.i32 },
-    // openat2() has no libc wrapper: the syscall, with the arguments it takes.
-    syscall: { args: [T.i64, T.i32, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
-    openat: { args: [T.i32, T.ptr, T.i32], returns: T.i32 },
-    readlinkat: { args: [T.i32, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
+    setgroups: { args: [F.u64, F.ptr], returns: F.i32 },
+    setresgid: { args: [F.u32, F.u32, F.u32], returns: F.i32 },
+    setresuid: { args: [F.u32, F.u32, F.u32], returns: F.i32 },
+    capset: { args: [F.ptr, F.ptr], returns: F.i32 },
+    prctl: { args: [F.i32, F.u64, F.u64, F.u64, F.u64], returns: F.i32 },
+    getppid: { args: [], returns: F.i32 },
   });
 let opened: ReturnType<typeof calls> | null = null;
 /** This file's libc calls, opened on first use. */
-export const libc = () => (opened ??= calls());
+const libc = () => (opened ??= calls());
 
 /**
  * Sets groups, gid and uid (real, effective, saved), then the capabilities QEMU has: `all` (root in the
@@ -92,46 +93,15 @@ const CAPS = Array.from({ length: 64 }, (_, n) => n);
 const mask = (hex: string | null) => (hex?.match(/^[0-9a-f]{1,16}$/i) ? BigInt(`0x${hex}`) : 0n);
 export const getppid = () => libc().getppid();
 
-/** Who the probe answers for, and, for --pid, what it learnt of that process (read as root, before the switch). */
-export type Context = {
-  name: string;
-  uid: number;
-  gid: number;
-  groups: number[];
-  process?: ReturnType<typeof processFacts>;
-  /** /dev/userfaultfd as that process sees it, resolved inside its root before the switch; else the errno. */
-  device?: string | number;
-  qemu?: Qemu;
-  checks?: Check[];
-  /** What the VM's memory needs of the host, beyond postcopy-ram. */
-  needs?: Array<"postcopy-hugetlbfs" | "postcopy-shmem">;
-  /** CAP_SYS_PTRACE kept for QEMU's sake (its file capability, or the process's): not CRIU's or Firecracker's. */
-  ptrace?: boolean;
-  /** --pid: the facts that are the process's, not the child's: its seccomp filters, namespace, capability. */
-  facts?: ProcessFacts;
-  /** --pid: the causes only a running process can have (its AppArmor profile, its VM's configuration). */
-  causes?: Record<string, Cause>;
-  /** --pid: what the probe could not read of the process, each with what would settle it (exit 2). */
-  unanswered?: Unjudged[];
-  /** --pid: its seccomp filters as read, first installed first (--migrate installs them in its destination). */
-  filters?: Insn[][];
-  /** What this context makes of the judged capabilities: one it kept for QEMU, a filter's supervisor, the VM. */
-  judging?: Judging[];
-  /** --pid: its VM's RAM: a file under its first mem-path, or shared memory (--migrate gives its copy the same). */
-  ram?: { memPath: string | null; shared: boolean; dir?: number | null };
-  /** --pid: QEMU's own sandbox as its VM has it (-sandbox on,...), which a copy of it runs with. */
-  sandbox?: string[];
-};
-
 /**
  * The context asked for: --user NAME|UID from /etc/passwd and /etc/group; --pid PID, in the parent,
  * only that the process is there (the child reads it whole). Usage errors otherwise.
  */
-export function contextOf(sys: Sys, opts: Options): Context {
+export function contextOf(sys: Sys, opts: T.Options): T.Context {
   if (process.getuid!() !== 0)
     throw new UsageError(`--${opts.pid !== null ? "pid" : "user"} needs root: this is uid ${process.getuid!()}`);
   if (opts.pid !== null) {
-    processed(sys, opts.pid);
+    loadPid().processed(sys, opts.pid);
     return { name: "", uid: 0, gid: 0, groups: [] };
   }
   const who = opts.user!;
@@ -143,22 +113,15 @@ export function contextOf(sys: Sys, opts: Options): Context {
   const groups = rows(sys, "/etc/group").filter((g) => g[3]?.split(",").includes(name) && id(g[2]) !== null);
   return { name, uid, gid, groups: [gid, ...groups.map((g) => id(g[2])!)] };
 }
-/** /proc/PID/status, or a usage error when the process is gone or unreadable. */
-export function processed(sys: Sys, pid: number) {
-  const status = sys.readText(`/proc/${pid}/status`);
-  if (status === null) throw new UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
-  return status;
-}
-
 /**
  * --user and --pid, in the parent: the child run in that context, its document and status; in the child:
  * the context, taken on. A child orphaned while it started must not start a child of its own: it ends here.
  */
 export async function takeOn(
   sys: Sys,
-  opts: Options,
+  opts: T.Options,
   argv: string[],
-): Promise<Context | { code: number; out: string }> {
+): Promise<T.Context | { code: number; out: string }> {
   if (isOrphan(sys)) {
     opts.output = null; // a child's, whose parent is gone: --output was the parent's to write
     throw new Error("The parent probe is gone");
@@ -187,7 +150,7 @@ export function isOrphan(sys: Sys) {
 }
 
 /** How long the child may take: its checks, and what --bench, --qemu and --migrate add. */
-export const childMs = (o: Options) =>
+export const childMs = (o: T.Options) =>
   60_000 + (o.bench ? 60_000 : 0) + (o.qemu !== null ? o.qemuMs : 0) + (o.migrate ? o.migrateMs + 5000 : 0);
 /**
  * The whole probe again in a child that takes on the context first; signals go on to it; its status is
@@ -221,7 +184,7 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   if (!gone) child.unref();
   throw new Error(`The probe's child did not finish within ${ms} ms: killed${gone ? "" : " (it may remain)"}`);
 }
-const BORROWED: Unjudged = [
+const BORROWED: T.Unjudged = [
   "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
   "run the probe as that user, without --user",
 ];
@@ -248,34 +211,32 @@ async function readBounded(stream: ReadableStream<Uint8Array>) {
   return length > OUTPUT_MAX ? null : parts.join("");
 }
 
-/** Whether `done` settles within `ms`; the timer goes with it, so nothing is left to keep the process up. */
-export async function within(done: Promise<unknown>, ms: number) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  const settled = await Promise.race([done.then(() => true), late]);
-  clearTimeout(timer);
-  return settled;
-}
-
 /**
  * In the child: read the process (as root), open its root and join its cgroups (so its device cgroup
  * rules apply to the probe as to QEMU; the membership ends with the child), then become its user and
  * die with the parent. Throws when the kernel refuses any step.
  */
-export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
+export async function enterContext(sys: Sys, opts: T.Options): Promise<T.Context> {
   const pid = opts.pid;
-  const P = pid === null ? null : (require("./pid.ts") as typeof import("./pid.ts"));
-  const context = P ? await P.pidContext(sys, pid!) : contextOf(sys, opts);
+  const P = pid === null ? null : loadPid();
+  const read = P ? await P.pidContext(sys, pid!) : null;
+  const context: T.Context = read ?? contextOf(sys, opts);
   if (P) for (const dir of P.cgroupDirs(sys, pid!)) P.joinCgroup(sys, dir);
+  // What the run may still load, loaded now: the user the child becomes may not read the package's files (npx's cache
+  // under /root). A worker thread's file (apparmor.ts) is read when it starts, as that user: a binary holds it inside.
+  require("./diagnosis.ts");
+  if (opts.format === "prometheus") require("./textfile.ts");
+  if (opts.bench) require("./bench.ts");
+  if (opts.migrate) require("./migrate.ts");
   // QEMU's own CAP_SYS_PTRACE (its binary's file capability) comes along: the syscall's gate is then QEMU's.
   const exe = pid === null ? find(sys, opts.qemu) : null;
-  const f = context.process;
+  const f = read?.process;
   // A capability held only inside a user namespace of the process's own is no capability here.
   const initial = f ? f.uidMap === INITIAL_UID_MAP : true;
   const ptrace = exe ? fileCapPtrace(exe) : initial && capBit(f?.capEff ?? null, CAP_SYS_PTRACE) === true;
   context.ptrace = ptrace && context.uid !== 0;
   // A run that kept QEMU's CAP_SYS_PTRACE sees what CRIU and Firecracker, without it, would not.
-  const borrowed: Judging = (forQemu) => (context.ptrace && !forQemu ? BORROWED : null);
+  const borrowed: T.Judging = (forQemu) => (context.ptrace && !forQemu ? BORROWED : null);
   context.judging = [...(context.judging ?? []), borrowed];
   // --pid: the process's own capabilities and bounding set (none of either from a user namespace of its own);
   // --user: root's all, else CAP_SYS_PTRACE or none.
@@ -293,9 +254,10 @@ export async function enterContext(sys: Sys, opts: Options): Promise<Context> {
   libc().prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (!isChild()) throw new Error("The parent probe is gone");
   // Its AppArmor profile, taken on by one thread of the child, as that user, to answer the routes.
-  await P?.confine(context);
+  if (read) await P!.confine(read);
   // Its NoNewPrivs, for what the child starts from here on (QEMUs, their launchers): no file capability either.
   if (f?.noNewPrivs && libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) !== 0)
     throw new Error("Cannot take on the process's NoNewPrivs");
   return context;
 }
+const loadPid = () => require("./pid.ts") as typeof import("./pid.ts");

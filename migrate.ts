@@ -14,35 +14,12 @@
  * ```
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import type { Context } from "./context.ts";
-import { SELF_ENV, self, within } from "./context.ts";
+import { SELF_ENV, self } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Check, Options, RealAnswer, Unjudged } from "./probe.ts";
-import { capBit, field } from "./probe.ts";
-import type { Qemu } from "./qemu.ts";
-import { sanitize } from "./qemu.ts";
-import type { Insn } from "./seccomp.ts";
+import { capBit, field, sanitize, within } from "./shared.ts";
+import type * as T from "./types.ts";
 
-/** What the migration showed: `ok` null when it could not tell (it could not start, or proved nothing). */
-export type Migration = {
-  ok: boolean | null;
-  /** Where it ended when it was not a completed postcopy migration, in QEMU's own words where it gave any. */
-  why?: string;
-  qemu: string;
-  accel: "kvm" | "tcg";
-  ramMiB: number;
-  /** multifd channels (--parallel), 0 without multifd. */
-  parallel: number;
-  /** The source's statuses, in the order it went through them. */
-  statuses: string[];
-  totalMs: number | null;
-  downtimeMs: number | null;
-  /** Pages the destination requested from the source (ram.postcopy-requests). */
-  pagesRequested: number | null;
-  blocktimeMs: number | null;
-  vcpuBlocktimeMs: number[] | null;
-};
 /** What a migration is asked to be: which QEMU, how much RAM, how many multifd channels, which RAM backend. */
 export type Plan = {
   qemu: string;
@@ -58,7 +35,7 @@ export type Plan = {
   /** The RAM shared (share=on, a memfd): the destination then needs MISSING_SHMEM. */
   shared?: boolean;
   /** --pid: the process's seccomp filters (but QEMU's own sandbox), installed in the destination before QEMU runs. */
-  filters?: Insn[][];
+  filters?: T.Insn[][];
   /** --pid: the process had NoNewPrivs set (its filters need it when installed without CAP_SYS_ADMIN). */
   noNewPrivs?: boolean;
   /** The whole test's bound. */
@@ -82,14 +59,14 @@ const NO_NEW_PRIVS = "POSTCOPY_PROBE_NO_NEW_PRIVS";
 const [PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SIGKILL] = [1, 38, 22, 2, 9];
 const CAP_SYS_ADMIN = 21n;
 
-const T = K.FFIType;
+const F = K.FFIType;
 /** libc calls only this file makes: the launcher's, which end in execve(). */
 const calls = () =>
   K.openLibc({
-    prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
-    getppid: { args: [], returns: T.i32 },
-    execve: { args: [T.ptr, T.ptr, T.ptr], returns: T.i32 },
-    syscall: { args: [T.i64, T.i64, T.i64, T.i64, T.i64], returns: T.i64_fast },
+    prctl: { args: [F.i32, F.u64, F.ptr, F.u64, F.u64], returns: F.i32 },
+    getppid: { args: [], returns: F.i32 },
+    execve: { args: [F.ptr, F.ptr, F.ptr], returns: F.i32 },
+    syscall: { args: [F.i64, F.i64, F.i64, F.i64, F.i64], returns: F.i64_fast },
   });
 // include/uapi/asm-generic/unistd.h: the same numbers on every architecture (Linux 5.3+).
 const [NR_PIDFD_SEND_SIGNAL, NR_PIDFD_OPEN] = [424, 434];
@@ -211,7 +188,7 @@ function watchdog(children: Array<ReturnType<typeof Bun.spawn>>, dir: string) {
 /** A NUL-terminated UTF-8 copy of a string: a path or an environment variable as the kernel takes it. */
 const utf8z = (text: string) => new TextEncoder().encode(`${text}\0`);
 /** A filter as the kernel takes it (struct sock_filter[]: u16 code, u8 jt, u8 jf, u32 k), in base64. */
-function encoded(filter: Insn[]) {
+function encoded(filter: T.Insn[]) {
   const bytes = new Uint8Array(8 * filter.length);
   const view = new DataView(bytes.buffer);
   filter.forEach(({ code, jt, jf, k }, i) => {
@@ -309,7 +286,7 @@ const STDERR_MAX = 1 << 14;
  * switching to postcopy at once, within `plan.ms`. Both QEMUs run in process groups of their own and are
  * killed, and the directory removed, on every path (signals too).
  */
-export async function migrate(sys: Sys, plan: Plan): Promise<Migration> {
+export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
   const deadline = Date.now() + (plan.ms ?? MIGRATE_MS);
   const kvm = sys.open("/dev/kvm", K.O_RDWR | K.O_CLOEXEC);
   if (kvm.ret >= 0) sys.close(kvm.ret);
@@ -481,7 +458,7 @@ function kill(child: ReturnType<typeof Bun.spawn>) {
 }
 
 /** The answer from how the migration ended: yes only for a postcopy migration that completed with pages requested. */
-function judged(m: Migration, status: string, destination: string, words: string): Migration {
+function judged(m: T.Migration, status: string, destination: string, words: string): T.Migration {
   const postcopy = m.statuses.includes("postcopy-active");
   const qemuSaid = words ? `: ${words}` : "";
   if (!ENDS.includes(status)) return { ...m, why: `it did not end within the bound (status ${status})` };
@@ -493,7 +470,7 @@ function judged(m: Migration, status: string, destination: string, words: string
 }
 
 /** The --migrate check: what the migration showed, in one line. */
-export function checkMigration(m: Migration): Check {
+export function checkMigration(m: T.Migration): T.Check {
   const head = { id: "migration", title: "a real postcopy migration between two QEMUs (--migrate)" };
   const how = `${m.accel.toUpperCase()}, ${m.ramMiB} MiB${m.parallel ? `, ${m.parallel} multifd channels` : ""}`;
   const went = m.statuses.join(" → ") || "no status";
@@ -514,26 +491,26 @@ export function checkMigration(m: Migration): Check {
  */
 export async function migrationAnswer(
   sys: Sys,
-  opts: Options,
-  qemu: Qemu | null,
-  context?: Context,
-): Promise<RealAnswer> {
+  opts: T.Options,
+  qemu: T.Qemu | null,
+  context?: T.Context,
+): Promise<T.RealAnswer> {
   const plan = planOf(sys, opts, qemu, context);
   const unrun = blank(qemu?.path ?? "", opts.migrateMiB, opts.parallel);
   const m = typeof plan === "string" ? { ...unrun, why: plan } : await migrate(sys, plan);
   const multifd = opts.parallel ? ` with ${opts.parallel} multifd channels` : "";
   const whose = `a real migration${multifd}, QEMU ${qemu?.version ?? "of no known version"}`;
-  const unanswered: Unjudged | undefined = m.ok === null ? [`--migrate: ${m.why}`, SETTLE] : undefined;
+  const unanswered: T.Unjudged | undefined = m.ok === null ? [`--migrate: ${m.why}`, SETTLE] : undefined;
   const decides = { [opts.parallel ? "postcopy-multifd" : "postcopy-ram"]: m.ok };
   return { whose, check: checkMigration(m), decides, unanswered, json: { migration: m } };
 }
 const SETTLE = "see the migration check's detail; run --migrate again once it is mended";
 
 /** The migration --migrate asks for, or why it cannot run here (the probe then cannot answer: exit 2). */
-function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): Plan | string {
+function planOf(sys: Sys, opts: T.Options, qemu: T.Qemu | null, context?: T.Context): Plan | string {
   if (K.arch?.name !== "x86_64") return `its guest is x86 code, and this is ${K.arch?.name}`;
   if (!qemu?.path) return qemu?.error ?? "no QEMU found";
-  const f = context?.process;
+  const f = context?.copy;
   // A tenant's binary is never run: only the host's own QEMU, the one the process runs, in the host's namespace.
   if (f?.exe?.endsWith(" (deleted)"))
     return `${qemu.path}, which process ${f.pid} runs, was replaced or removed since it started (an upgrade?): the probe runs only the file the process runs`;
@@ -553,17 +530,17 @@ function planOf(sys: Sys, opts: Options, qemu: Qemu | null, context?: Context): 
   // A supervisor (USER_NOTIF) or a tracer (TRACE) the process's filters hand userfaultfd to is not the copy's.
   if (context?.facts?.filter?.undecided.length)
     return "the process's seccomp filters hand userfaultfd to a supervisor or a tracer, which a copy of them has not";
-  const ram = context?.ram;
+  const ram = f?.ram;
   if (ram?.memPath && ram.dir === null)
     return `the directory of its mem-path ${ram.memPath} could not be reached inside the process's root`;
   return {
     ...{ qemu: qemu.path, ramMiB: opts.migrateMiB, parallel: opts.parallel, ms: opts.migrateMs },
-    ...{ memDir: ram?.dir ?? undefined, shared: ram?.shared, filters: context?.filters, sandbox: context?.sandbox },
+    ...{ memDir: ram?.dir ?? undefined, shared: ram?.shared, filters: f?.filters, sandbox: f?.sandbox },
     noNewPrivs: f?.noNewPrivs,
   };
 }
 /** A migration before it ran, or one that did not. */
-const blank = (qemu: string, ramMiB: number, parallel: number, accel: "kvm" | "tcg" = "tcg"): Migration => ({
+const blank = (qemu: string, ramMiB: number, parallel: number, accel: "kvm" | "tcg" = "tcg"): T.Migration => ({
   ...{ ok: null, qemu, accel, ramMiB, parallel, statuses: [], totalMs: null, downtimeMs: null },
   ...{ pagesRequested: null, blocktimeMs: null, vcpuBlocktimeMs: null },
 });

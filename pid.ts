@@ -12,36 +12,25 @@
  */
 
 import type { Confined } from "./apparmor.ts";
-import type { Context } from "./context.ts";
-import { getppid, INITIAL_UID_MAP, libc, processed, within } from "./context.ts";
-import type { R, Sys } from "./ffi.ts";
+import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Answers, Cause, Check, Judging, Unjudged } from "./probe.ts";
-import { CAP_SYS_PTRACE, capBit, DEVICE, field, rows, sh, UsageError, uidMapOf } from "./probe.ts";
-import type { Qemu } from "./qemu.ts";
-import { rootsAlone, versionIn } from "./qemu.ts";
-import type { FilterVerdict, Insn } from "./seccomp.ts";
+import { versionIn } from "./qemu.ts";
+import * as S from "./shared.ts";
+import type * as T from "./types.ts";
+import { link, mapped, mountsOf, ownedAt, ramDir, sameFile, walkedTo, walker } from "./walk.ts";
 
-/** What --pid takes from the process instead of the probe's own: its filters, namespace, capability, NoNewPrivs. */
-export type ProcessFacts = {
-  seccomp?: number | null;
-  seccompFilters?: number | null;
-  noNewPrivs?: boolean;
-  uidMap?: string | null;
-  userNamespace?: boolean | null;
-  capSysPtrace?: boolean | null;
-  filter?: FilterVerdict | null;
-  apparmor?: Confinement | null;
-  ownDev?: boolean;
-};
-/** The AppArmor profile the process runs under, and what the kernel answered the routes under it. */
-export type Confinement = {
-  profile: string;
-  /** The routes the profile changed the kernel's answer on, with the answer under the profile. */
-  denied: Partial<Answers>;
-  /** CAP_SYS_PTRACE under the profile, tried when this run had it: "allowed", "denied", else unknown. */
-  ptrace: "allowed" | "denied" | null;
-};
+const F = K.FFIType;
+/** libc calls only this file makes. */
+const calls = () => K.openLibc({ getppid: { args: [], returns: F.i32 } });
+let opened: ReturnType<typeof calls> | null = null;
+const libc = () => (opened ??= calls());
+
+/** /proc/PID/status, or a usage error when the process is gone or unreadable. */
+export function processed(sys: Sys, pid: number) {
+  const status = sys.readText(`/proc/${pid}/status`);
+  if (status === null) throw new S.UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
+  return status;
+}
 
 /**
  * `message` answered by a worker thread running `file` (apparmor.ts, seccomp.ts), within `ms`; the thread ends on
@@ -52,11 +41,17 @@ async function fromWorker<T extends object>(file: string, message: object, ms: n
   try {
     let answer: T | { error: string } = { error: `${file}'s worker did not answer within ${ms} ms` };
     const answered = new Promise<void>((resolve) => {
-      worker.onmessage = ({ data }) => resolve(void (answer = data));
-      worker.onerror = (e) => resolve(void (answer = { error: `${file}'s worker failed: ${e.message}` }));
+      worker.onmessage = ({ data }) => {
+        answer = data;
+        resolve();
+      };
+      worker.onerror = (e) => {
+        answer = { error: `${file}'s worker failed: ${e.message}` };
+        resolve();
+      };
     });
     worker.postMessage(message);
-    await within(answered, ms);
+    await S.within(answered, ms);
     return answer;
   } finally {
     worker.terminate();
@@ -72,14 +67,14 @@ async function confinedAnswers(profile: string, device: string | number) {
   const done = await fromWorker<Confined>("./apparmor.ts", { profile, ...facts }, 1000);
   if ("error" in done) return { error: done.error };
   const denied = Object.fromEntries(
-    Object.entries(done.after).filter(([r, ans]) => done.before[r as keyof Answers] !== ans),
+    Object.entries(done.after).filter(([r, ans]) => done.before[r as keyof T.Answers] !== ans),
   );
-  return { denied: denied as Partial<Answers>, ptrace: done.ptrace };
+  return { denied: denied as Partial<T.Answers>, ptrace: done.ptrace };
 }
 
 /** Takes on the process's AppArmor profile in one thread of the child, to answer the routes under it. */
-export async function confine(context: Context) {
-  const profile = context.process?.profile;
+export async function confine(context: PidContext) {
+  const profile = context.process.profile;
   if (!profile || !context.facts) return;
   const confined = await confinedAnswers(profile, context.device!);
   if ("error" in confined) context.unanswered?.push([`--pid: ${confined.error}`, RELOAD]);
@@ -91,19 +86,24 @@ const RELOAD = "load the process's AppArmor profile (apparmor_parser -r), then a
 
 /** A seccomp supervisor (USER_NOTIF) or tracer (TRACE) answers a route: no filter can tell ahead. */
 const supervised =
-  (verdict: FilterVerdict | null): Judging =>
+  (verdict: T.FilterVerdict | null): T.Judging =>
   (_, routes) =>
     verdict?.undecided.some((r) => routes.includes(r)) ? UNDECIDED : null;
-const UNDECIDED: Unjudged = [
+const UNDECIDED: T.Unjudged = [
   "a seccomp filter hands userfaultfd to a supervisor (USER_NOTIF) or a tracer (TRACE): they decide, not it",
   "ask the container runtime's seccomp supervisor what it answers for userfaultfd",
 ];
-/** This VM's configuration counts for QEMU too: a VM check that fails refuses QEMU's capabilities. */
-const refusedBy =
-  (checks: Check[]): Judging =>
-  (forQemu) =>
-    forQemu && checks.some((c) => c.status === "fail") ? false : null;
-
+/**
+ * This VM's configuration counts for QEMU too: a VM check that fails refuses QEMU's capabilities; one the probe could
+ * not tell (a mem-path it does not enter) leaves them unjudged.
+ */
+const refusedBy = (checks: T.Check[]): T.Judging[] => [
+  (forQemu) => (forQemu && checks.some((c) => c.status === "fail") ? false : null),
+  (forQemu) => {
+    const untold = checks.find((c) => c.status === "skip");
+    return forQemu && untold ? [untold.detail, untold.hint ?? ""] : null;
+  },
+];
 /** The causes only a running process can have, as rows of probe.ts's table (its README entries too). */
 export const CAUSES = {
   apparmor: {
@@ -119,25 +119,25 @@ export const CAUSES = {
           .map(([r, ans]) =>
             r === "syscall"
               ? `userfaultfd(2) with CAP_SYS_PTRACE under it: ${ans}`
-              : `${r === "device-node" ? `open of ${DEVICE}` : r} under it: ${ans}`,
+              : `${r === "device-node" ? `open of ${S.DEVICE}` : r} under it: ${ans}`,
           ),
     ],
     fix: [({ f }) => profileRules(f.apparmor!)],
   },
-} satisfies Record<string, Cause>;
+} satisfies Record<string, T.Cause>;
 
 /** The local rules a profile needs for what it denied (the device, the capability), and its reload. */
-function profileRules({ profile, denied }: Confinement) {
+function profileRules({ profile, denied }: T.Confinement) {
   // libvirt's per-VM profiles include its libvirt-qemu abstraction, whose local include is for site rules.
   const libvirt = profile.startsWith("libvirt-");
-  const file = sh(`/etc/apparmor.d/local/${libvirt ? "abstractions/libvirt-qemu" : profile}`);
+  const file = S.sh(`/etc/apparmor.d/local/${libvirt ? "abstractions/libvirt-qemu" : profile}`);
   const rules = [
-    ...(denied["device-node"] || denied.device ? [`${DEVICE} rw,`] : []),
+    ...(denied["device-node"] || denied.device ? [`${S.DEVICE} rw,`] : []),
     ...(denied.syscall ? ["capability sys_ptrace,"] : []),
   ];
   const reload = libvirt
-    ? `apparmor_parser -r ${sh(`/etc/apparmor.d/libvirt/${profile}`)}   # the running VM's profile`
-    : `apparmor_parser -r /etc/apparmor.d/FILE   # FILE: the one that defines ${sh(profile)} and includes local/`;
+    ? `apparmor_parser -r ${S.sh(`/etc/apparmor.d/libvirt/${profile}`)}   # the running VM's profile`
+    : `apparmor_parser -r /etc/apparmor.d/FILE   # FILE: the one that defines ${S.sh(profile)} and includes local/`;
   return [...rules.map((rule) => `echo '${rule}' >> ${file}`), reload];
 }
 
@@ -165,7 +165,8 @@ export function joinCgroup(sys: Sys, dir: string) {
 export function processFacts(sys: Sys, pid: number) {
   const at = `/proc/${pid}`;
   const status = processed(sys, pid);
-  const num = (key: string) => (field(status, key)?.match(/^\d+/) ? Number.parseInt(field(status, key)!, 10) : null);
+  const num = (key: string) =>
+    S.field(status, key)?.match(/^\d+/) ? Number.parseInt(S.field(status, key)!, 10) : null;
   const root = link(`${at}/root`);
   /** A path as the process names it: the host's view of its root taken off (a chroot). */
   const inside = (path: string) => root && root !== "/" && (path === root || path.startsWith(`${root}/`));
@@ -183,15 +184,15 @@ export function processFacts(sys: Sys, pid: number) {
     kernelThread: (flags & PF_KTHREAD) !== 0,
     comm: sys.readText(`${at}/comm`)?.trim() ?? null,
     exe: seen(link(`${at}/exe`)),
-    uids: field(status, "Uid")?.split(/\s+/).map(Number) ?? [],
-    gids: field(status, "Gid")?.split(/\s+/).map(Number) ?? [],
-    groups: (field(status, "Groups") ?? "").split(/\s+/).filter(Boolean).map(Number),
-    capEff: field(status, "CapEff"),
-    capBnd: field(status, "CapBnd"),
+    uids: S.field(status, "Uid")?.split(/\s+/).map(Number) ?? [],
+    gids: S.field(status, "Gid")?.split(/\s+/).map(Number) ?? [],
+    groups: (S.field(status, "Groups") ?? "").split(/\s+/).filter(Boolean).map(Number),
+    capEff: S.field(status, "CapEff"),
+    capBnd: S.field(status, "CapBnd"),
     noNewPrivs: num("NoNewPrivs") === 1,
     seccomp: num("Seccomp"),
     seccompFilters: num("Seccomp_filters"),
-    uidMap: uidMapOf(sys.readText(`${at}/uid_map`)),
+    uidMap: S.uidMapOf(sys.readText(`${at}/uid_map`)),
     ownMountNamespace: link(`${at}/ns/mnt`) !== link("/proc/self/ns/mnt"),
     root,
     cwd: seen(link(`${at}/cwd`)),
@@ -224,14 +225,6 @@ const profileOf = (label: string | null) => {
     .replace(/ \((enforce|complain|kill|unconfined|prompt)\)$/, "");
   return !name || name === "unconfined" ? null : name;
 };
-/** A symbolic link's text (magic links in /proc: d_path(), nothing of the target file system is touched). */
-const link = (path: string) => {
-  try {
-    return (require("node:fs") as typeof import("node:fs")).readlinkSync(path, "latin1");
-  } catch {
-    return null;
-  }
-};
 /** At most FDS_MAX of a process's fds. */
 const FDS_MAX = 4096;
 function fdsOf(pid: number) {
@@ -241,99 +234,6 @@ function fdsOf(pid: number) {
     return [];
   }
 }
-/** A mount of a mountinfo table: its id, device (major:minor), mount point, type and options (as escaped there). */
-type Mount = NonNullable<ReturnType<typeof mountsOf>>[number];
-/** /proc/PID/mountinfo's mounts: id, device, mount point (as the process sees it) and type; null if unread. */
-/** mountinfo's octal escapes (\040 for a space) undone. */
-const unoctal = (p: string) => p.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
-function mountsOf(text: string | null) {
-  return (
-    text
-      ?.split("\n")
-      .map((line) => line.split(" "))
-      .filter((f) => f.includes("-"))
-      .map((f) => {
-        const [type, options] = [f[f.indexOf("-") + 1], f[f.indexOf("-") + 3] ?? ""];
-        return { id: Number(f[0]), dev: f[2], point: unoctal(f[4]), type, options };
-      }) ?? null
-  );
-}
-
-// include/uapi/linux/openat2.h; O_NOFOLLOW (fcntl.h) is 0100000 on arm and powerpc, 0400000 elsewhere.
-const [RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT, NR_OPENAT2] = [0x01, 0x02, 0x10, 437];
-const O_NOFOLLOW = ["arm", "arm64", "ppc64"].includes(process.arch) ? 0o100000 : 0o400000;
-const [S_IFLNK, MAXSYMLINKS, PATH_MAX] = [0o120000, 40, 4096];
-const [ENOSYS, ELOOP, EXDEV] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP"), K.errnoOf("EXDEV")];
-/** statx() from the attributes cached (include/uapi/linux/fcntl.h): FUSE's server is not asked. */
-const AT_STATX_DONT_SYNC = 0x4000;
-/** An open file's statx() from cached attributes: a FUSE server is not asked. */
-const statOf = (sys: Sys, fd: number) => sys.stat("", fd, K.AT_EMPTY_PATH | AT_STATX_DONT_SYNC);
-/**
- * `path` resolved inside the directory `root` as a process whose root it is resolves it, as an O_PATH
- * fd (or the errno): `..` and absolute symbolic links stay inside, magic links are refused (openat2()
- * with RESOLVE_IN_ROOT, 5.6+: ENOSYS before), with `resolve`'s flags too.
- */
-export function openat2(root: number, path: string, resolve: number) {
-  const flags = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | resolve;
-  const how = new BigUint64Array([BigInt(K.O_PATH | K.O_CLOEXEC), 0n, BigInt(flags)]);
-  return K.answer(libc().syscall(NR_OPENAT2, root, K.cstr(path), how, how.byteLength) as number);
-}
-/**
- * The walk: openat(O_PATH|O_NOFOLLOW) a component at a time; a link's text is followed inside `root`.
- * `enters(fd)`, when given, is asked of the root and of each file reached before anything looks at or
- * into it: a reason stops the walk there (a FUSE mount that may never answer), unless that file is the last.
- */
-export function walkIn(
-  sys: Sys,
-  root: number,
-  path: string,
-  enters?: (fd: number) => string | null,
-): R & { stopped?: string } {
-  const c = libc();
-  const open = (dir: number, name: string) =>
-    K.answer(c.openat(dir, K.cstr(name), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
-  const top = open(root, ".");
-  if (top.ret < 0) return top;
-  const dirs = [top.ret]; // where the walk is, last; the root first
-  const parts = path.split("/");
-  // The root itself may be on FUSE (rootless Podman's fuse-overlayfs): nothing below it is looked up then.
-  const refused = enters?.(top.ret);
-  if (refused && parts.some((p) => p !== "" && p !== ".")) {
-    sys.close(top.ret);
-    return { ret: -1, errno: 0, stopped: refused };
-  }
-  const text = new Uint8Array(PATH_MAX);
-  try {
-    for (let links = 0; parts.length; ) {
-      const name = parts.shift()!;
-      if (name === "" || name === ".") continue;
-      if (name === "..") {
-        if (dirs.length > 1) sys.close(dirs.pop()!); // `..` of the root is the root
-        continue;
-      }
-      const fd = open(dirs.at(-1)!, name);
-      if (fd.ret < 0) return fd;
-      const stop = enters?.(fd.ret);
-      if (stop && parts.some((p) => p !== "")) {
-        sys.close(fd.ret);
-        return { ret: -1, errno: 0, stopped: stop };
-      }
-      if (stop || (sys.stat("", fd.ret, K.AT_EMPTY_PATH).mode & K.S_IFMT) !== S_IFLNK) {
-        dirs.push(fd.ret);
-        continue;
-      }
-      const n = Number(c.readlinkat(fd.ret, K.cstr(""), text, text.length));
-      sys.close(fd.ret);
-      if (n < 0 || ++links > MAXSYMLINKS) return { ret: -1, errno: ELOOP };
-      if (text[0] === 0x2f) while (dirs.length > 1) sys.close(dirs.pop()!); // absolute: from the root again
-      parts.unshift(...K.latin1(text.subarray(0, n)).split("/"));
-    }
-    return { ret: dirs.pop()!, errno: 0 };
-  } finally {
-    for (const d of dirs) sys.close(d);
-  }
-}
-
 /** glibc's ld.so options that take a value: the program it runs is the first argument after its options. */
 const LOADER_VALUES = ["--library-path", "--inhibit-rpath", "--audit", "--preload", "--argv0"];
 function loadedProgram(cmdline: string[]) {
@@ -349,14 +249,17 @@ function loadedProgram(cmdline: string[]) {
  * bytes, never run), /dev/userfaultfd resolved inside its root, and its VM's configuration checks.
  * Answers only for a QEMU: a kernel thread, the probe itself or another program is an error (exit 2).
  */
-export async function pidContext(sys: Sys, pid: number): Promise<Context> {
+/** A --pid context: the core's, with the process as it was read (context.ts takes on its ids and capabilities). */
+export type PidContext = T.Context & { process: ReturnType<typeof processFacts> };
+
+export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   const f = processFacts(sys, pid);
   const who = `Process ${pid} (${f.comm})`;
   const [uid, gid] = [f.uids[1], f.gids[1]];
   if (uid === undefined || gid === undefined)
-    throw new UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
+    throw new S.UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
   if (f.kernelThread) throw new Error(`${who} is a kernel thread, not a QEMU`);
-  if ([process.pid, getppid()].includes(pid)) throw new Error(`${who} is the probe itself, not a QEMU`);
+  if ([process.pid, libc().getppid()].includes(pid)) throw new Error(`${who} is the probe itself, not a QEMU`);
   if (f.cmdline === null)
     throw new Error(`${who}: its command line could not be read whole (over ${K.READ_MAX} bytes)`);
   if (f.mounts === null) throw new Error(`${who}: its mount table could not be read`);
@@ -379,7 +282,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<Context> {
   const read = unread ? null : versionIn(sys, `/proc/self/fd/${binary.ret}`, Date.now() + 5000);
   const version = read === "script" ? null : read;
   // The device, resolved as it resolves it, and looked at only where the file system answers.
-  const node = walk.resolve(DEVICE);
+  const node = walk.resolve(S.DEVICE);
   const device = node.ret >= 0 && walk.refuses(node.ret) ? { ret: -1, errno: K.errnoOf("ENODEV") } : node;
   // Only a QEMU of the host's own (this mount namespace and root, root's file) may be offered a file capability:
   // its path, walked as the host's (never into FUSE), must be the file it runs.
@@ -387,7 +290,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<Context> {
   const here = host !== null && host.ret >= 0 && !walk.refuses(host.ret) && sameFile(sys, host.ret, binary.ret);
   const grantable = here ? ownedAt(sys, walk, host.ret) : null;
   if (host && host.ret >= 0) sys.close(host.ret);
-  const qemu: Qemu = {
+  const qemu: T.Qemu = {
     path,
     version,
     major: version ? Number(version.split(".")[0]) : undefined,
@@ -409,41 +312,58 @@ export async function pidContext(sys: Sys, pid: number): Promise<Context> {
   };
   const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd, file.raw) }));
   const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: (at) => walkedTo(sys, walk, at) });
-  const name = rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
+  const name = S.rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const fileBacked = vm.ram.shared || vm.ram.memPath !== null;
   const filters = f.seccomp === 2 ? await seccompOf(sys, pid, f.seccompFilters, fileBacked) : null;
   const own = contextCheck(f, qemu, name, filters);
   processed(sys, pid); // read whole, or not at all: a process that went while it was read is no answer
+  const uidMap = f.uidMap === null ? null : f.uidMap !== S.INITIAL_UID_MAP;
+  const devices = cgroupDirs(sys, pid).find((dir) => sys.readText(`${dir}/devices.list`) !== null) ?? null;
   return {
-    name,
-    uid,
-    gid,
-    groups: [gid, ...f.groups.filter((g) => g !== gid)],
-    process: f,
+    ...{ name, uid, gid, groups: [gid, ...f.groups.filter((g) => g !== gid)], process: f, qemu },
     device: device.ret < 0 ? device.errno : `/proc/self/fd/${device.ret}`,
-    qemu,
-    ...vm,
     checks: [own, ...vm.checks],
-    causes: { ...CAUSES, ...VM_CAUSES },
-    judging: [supervised(filters?.verdict ?? null), refusedBy(vm.checks)],
-    // Its filters for a copy of it (--migrate), but QEMU's own sandbox, the newest: the copy installs that itself.
-    filters: vm.sandbox.length ? filters?.filters?.slice(0, -1) : filters?.filters,
-    ram: { ...vm.ram, dir: vm.ram.memPath ? ramDir(sys, walk, vm.ram.memPath) : undefined },
+    requires: vm.requires,
+    causes: { ...CAUSES, ...VM_CAUSES, ...(devices ? { "device-cgroup": devicesAllow(sys, devices) } : {}) },
+    judging: [supervised(filters?.verdict ?? null), ...refusedBy(vm.checks)],
     unanswered: [
-      ...(version ? [] : [[`--pid: ${qemu.error}`, `read it from its bytes yourself: ${STRINGS(pid)}`] as Unjudged]),
-      ...(filters?.error ? [[`--pid: ${filters.error}`, LET_STOP] as Unjudged] : []),
+      ...(version ? [] : [[`--pid: ${qemu.error}`, `read it from its bytes yourself: ${STRINGS(pid)}`] as T.Unjudged]),
+      ...(filters?.error ? [[`--pid: ${filters.error}`, LET_STOP] as T.Unjudged] : []),
     ],
     facts: {
-      ...{
-        seccomp: f.seccomp,
-        seccompFilters: f.seccompFilters,
-        noNewPrivs: f.noNewPrivs,
-        filter: filters?.verdict ?? null,
-      },
-      ...{ uidMap: f.uidMap, userNamespace: f.uidMap === null ? null : f.uidMap !== INITIAL_UID_MAP },
-      capSysPtrace: capBit(f.capEff, CAP_SYS_PTRACE),
+      ...{ seccomp: f.seccomp, seccompFilters: f.seccompFilters, noNewPrivs: f.noNewPrivs },
+      ...{ filter: filters?.verdict ?? null, uidMap: f.uidMap, userNamespace: uidMap },
+      capSysPtrace: S.capBit(f.capEff, S.CAP_SYS_PTRACE),
       ownDev: f.ownMountNamespace || f.root !== "/",
     },
+    // What the report shows of it: its arguments, mounts and files can be large, and are left out.
+    shown: { ...f, cmdline: undefined, mounts: undefined, files: undefined, user: name },
+    copy: {
+      ...{ pid, exe: f.exe, noNewPrivs: f.noNewPrivs, sandbox: vm.sandbox },
+      // Its filters (but QEMU's own sandbox, the newest: the copy installs that itself).
+      filters: vm.sandbox.length ? filters?.filters?.slice(0, -1) : filters?.filters,
+      ram: { ...vm.ram, dir: vm.ram.memPath ? ramDir(sys, walk, vm.ram.memPath) : undefined },
+    },
+  };
+}
+/**
+ * A refinement of the device-cgroup cause for the process's v1 devices cgroup: its devices.list lacking c 10:MINOR rw
+ * names the cause too (before any open is refused), and the fix adds the rule to that very cgroup, now.
+ */
+export function devicesAllow(sys: Sys, dir: string): Partial<T.Cause> {
+  const allows = (minor: number) => {
+    const rules = new RegExp(`^(a \\S+|c (\\*|10):(\\*|${minor})) (\\w+)$`, "gm");
+    return [...(sys.readText(`${dir}/devices.list`) ?? "").matchAll(rules)].some(
+      (m) => /r/.test(m[4]) && /w/.test(m[4]),
+    );
+  };
+  return {
+    when: ({ f }) => f.miscMinor !== null && !allows(f.miscMinor),
+    evidence: [
+      ({ f }) =>
+        f.miscMinor !== null && !allows(f.miscMinor) ? `${dir}/devices.list: no c 10:${f.miscMinor} rw` : null,
+    ],
+    fix: [({ f }) => `echo 'c 10:${f.miscMinor} rw' > ${S.sh(`${dir}/devices.allow`)}   # this cgroup, now`],
   };
 }
 /**
@@ -453,7 +373,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<Context> {
  */
 async function seccompOf(sys: Sys, pid: number, expected: number | null, fileBacked: boolean) {
   const S = require("./seccomp.ts") as typeof import("./seccomp.ts");
-  const read = await fromWorker<{ filters: Insn[][] }>("./seccomp.ts", { pid, ms: PTRACE_MS }, PTRACE_MS + 1000);
+  const read = await fromWorker<{ filters: T.Insn[][] }>("./seccomp.ts", { pid, ms: PTRACE_MS }, PTRACE_MS + 1000);
   if ("error" in read) return { error: `its seccomp filters could not be read: ${read.error}`, lengths: [] };
   const lengths = read.filters.map((f) => f.length);
   if (expected !== null && lengths.length !== expected)
@@ -477,151 +397,13 @@ export function frozenCgroup(sys: Sys, pid: number | "self") {
     ) ?? null
   );
 }
-/** Whether an overlay has a layer (its lowerdir, upperdir) under one of the `fuse` mounts; any, if it names none. */
-export function onFuse(overlay: Pick<Mount, "options">, fuse: Pick<Mount, "point">[]) {
-  // Options split where mountinfo has a raw comma (one in a path is \054 there, a space \040); `lowerdir=` lists
-  // layers split at a raw colon (an escaped one is \134: there), `lowerdir+=`, `upperdir=`, `datadir+=` one each.
-  const options = [...overlay.options.matchAll(/(lowerdir=|(?:lower|upper|data)dir\+?=)([^,]*)/g)];
-  const split = ([, key, value]: string[]) => (key === "lowerdir=" ? value.split(/(?<!\\134):/) : [value]);
-  const layers = options
-    .flatMap(split)
-    .map((p) => unoctal(p).replace(/\\:/g, ":"))
-    .filter(Boolean);
-  const under = (path: string, point: string) => path === point || path.startsWith(point === "/" ? "/" : `${point}/`);
-  // A relative layer is as its mounter typed it, from a directory the probe cannot know: it may be under FUSE.
-  const fused = (p: string) => !p.startsWith("/") || fuse.some((f) => under(p, f.point));
-  return fuse.length > 0 && (layers.length === 0 || layers.some(fused));
-}
-/**
- * How the probe walks a process's files: inside its root, and never into a file system that may never
- * answer (FUSE, or an overlay with a layer under a FUSE mount), nor into a mount it
- * cannot place. openat2() within the root's own mount where no FUSE is mounted; else, or where the path
- * crosses a mount, the walk, which looks at each file's mount before it looks into it, the root's first.
- */
-function walker(sys: Sys, root: number, pid: number) {
-  const tables = () => [`/proc/${pid}/mountinfo`, "/proc/self/mountinfo"].map((t) => mountsOf(sys.readText(t)) ?? []);
-  const fuseIn = (mounts: Mount[]) => mounts.some((m) => m.type.startsWith("fuse"));
-  /**
-   * The mount an open file is on, from tables read once it is open (an open file holds its mount, so no
-   * other has its id or device then): the process's by id, else the probe's by id, or by device (a
-   * chroot's table leaves out the mount its root lies in; in a mount namespace of its own, under an id of
-   * its copy's). Its device is statx()'s cached one, which FUSE is not asked for. Also the FUSE mounts of
-   * either table, which an overlay may stack on (one unmounted since, or hidden from both, is not seen).
-   */
-  const placed = (fd: number) => {
-    const id = Number(field(sys.readText(`/proc/self/fdinfo/${fd}`), "mnt_id"));
-    const [theirs, ours] = tables();
-    const byDevice = () => {
-      const st = statOf(sys, fd);
-      return st.ret === 0 ? ours.find((m) => m.dev === st.dev) : undefined;
-    };
-    const mount = theirs.find((m) => m.id === id) ?? ours.find((m) => m.id === id) ?? byDevice();
-    return { mount, fuse: [...theirs, ...ours].filter((m) => m.type.startsWith("fuse")) };
-  };
-  const mountOf = (fd: number) => placed(fd).mount;
-  const refuses = (fd: number) => {
-    const { mount: m, fuse } = placed(fd);
-    if (!m) return "it lies on a mount that is in no mount table the probe read, which it does not enter";
-    const untrusted = m.type.startsWith("fuse") || (m.type === "overlay" && onFuse(m, fuse));
-    return untrusted ? `it lies under the ${m.type} mount at ${m.point}, which the probe does not enter` : null;
-  };
-  // A walk stopped before a mount it does not enter answers ENODEV: what is there was not looked at.
-  const resolve = (path: string): R & { stopped?: string } => {
-    const within = tables().some(fuseIn) || refuses(root) ? null : openat2(root, path, RESOLVE_NO_XDEV);
-    const r: R & { stopped?: string } =
-      !within || [EXDEV, ENOSYS].includes(within.errno) ? walkIn(sys, root, path, refuses) : within;
-    return r.stopped ? { ...r, errno: K.errnoOf("ENODEV") } : r;
-  };
-  return { resolve, refuses, mountOf };
-}
-/** The file system a path reaches inside the process's root, by its mount (fdinfo's mnt_id). */
-function walkedTo(sys: Sys, walk: ReturnType<typeof walker>, path: string) {
-  const r = walk.resolve(path);
-  if (r.stopped) return { type: null, how: r.stopped };
-  if (r.ret < 0) return { type: null, how: `its path in the process's root: ${K.errnoName(r.errno)}` };
-  const [type, refused] = [walk.mountOf(r.ret)?.type ?? null, walk.refuses(r.ret)];
-  sys.close(r.ret);
-  if (type?.startsWith("fuse") || !refused)
-    return { type, how: type ? "its path in the process's root" : "its mount is not in the process's mount table" };
-  return { type: null, how: refused };
-}
-/**
- * The directory a mem-path names, or its parent when it names a file (QEMU's two readings), as an O_PATH fd
- * walked inside the process's root; null when it cannot be reached or lies on a mount the probe does not enter.
- */
-function ramDir(sys: Sys, walk: ReturnType<typeof walker>, memPath: string): number | null {
-  for (const path of [memPath, memPath.replace(/\/+[^/]*\/*$/, "") || "/"]) {
-    const r = walk.resolve(path);
-    if (r.ret < 0) continue;
-    if (!walk.refuses(r.ret) && (sys.stat("", r.ret, K.AT_EMPTY_PATH).mode & K.S_IFMT) === S_IFDIR) return r.ret;
-    sys.close(r.ret);
-  }
-  return null;
-}
-const S_IFDIR = 0o040000;
-/** Whether the file at `fd` is mapped executable in the process (/proc/PID/maps: its device and inode). */
-function mapped(sys: Sys, pid: number, fd: number) {
-  const st = sys.stat("", fd, K.AT_EMPTY_PATH);
-  const [major, minor] = st.dev.split(":").map(Number);
-  const dev = `${major.toString(16).padStart(2, "0")}:${minor.toString(16).padStart(2, "0")}`;
-  const maps = sys.readText(`/proc/${pid}/maps`) ?? "";
-  return maps.split("\n").some((l) => {
-    const [, perms, , at, inode] = l.split(/\s+/);
-    return perms?.[2] === "x" && at === dev && inode === String(st.ino);
-  });
-}
-/** Whether two open files are the same file (the same device and inode). */
-function sameFile(sys: Sys, a: number, b: number) {
-  const [x, y] = [statOf(sys, a), statOf(sys, b)];
-  return x.ret === 0 && y.ret === 0 && x.dev === y.dev && x.ino === y.ino;
-}
-/**
- * hostOwned() for --pid, where the tenant may change a link or a mount on the way while the probe looks:
- * the kernel's name for the open file `fd` when it and each directory above it are root's, writable by no
- * one else, and on mounts the walk enters. Its directory is walked to and must hold that very file; those
- * above are reached by `..`, so no path is looked up again.
- */
-function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): string | null {
-  const name = link(`/proc/self/fd/${fd}`);
-  if (!name?.startsWith("/") || name.endsWith(" (deleted)")) return null;
-  const trusted = (at: number) => {
-    const st = statOf(sys, at);
-    return rootsAlone(st) && !walk.refuses(at) ? st : null;
-  };
-  const openAt = (dir: number, file: string) =>
-    K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
-  const dirOf = name.slice(0, name.lastIndexOf("/")) || "/";
-  const dir = walk.resolve(dirOf);
-  if (dir.ret < 0) return null;
-  const held = [dir.ret];
-  try {
-    if (!trusted(fd) || !trusted(dir.ret)) return null;
-    const inDir = openAt(dir.ret, name.slice(name.lastIndexOf("/") + 1));
-    if (inDir.ret >= 0) held.push(inDir.ret);
-    if (inDir.ret < 0 || !sameFile(sys, inDir.ret, fd)) return null;
-    for (let at = dir.ret; ; ) {
-      const st = trusted(at);
-      const up = st && openAt(at, "..");
-      if (!st || !up || up.ret < 0) return null;
-      held.push(up.ret);
-      const parent = statOf(sys, up.ret);
-      // At the root (its own parent): the directory checked must be the one the name says, no link between.
-      if (parent.dev === st.dev && parent.ino === st.ino)
-        return link(`/proc/self/fd/${dir.ret}`) === dirOf ? name : null;
-      at = up.ret;
-    }
-  } finally {
-    for (const h of held) sys.close(h);
-  }
-}
-
 /** What the child cannot take on of the process (its seccomp filter, label, namespaces), with its known effect. */
 function contextCheck(
   f: ReturnType<typeof processFacts>,
-  qemu: Qemu,
+  qemu: T.Qemu,
   name: string,
   filters: Awaited<ReturnType<typeof seccompOf>> | null,
-): Check {
+): T.Check {
   const head = { id: "context", title: "the running process's own context (--pid)" };
   const what = [
     `${f.comm}[${f.pid}] runs as ${name} (uid ${f.uids[1]}), QEMU ${qemu.version ?? "of no known version"}`,

@@ -10,41 +10,10 @@
  * ```
  */
 
-import type { Context } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import type { Capability, Cause, Check, Facts, Options, RealAnswer, Seen, Status, Unjudged } from "./probe.ts";
-import { absolutePath, answered, DEVICE, sh } from "./probe.ts";
-
-/** QEMU's own answer to migrate-set-capabilities postcopy-ram, and whether (and why not) it agrees with the probe. */
-export type QemuAnswer = {
-  path: string;
-  version: string;
-  accepts: boolean;
-  message: string;
-  /**
-   * Its answer to multifd beside postcopy-ram (null when it refused postcopy-ram, so it was not asked); `accepts` is
-   * null when it gave none within the bound.
-   */
-  multifd: { accepts: boolean | null; message: string } | null;
-  agrees?: boolean;
-  why?: string;
-};
-/** The QEMU that will run, as far as the probe could tell; `error` says what it could not. */
-export type Qemu = {
-  path: string | null;
-  version: string | null;
-  major?: number;
-  ptrace: boolean;
-  /**
-   * The file a fix may offer a file capability, by the path it resolves to (a link on the way could be
-   * changed before the fix is pasted): root owns it, no one else can write it, it is the host's, and it is
-   * no `#!` script (the kernel ignores a script's file capabilities). Null when there is none.
-   */
-  grantable?: string | null;
-  answer?: QemuAnswer;
-  error?: string;
-};
+import { absolutePath, answered, DEVICE, sanitize, sh, unanswered } from "./shared.ts";
+import type * as T from "./types.ts";
 
 /** Where QEMU is looked for when --qemu names none: qemu-system-ARCH on $PATH, then these. */
 const QEMU_PLACES = ["/usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm"];
@@ -66,22 +35,17 @@ const [VFS_CAP_FLAGS_EFFECTIVE, CAP_SYS_PTRACE] = [1, 19];
 const POLLIN = 1;
 /** Enough for security.capability (24 bytes) and an ACL of 100 entries. */
 const XATTR_MAX = 1024;
-const T = K.FFIType;
+const F = K.FFIType;
 /** libc calls only this file makes: a file capability's xattr, and the pipes and poll of a bounded run. */
 const calls = () =>
   K.openLibc({
-    getxattr: { args: [T.ptr, T.ptr, T.ptr, T.u64], returns: T.i64_fast },
-    pipe2: { args: [T.ptr, T.i32], returns: T.i32 },
-    poll: { args: [T.ptr, T.u64, T.i32], returns: T.i32 },
+    getxattr: { args: [F.ptr, F.ptr, F.ptr, F.u64], returns: F.i64_fast },
+    pipe2: { args: [F.ptr, F.i32], returns: F.i32 },
+    poll: { args: [F.ptr, F.u64, F.i32], returns: F.i32 },
   });
 let opened: ReturnType<typeof calls> | null = null;
 const libc = () => (opened ??= calls());
 
-/** Text from a child, made safe for a one-line report: no control characters, at most 200 characters. */
-export const sanitize = (text: string) => {
-  const flat = text.replace(/\p{Cc}+/gu, " ").trim();
-  return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
-};
 /** For the bytes of a binary, where only the ASCII of a version string is looked for. */
 const cp1252 = new TextDecoder("latin1");
 /** The largest file searched for a version (QEMU's binaries are tens of MiB), read a chunk at a time. */
@@ -207,7 +171,7 @@ function versionOf(sys: Sys, path: string, deadline: number) {
  * The QEMU that will run, found and read within one deadline: its path, version and file capability,
  * whether a fix may grant it one; with --qemu, its own answer.
  */
-export function identify(sys: Sys, facts: Facts, opts: Options): Qemu {
+export function identify(sys: Sys, facts: T.Facts, opts: T.Options): T.Qemu {
   const deadline = Date.now() + opts.qemuMs;
   const path = find(sys, opts.qemu);
   const looked = `qemu-system-${facts.arch} on $PATH, ${QEMU_PLACES.join(", ")}`;
@@ -314,7 +278,7 @@ function runBounded(sys: Sys, argv: string[], input: string, done: (out: string)
  * turn postcopy-ram on, as `migrate-set-capabilities` does before a migration, then multifd beside it.
  * The exchange is complete with those replies (quit's is not waited for).
  */
-export function askQemu(sys: Sys, path: string, timeoutMs: number): QemuAnswer | string {
+export function askQemu(sys: Sys, path: string, timeoutMs: number): T.QemuAnswer | string {
   // Complete at multifd's reply, or at postcopy-ram's refusal (multifd beside it is then not asked).
   const complete = (out: string) => {
     const r = replies(out);
@@ -357,16 +321,16 @@ const replies = (text: string) => objects(text.split("\n")).filter((r) => "retur
  * `stands` why the probe's no stands against it.
  */
 export function qemuAnswer(
-  qemu: Qemu | null,
+  qemu: T.Qemu | null,
   probeSays: boolean | null,
   stands: string | null,
-  required: Capability[] = [],
-): RealAnswer {
+  required: T.Capability[] = [],
+): T.RealAnswer {
   const head = { id: "qemu", title: "QEMU's own answer (migrate-set-capabilities)" };
   const answer = qemu?.answer;
   if (!answer) {
-    const check: Check = { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
-    const unanswered: Unjudged = [`--qemu: ${check.detail}`, "give --qemu the path of the QEMU that will run"];
+    const check: T.Check = { ...head, status: "fail", detail: qemu?.error ?? "no QEMU found" };
+    const unanswered: T.Unjudged = [`--qemu: ${check.detail}`, "give --qemu the path of the QEMU that will run"];
     return { whose: "QEMU's own answer", check, decides: { "postcopy-ram": null }, unanswered, json: {} };
   }
   const whose = `QEMU ${answer.version}'s own answer`;
@@ -375,14 +339,14 @@ export function qemuAnswer(
   const multifd = answer.multifd && { "postcopy-multifd": pair === null ? null : pair && multifdWith(answer.version) };
   const decides = { "postcopy-ram": answer.accepts, ...multifd };
   // Its silence on multifd leaves only postcopy-multifd unanswered, and only a run that asks for it UNKNOWN.
-  const silent: Unjudged = [
+  const silent: T.Unjudged = [
     `--qemu: QEMU ${answer.version} did not answer multifd beside postcopy-ram (${answer.multifd?.message})`,
     "ask QEMU again, or migrate with --migrate --parallel 4",
   ];
   const unanswered = pair === null && required.includes("postcopy-multifd") ? silent : undefined;
   const verb = answer.accepts ? "accepts postcopy-ram" : `rejects postcopy-ram: ${answer.message}`;
   const told = `QEMU ${answer.version} ${verb}`;
-  const said = (status: Status, detail: string) => ({
+  const said = (status: T.Status, detail: string) => ({
     whose,
     check: { ...head, status, detail },
     decides,
@@ -405,12 +369,53 @@ const UNKNOWN_REASON = "the reason is not known to the probe: QEMU's answer deci
  * Why the probe's no stands against a real judge's yes (--qemu, --migrate), or null: what none of them
  * reproduces. Each asks an x86 QEMU of 4 KiB pages, without a --pid VM's configuration or AppArmor profile.
  */
-export function standing(checks: Check[], facts: Facts, context?: Context) {
+export function standing(checks: T.Check[], facts: T.Facts, context?: T.Context) {
   const unasked = checks.find((c) => c.status === "fail" && (c.id === "page-size" || context?.checks?.includes(c)));
   if (unasked) return `${unasked.id} fails (${unasked.detail}), which the QEMU asked does not reproduce`;
   const profiled = Object.keys(facts.apparmor?.denied ?? {}).length > 0;
   return profiled ? "the process's AppArmor profile denies it, and the QEMU asked does not run under it" : null;
 }
+
+/**
+ * --qemu and --migrate: real judges beside the probe (QEMU's own answer; a real migration, migrate.ts), whose answer is
+ * the headline for what they answer, unless the probe's no stands (standing()). What none of them could answer, or the
+ * probe could not judge and none answered, makes the run UNKNOWN.
+ */
+export async function judgedAlso(
+  sys: Sys,
+  report: T.Report,
+  x: { opts: T.Options; learnt: T.Learnt; judged: T.Judged; context?: T.Context },
+): Promise<T.Report> {
+  const { opts, learnt, judged, context } = x;
+  const stands = standing(report.checks, report.host, context);
+  const real: T.RealAnswer[] = [
+    ...(opts.qemu === null ? [] : [qemuAnswer(learnt.qemu, judged.ram, stands, opts.require)]),
+    ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
+  ];
+  const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<T.Capability, boolean>;
+  for (const cap of stands ? opts.require.concat("postcopy-ram") : []) decisive[cap] &&= judged.ok[cap];
+  // A real judge's answer settles what it answers, whatever the probe could not judge of it.
+  const unsettled = opts.require.filter((c) => !real.some((r) => c in r.decides));
+  const why = [
+    ...real.flatMap((r) => (r.unanswered ? [r.unanswered] : [])),
+    ...unanswered(unsettled, judged.unknown),
+    ...(context?.unanswered ?? []),
+  ];
+  const { error: _, settle: __, ...rest } = report;
+  const known = why.length === 0;
+  return {
+    ...rest,
+    postcopy: known ? decisive["postcopy-ram"] : null,
+    answeredBy:
+      stands && !judged.ok["postcopy-ram"] ? undefined : real.findLast((r) => "postcopy-ram" in r.decides)?.whose,
+    checks: [...report.checks, ...real.map((r) => r.check)],
+    required: { capabilities: opts.require, ok: known ? opts.require.every((c) => decisive[c]) : null },
+    ...Object.assign({}, ...real.map((r) => r.json)),
+    ...(known ? {} : { error: `could not answer what was asked: ${why.map(([w]) => w).join("; ")}` }),
+    ...(known ? {} : { settle: why.map(([, settle]) => settle) }),
+  };
+}
+const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts");
 
 /**
  * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet
@@ -425,9 +430,10 @@ export function multifdWith(version: string) {
  * The file capability for QEMU's binary: only one root owns and no one else can write, only on this host,
  * and only where an exec grants it (not under NoNewPrivs).
  */
-export function setcap({ f, qemu }: Seen) {
-  const profiled = f.apparmor !== null && f.apparmor.ptrace !== "allowed"; // it may deny the capability
-  if (!f.tools.includes("setcap") || profiled || f.noNewPrivs || (qemu?.path && !qemu.grantable)) return [];
+export function setcap({ f, qemu }: T.Seen) {
+  const profiled = !!f.apparmor && f.apparmor.ptrace !== "allowed"; // it may deny the capability
+  const tool = Bun.which("setcap", { PATH: absolutePath() });
+  if (!tool || profiled || f.noNewPrivs || (qemu?.path && !qemu.grantable)) return [];
   const path = qemu?.grantable ? sh(qemu.grantable) : `"$(command -v qemu-system-${f.arch})"`;
   return [`setcap cap_sys_ptrace+ep ${path}   # broad: also lets QEMU ptrace`];
 }
@@ -460,4 +466,4 @@ export const CAUSES = {
       "virsh migrate --live --postcopy DOMAIN URI   # meanwhile: no --parallel (KubeVirt: no parallelMigrationThreads)",
     ],
   },
-} satisfies Record<string, Cause>;
+} satisfies Record<string, T.Cause>;

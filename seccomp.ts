@@ -14,7 +14,7 @@
  */
 
 import * as K from "./ffi.ts";
-import type { Answers, Route } from "./probe.ts";
+import type { FilterVerdict, Insn, Route } from "./types.ts";
 
 // include/uapi/linux/ptrace.h, asm-generic/errno.h; wait.h: __WALL and WNOHANG
 const [PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, PTRACE_SECCOMP_GET_FILTER] = [17, 0x4206, 0x4207, 0x420c];
@@ -59,19 +59,16 @@ const NR: Record<string, Numbers> = {
 const [MADV_DONTNEED, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, EFD_CLOEXEC] = [4, 1, 2, K.O_CLOEXEC];
 const [AT_FDCWD_ARG, NO_FD] = [0xffffffffffffff9cn, 0xffffffffffffffffn];
 
-const T = K.FFIType;
+const F = K.FFIType;
 /** libc calls only this file makes. */
 const calls = () =>
   K.openLibc({
-    ptrace: { args: [T.i64, T.i32, T.u64, T.ptr], returns: T.i64_fast },
-    waitpid: { args: [T.i32, T.ptr, T.i32], returns: T.i32 },
-    prctl: { args: [T.i32, T.u64, T.ptr, T.u64, T.u64], returns: T.i32 },
+    ptrace: { args: [F.i64, F.i32, F.u64, F.ptr], returns: F.i64_fast },
+    waitpid: { args: [F.i32, F.ptr, F.i32], returns: F.i32 },
+    prctl: { args: [F.i32, F.u64, F.ptr, F.u64, F.u64], returns: F.i32 },
   });
 let opened: ReturnType<typeof calls> | null = null;
 const libc = () => (opened ??= calls());
-
-/** One classic-BPF instruction: struct sock_filter { __u16 code; __u8 jt, jf; __u32 k; }. */
-export type Insn = { code: number; jt: number; jf: number; k: number };
 
 /**
  * The seccomp filters of `pid`'s main thread, the first installed first; or why they could not be read
@@ -234,22 +231,6 @@ export function actionName(value: number) {
   return action === ACTIONS.SECCOMP_RET_ERRNO ? `${name}(${K.errnoName(value & SECCOMP_RET_DATA)})` : name;
 }
 
-/** What the filters answer on each route to a uffd: the answer a route gets instead of the kernel's, and why. */
-export type FilterVerdict = {
-  /** A route a filter refuses, with the answer QEMU gets: the errno, or SIGSYS for a filter that kills or traps. */
-  answers: Partial<Answers>;
-  /**
-   * Each refused or undecided route, said exactly, with when QEMU meets it:
-   * "userfaultfd(O_CLOEXEC): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, 980 instructions".
-   */
-  says: Partial<Record<Route | "device-node", string>>;
-  /** The refused routes that QEMU's host check passes: they fail only when postcopy starts, after precopy. */
-  late: Route[];
-  /** Routes no filter can decide ahead: a supervisor (USER_NOTIF) or a tracer (TRACE) answers. */
-  undecided: Route[];
-  /** The rule a Docker-format profile needs for what the filters refused: those calls, allowed. */
-  fix: string;
-};
 /** One call QEMU makes: how the report names it, its number's name, its arguments; `late` once postcopy starts. */
 type Step = { name: string; nr: keyof Numbers; args: Array<number | bigint>; late?: boolean };
 

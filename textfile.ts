@@ -8,8 +8,8 @@
  * writeWhole("/var/lib/prometheus/node-exporter/postcopy.prom", renderPrometheus(report));
  * ```
  */
-import type { Capability, Check, Report } from "./probe.ts";
-import { quoted, STATUSES, typeOf } from "./probe.ts";
+import { quoted, STATUSES, typeOf } from "./shared.ts";
+import type { Capability, Check, Report } from "./types.ts";
 
 /** Labels in the exposition format: backslash, quote and newline escaped. */
 const labels = (pairs: Record<string, unknown>) => {

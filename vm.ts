@@ -4,11 +4,11 @@
  *
  * ```ts
  * import { configChecks } from "./vm.ts";
- * const { checks, needs } = configChecks(view); // [vm-memory, vm-devices], the features the RAM needs
+ * const { checks, requires } = configChecks(view); // [vm-memory, vm-devices], the checks its RAM needs passed
  * ```
  */
 
-import type { Cause, Check } from "./probe.ts";
+import type { Cause, Check } from "./types.ts";
 
 /** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */
 type Props = Record<string, unknown>;
@@ -88,11 +88,12 @@ export function configChecks(f: VmView) {
   ].filter((p): p is string => typeof p === "string" && p !== "");
   const memory: string[] = [];
   let status: Check["status"] = "pass";
-  const needs = new Set<"postcopy-hugetlbfs" | "postcopy-shmem">();
+  // The checks postcopy-ram needs passed for this VM's memory: huge pages, shared memory.
+  const requires = new Set<"register-hugetlb" | "register-shmem">();
   for (const path of memPaths) {
     const { type, how } = memPathOn(path, f);
-    if (type === "hugetlbfs") needs.add("postcopy-hugetlbfs");
-    else if (type === "tmpfs") needs.add("postcopy-shmem");
+    if (type === "hugetlbfs") requires.add("register-hugetlb");
+    else if (type === "tmpfs") requires.add("register-shmem");
     else if (type === null) {
       if (status === "pass") status = "skip";
       memory.push(`could not tell what mem-path ${path} is on: ${how}`);
@@ -101,8 +102,8 @@ export function configChecks(f: VmView) {
       memory.push(`mem-path ${path} is on ${type} (by ${how}): ${NOT_TMPFS}`);
     }
   }
-  if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) needs.add("postcopy-shmem");
-  const kind = needs.has("postcopy-shmem") ? "shared memory (memfd or share=on)" : "anonymous RAM";
+  if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) requires.add("register-shmem");
+  const kind = requires.has("register-shmem") ? "shared memory (memfd or share=on)" : "anonymous RAM";
   if (memory.length === 0)
     memory.push(memPaths.length ? `file-backed RAM on tmpfs or hugetlbfs: ${memPaths.join(", ")}` : kind);
   // postcopy_ram_supported_by_host() calls munlockall(); QEMU locks the memory again once postcopy ends.
@@ -121,7 +122,7 @@ export function configChecks(f: VmView) {
   };
   const devices = devicesCheck(values("-device", "driver"), values("-netdev", "type"), values("-chardev", "backend"));
   // The RAM a copy of this VM would have (--migrate): a file where its first mem-path is, shared or not.
-  const shared = needs.has("postcopy-shmem") && !memPaths.length;
+  const shared = requires.has("register-shmem") && !memPaths.length;
   const ram = {
     memPath: memPaths[0] ? absolute(memPaths[0], f.cwd ?? "/") : null,
     shared: shared || backends.some((b) => on(b.share)),
@@ -131,7 +132,7 @@ export function configChecks(f: VmView) {
   const kept = SANDBOX.filter((k) => /^(allow|deny|children)$/.test(String(sandbox?.[k])));
   const own =
     sandbox && on(sandbox.enable) ? ["-sandbox", ["on", ...kept.map((k) => `${k}=${sandbox[k]}`)].join(",")] : [];
-  return { checks: [mem, devices], needs: [...needs], ram, sandbox: own };
+  return { checks: [mem, devices], requires: [...requires], ram, sandbox: own };
 }
 
 /** The keys of QEMU's -sandbox option, each allow, deny or (spawn) children. */
