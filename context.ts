@@ -19,6 +19,8 @@ import {
   INITIAL_UID_MAP,
   quoted,
   rows,
+  SELF_ENV,
+  self,
   stdoutClosed,
   UsageError,
   within,
@@ -188,15 +190,6 @@ const BORROWED: T.Unjudged = [
   "this run keeps QEMU's CAP_SYS_PTRACE, which it would not have",
   "run the probe as that user, without --user",
 ];
-/**
- * The command that starts the probe itself again, to be run from `/`: a compiled binary is its own (built to read
- * nothing of its working directory); else Bun, told to read no bunfig.toml or .env and to start in `/`.
- */
-export const self = () =>
-  Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, ...AUTOLOADS_OFF, Bun.main];
-const AUTOLOADS_OFF = ["--config=/dev/null", "--no-env-file", "--cwd=/"];
-/** What a process of the probe's own (a child, a launcher) has in its environment: Bun writes no transpiler cache. */
-export const SELF_ENV = { BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" };
 /** What the child may see of the parent's environment. */
 const CHILD_ENV = ["PATH", "TERM", "NO_COLOR", "LANG", "LC_ALL"];
 /** A report is a few kilobytes: a child's stdout is read up to this; a longer one is no report (null). */

@@ -15,6 +15,7 @@ import type * as T from "./types.ts";
 
 /** libvirt's own default cgroup_device_acl (qemu.conf), which a fix must keep. */
 const LIBVIRT_ACL = ["null", "full", "zero", "random", "urandom", "ptmx", "kvm", "userfaultfd"].map((d) => `/dev/${d}`);
+const QEMU_CONF = "/etc/libvirt/qemu.conf";
 const loadQemu = () => require("./qemu.ts") as typeof import("./qemu.ts");
 
 /** Where vm.unprivileged_userfaultfd is set at boot: systemd-sysctl's files merged by name, then /etc/sysctl.conf. */
@@ -266,9 +267,9 @@ export const CAUSES = {
     when: ({ f }) => S.libvirtHidesDevice(f),
     blocks: "qemu-device",
     summary: `libvirt's cgroup_device_acl leaves ${S.DEVICE} out of QEMU's /dev and device cgroup`,
-    evidence: [({ f }) => `/etc/libvirt/qemu.conf: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
+    evidence: [({ f }) => `${QEMU_CONF}: cgroup_device_acl = [${f.libvirt?.deviceAcl?.join(", ")}]`],
     fix: [
-      `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${S.DEVICE}", |' /etc/libvirt/qemu.conf   # keeps the rest`,
+      `sed -i 's|^\\(\\s*cgroup_device_acl\\s*=\\s*\\[\\)|\\1"${S.DEVICE}", |' ${QEMU_CONF}   # keeps the rest`,
       `systemctl try-restart libvirtd virtqemud   # libvirt's own list: ${LIBVIRT_ACL.join(", ")}`,
     ],
   },

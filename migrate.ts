@@ -14,10 +14,9 @@
  * ```
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { SELF_ENV, self } from "./context.ts";
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import { capBit, field, sanitize, within } from "./shared.ts";
+import { capBit, field, SELF_ENV, sanitize, self, within } from "./shared.ts";
 import type * as T from "./types.ts";
 
 /** What a migration is asked to be: which QEMU, how much RAM, how many multifd channels, which RAM backend. */
@@ -513,7 +512,10 @@ function planOf(sys: Sys, opts: T.Options, qemu: T.Qemu | null, context?: T.Cont
   const f = context?.copy;
   // A tenant's binary is never run: only the host's own QEMU, the one the process runs, in the host's namespace.
   if (f?.exe?.endsWith(" (deleted)"))
-    return `${qemu.path}, which process ${f.pid} runs, was replaced or removed since it started (an upgrade?): the probe runs only the file the process runs`;
+    return [
+      `${qemu.path}, which process ${f.pid} runs, was replaced or removed since it started (an upgrade?):`,
+      "the probe runs only the file the process runs",
+    ].join(" ");
   if (f && (!qemu.grantable || f.exe !== qemu.path)) {
     const own = "the host's own QEMU (root's file, in the host's mount namespace)";
     return `${qemu.path}, which process ${f.pid} runs, is not ${own}: the probe does not run it`;

@@ -460,7 +460,7 @@ export function judge(checks: T.Check[], learnt: T.Learnt, f: T.Facts, context?:
     const judged = S.CAPABILITIES.map((cap) => [cap, one(cap, qemuAs)] as const);
     const ok = Object.fromEntries(judged.map(([cap, v]) => [cap, v === true])) as Record<T.Capability, boolean>;
     const unknown: T.Judged["unknown"] = Object.fromEntries(judged.filter(([, v]) => Array.isArray(v)));
-    // Postcopy beside multifd is postcopy-ram from a QEMU that can: its version says (qemu.ts, loaded when one was read).
+    // Postcopy beside multifd is postcopy-ram from a QEMU that can: its version says (qemu.ts, loaded when read).
     const multifd = qemu?.version ? loadQemu().multifdWith(qemu.version) : null;
     if (ok["postcopy-multifd"] && multifd !== true) ok["postcopy-multifd"] = false;
     if (unknown["postcopy-ram"] || (ok["postcopy-ram"] && multifd === null))
@@ -512,8 +512,9 @@ export async function probe(sys: Sys, facts: T.Facts, opts: T.Options, context?:
     ...(why.length ? { settle: why.map(([, settle]) => settle) } : {}),
   };
   // --qemu and --migrate: real judges beside the probe's own, whose answer decides unless the probe's no stands.
-  const asked = opts.qemu !== null || opts.migrate;
-  return asked ? loadQemu().judgedAlso(sys, report, { opts, learnt, judged, context }) : report;
+  const migration = opts.migrate ? await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context) : null;
+  const asked = opts.qemu !== null || migration;
+  return asked ? loadQemu().judgedAlso(report, { opts, learnt, judged, context, migration }) : report;
 }
 
 const COLORS: Record<T.Status, number> = { pass: 32, warn: 33, fail: 31, skip: 90 };

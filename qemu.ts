@@ -377,20 +377,19 @@ export function standing(checks: T.Check[], facts: T.Facts, context?: T.Context)
 }
 
 /**
- * --qemu and --migrate: real judges beside the probe (QEMU's own answer; a real migration, migrate.ts), whose answer is
+ * --qemu and --migrate: real judges beside the probe (QEMU's own answer; a real migration, given), whose answer is
  * the headline for what they answer, unless the probe's no stands (standing()). What none of them could answer, or the
  * probe could not judge and none answered, makes the run UNKNOWN.
  */
-export async function judgedAlso(
-  sys: Sys,
+export function judgedAlso(
   report: T.Report,
-  x: { opts: T.Options; learnt: T.Learnt; judged: T.Judged; context?: T.Context },
-): Promise<T.Report> {
-  const { opts, learnt, judged, context } = x;
+  x: { opts: T.Options; learnt: T.Learnt; judged: T.Judged; context?: T.Context; migration: T.RealAnswer | null },
+): T.Report {
+  const { opts, learnt, judged, context, migration } = x;
   const stands = standing(report.checks, report.host, context);
   const real: T.RealAnswer[] = [
     ...(opts.qemu === null ? [] : [qemuAnswer(learnt.qemu, judged.ram, stands, opts.require)]),
-    ...(opts.migrate ? [await loadMigrate().migrationAnswer(sys, opts, learnt.qemu, context)] : []),
+    ...(migration ? [migration] : []),
   ];
   const decisive = Object.assign({ ...judged.ok }, ...real.map((r) => r.decides)) as Record<T.Capability, boolean>;
   for (const cap of stands ? opts.require.concat("postcopy-ram") : []) decisive[cap] &&= judged.ok[cap];
@@ -415,7 +414,6 @@ export async function judgedAlso(
     ...(known ? {} : { settle: why.map(([, settle]) => settle) }),
   };
 }
-const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts");
 
 /**
  * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet

@@ -50,6 +50,15 @@ export const absolutePath = (env: Record<string, string | undefined> = process.e
     .split(":")
     .filter((dir) => dir.startsWith("/"))
     .join(":");
+/**
+ * The command that starts the probe itself again, to be run from `/`: a compiled binary is its own (built to read
+ * nothing of its working directory); else Bun, told to read no bunfig.toml or .env and to start in `/`.
+ */
+export const self = () =>
+  Bun.main.startsWith("/$bunfs/") ? [process.execPath] : [process.execPath, ...AUTOLOADS_OFF, Bun.main];
+const AUTOLOADS_OFF = ["--config=/dev/null", "--no-env-file", "--cwd=/"];
+/** What a process of the probe's own (a child, a launcher) has in its environment: Bun writes no transpiler cache. */
+export const SELF_ENV = { BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" };
 /** The rows of a colon-separated database such as /etc/passwd or /etc/group. */
 export const rows = (sys: Sys, path: string) => (sys.readText(path) ?? "").split("\n").map((l) => l.split(":"));
 /** The value after `key:` in a /proc file such as /proc/meminfo, on its own line only: an empty value is "". */
@@ -89,7 +98,7 @@ export const sanitize = (text: string) => {
   const flat = text.replace(/\p{Cc}+/gu, " ").trim();
   return flat.length > 200 ? `${flat.slice(0, 200)}…` : flat;
 };
-/** Why each of `caps` could not be judged (`unknown`), as the run's error says it: "postcopy-ram: …", and its settle. */
+/** Why each of `caps` could not be judged (`unknown`), as the error says it ("postcopy-ram: …"), and settles. */
 export const unanswered = (caps: Capability[], unknown: Judged["unknown"]): Unjudged[] =>
   caps.flatMap((c) => (unknown[c] ? [[`${c}: ${unknown[c][0]}`, unknown[c][1]] as Unjudged] : []));
 /** A failed call, `UFFDIO_REGISTER: EINVAL`. */

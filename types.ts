@@ -300,7 +300,7 @@ export type Insn = { code: number; jt: number; jf: number; k: number };
 export type FilterVerdict = {
   /** A route a filter refuses, with the answer QEMU gets: the errno, or SIGSYS for a filter that kills or traps. */
   answers: Partial<Answers>;
-  /** Each refused or undecided route, said exactly: "userfaultfd(O_CLOEXEC): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1, …". */
+  /** Each refused or undecided route: "userfaultfd(O_CLOEXEC): SECCOMP_RET_ERRNO(EPERM), filter 1 of 1" */
   says: Partial<Record<Route | "device-node", string>>;
   /** The refused routes that QEMU's host check passes: they fail only when postcopy starts, after precopy. */
   late: Route[];

@@ -6,7 +6,7 @@
  *
  * ```ts
  * import { walker } from "./walk.ts";
- * const walk = walker(sys, rootFd, pid); // walk.resolve("/dev/userfaultfd"): an O_PATH fd inside its root, or the errno
+ * const walk = walker(sys, rootFd, pid); // walk.resolve("/dev/userfaultfd"): an O_PATH fd in its root, or the errno
  * ```
  */
 import type { R, Sys } from "./ffi.ts";

@@ -1,4 +1,4 @@
-/** Tests of pid.ts and walk.ts: --pid, a running QEMU in its own context, and as a hostile target. */
+/** Tests of pid.ts: --pid, a running QEMU in its own context, and as a hostile target (the walk's own: walk.test.ts). */
 
 import { describe, expect, test } from "bun:test";
 import {
@@ -15,12 +15,9 @@ import {
   writeFileSync,
 } from "node:fs";
 import { runInContext } from "../context.ts";
-import type { R } from "../ffi.ts";
-import * as K from "../ffi.ts";
 import { devicesAllow } from "../pid.ts";
 import { versionIn } from "../qemu.ts";
 import type { Check, Report, Seen } from "../types.ts";
-import { onFuse, openat2, walkIn } from "../walk.ts";
 import {
   blocked,
   causes,
@@ -739,27 +736,6 @@ ${serve}
     30_000,
   );
 
-  test("onFuse(): an overlay is not entered when a layer of it lies under a FUSE mount, or it names none", () => {
-    const fuse = [{ point: "/var/lib/lazy" }, { point: "/srv/a b,c" }, { point: "/srv/l:2" }];
-    const overlay = (options: string) => onFuse({ options }, fuse);
-    expect([
-      overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/docker/l/B,upperdir=/var/lib/docker/u,workdir=/w"),
-      overlay("rw,lowerdir=/var/lib/docker/l/A:/var/lib/lazy/layer7,upperdir=/var/lib/docker/u"),
-      overlay("rw,lowerdir+=/var/lib/lazy,upperdir=/u"),
-      overlay("rw,upperdir=/var/lib/lazy-not/u"),
-      overlay("rw"),
-      onFuse({ options: "rw" }, []),
-      // mountinfo's escapes: a comma in a path is \054 there, a space \040; data-only layers too.
-      overlay(String.raw`rw,lowerdir=/srv/a\040b\054c/l,upperdir=/u`),
-      overlay("rw,lowerdir=/l,datadir+=/var/lib/lazy/data"),
-      // A colon in a path: escaped in a `lowerdir=` list, as it is in `lowerdir+=`, which names one layer.
-      overlay(String.raw`rw,lowerdir=/x:/srv/l\134:2,upperdir=/u`),
-      overlay("rw,lowerdir+=/srv/l:2,upperdir=/u"),
-      // A relative layer, as its mounter typed it from a directory the probe cannot know.
-      overlay("rw,lowerdir=l,upperdir=/u"),
-    ]).toEqual([false, true, true, false, true, false, true, true, true, true, true]);
-  });
-
   test.skipIf(skip || !existsSync("/dev/fuse"))(
     "devnode-impostor: a root on FUSE (rootless Podman's fuse-overlayfs) is not looked into, and the run ends",
     async () => {
@@ -935,42 +911,4 @@ ${serve}
     expect([writers.length > 0, [...new Set(writers)]]).toEqual([true, [parent]]);
     expect(JSON.parse(readFileSync(out, "utf8")).error).toBe("Process 2 (kthreadd) is a kernel thread, not a QEMU");
   });
-
-  test.skipIf(!isRoot)(
-    "the walk that stands in for openat2() where the kernel lacks it resolves as openat2() does",
-    () => {
-      const dir = mkdtempSync(`${world}/walk-`);
-      mkdirSync(`${dir}/a/b`, { recursive: true });
-      writeFileSync(`${dir}/inside`, "");
-      symlinkSync("/inside", `${dir}/a/absolute`);
-      symlinkSync("../../../../inside", `${dir}/a/b/up`);
-      symlinkSync("b", `${dir}/a/dir`);
-      symlinkSync("loop", `${dir}/loop`);
-      const root = sys.open(dir, K.O_PATH | K.O_CLOEXEC).ret;
-      const inode = (r: R) => {
-        if (r.ret < 0) return K.errnoName(r.errno);
-        const st = sys.stat("", r.ret, K.AT_EMPTY_PATH);
-        sys.close(r.ret);
-        return String(st.ino);
-      };
-      try {
-        const paths = ["/a/absolute", "/a/b/up", "/a/dir/up", "/../../inside", "/loop", "/a/missing", "/inside/x", "/"];
-        const viaWalk = paths.map((p) => inode(walkIn(sys, root, p)));
-        expect(viaWalk).toEqual(paths.map((p) => inode(openat2(root, p, 0))));
-        const ino = (p: string) => String(sys.stat(p).ino);
-        expect(viaWalk).toEqual([
-          ino(`${dir}/inside`),
-          ino(`${dir}/inside`),
-          ino(`${dir}/inside`),
-          ino(`${dir}/inside`),
-          "ELOOP",
-          "ENOENT",
-          "ENOTDIR",
-          ino(dir),
-        ]);
-      } finally {
-        sys.close(root);
-      }
-    },
-  );
 });

@@ -20,7 +20,7 @@ import { basename, dirname } from "node:path";
 import type { Sys } from "../ffi.ts";
 import * as K from "../ffi.ts";
 import { decodeFeatures, errorDocument, PATTERN_NUL, parseArgs, probe, renderHuman, renderJson } from "../probe.ts";
-import { CAPABILITIES, field, VERSION } from "../shared.ts";
+import { CAPABILITIES, VERSION } from "../shared.ts";
 import type { Check, Report } from "../types.ts";
 import {
   blocked,
@@ -49,6 +49,7 @@ import {
   realQemu,
   routesOf,
   sample,
+  shipped,
   statuses,
   sys,
   traceOpens,
@@ -58,16 +59,6 @@ import {
 } from "./helpers.ts";
 
 describe("facts: read from the host, never a wrong one", () => {
-  test("field() reads a value from its own line only: an empty one is empty, never the next line's", () => {
-    const status = "Name:\tqemu\nGroups:\nNStgid:\t4321\nCapEff:\t0000000000080000\n";
-    expect([field(status, "Groups"), field(status, "NStgid"), field(status, "CapEff"), field(status, "Uid")]).toEqual([
-      "",
-      "4321",
-      "0000000000080000",
-      null,
-    ]);
-  });
-
   test.skipIf(!isRoot)(
     "with /proc mounted subset=pid (systemd's ProcSubset=pid) the answers are those of a whole /proc",
     () => {
@@ -864,7 +855,96 @@ describe("the command line", () => {
 });
 
 describe("the package and the binary", () => {
-  test("npm pack holds only the probe, its ABI, each option's file, the manifest, README and LICENSE", () => {
+  /** The package's source files, and for each the files it names: imports (of values or types) and lazy loads. */
+  const sources = shipped.filter((f) => f.endsWith(".ts"));
+  const edges = (file: string) => {
+    const code = readFileSync(`${ROOT}/${file}`, "utf8")
+      .split("\n")
+      .filter((line) => !/^\s*(\*|\/\/|\/\*)/.test(line));
+    return [
+      ...new Set(
+        code
+          .join("\n")
+          .matchAll(/"\.\/([\w-]+\.ts)"/g)
+          .map((m) => m[1]),
+      ),
+    ];
+  };
+  /** The code lines of files as the stop hook counts them: not blank, not only a comment. */
+  const codeLines = (file: string) =>
+    readFileSync(`${ROOT}/${file}`, "utf8")
+      .split("\n")
+      .filter((line) => line.trim() && !/^\s*(\/\/|\*|\/\*)/.test(line)).length;
+
+  test("layers without a circle: nobody imports the entry point, no file reaches itself, lazily or not", () => {
+    const graph = Object.fromEntries(sources.map((f) => [f, edges(f)]));
+    expect(sources.filter((f) => graph[f].includes("probe.ts"))).toEqual([]);
+    // One test file per source file, each runnable alone (bun test FILE).
+    expect(sources.filter((f) => !existsSync(`${ROOT}/test/${f.replace(/\.ts$/, ".test.ts")}`))).toEqual([]);
+    // A file reaches itself through its edges: a depth-first walk that meets a file still on its path.
+    const circles: string[][] = [];
+    const walk = (file: string, path: string[]) => {
+      if (path.includes(file)) return circles.push([...path.slice(path.indexOf(file)), file]);
+      for (const next of graph[file]) walk(next, [...path, file]);
+    };
+    for (const file of sources) walk(file, []);
+    expect(circles).toEqual([]);
+    // What the edges are made of, so the test reads what the files do: probe.ts loads every option lazily.
+    expect(graph["probe.ts"].toSorted()).toEqual([
+      "bench.ts",
+      "context.ts",
+      "diagnosis.ts",
+      "ffi.ts",
+      "migrate.ts",
+      "qemu.ts",
+      "shared.ts",
+      "textfile.ts",
+      "types.ts",
+    ]);
+  });
+
+  test("the budgets: the default run (probe.ts, ffi.ts, shared.ts; types.ts is erased) ≤ 1200 code lines, each other file ≤ 500", () => {
+    const statically = (file: string) =>
+      [...readFileSync(`${ROOT}/${file}`, "utf8").matchAll(/^import\s+(type\s)?[^;]*?from\s+"\.\/([^"]+\.ts)"/gms)]
+        .filter((m) => !m[1])
+        .map((m) => m[2]);
+    const core = ["probe.ts"];
+    for (let i = 0; i < core.length; i++) for (const f of statically(core[i])) if (!core.includes(f)) core.push(f);
+    expect(core.toSorted()).toEqual(["ffi.ts", "probe.ts", "shared.ts"]);
+    expect(core.reduce((n, f) => n + codeLines(f), 0)).toBeLessThanOrEqual(1200);
+    const over = sources.filter((f) => !core.includes(f) && codeLines(f) > 500);
+    expect(over).toEqual([]);
+    // Counted as formatted at 120 columns: a line the formatter cannot break (a long string, a comment) is no escape.
+    const wide = sources.flatMap((f) =>
+      readFileSync(`${ROOT}/${f}`, "utf8")
+        .split("\n")
+        .flatMap((line, i) => (line.length > 120 ? [`${f}:${i + 1}`] : [])),
+    );
+    expect(wide).toEqual([]);
+  });
+
+  test("each file type-checks on its own (with what it imports, and nothing else of the package)", async () => {
+    const tsc = `${ROOT}/node_modules/.bin/tsc`;
+    const flags = ["--ignoreConfig", "--noEmit", "--strict", "--target", "esnext", "--module", "preserve"];
+    const more = [
+      "--moduleResolution",
+      "bundler",
+      "--allowImportingTsExtensions",
+      "--skipLibCheck",
+      "--types",
+      "bun-types",
+    ];
+    const checked = await Promise.all(
+      sources.map(async (file) => {
+        const run = Bun.spawn([tsc, ...flags, ...more, file], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+        const [code, out] = await Promise.all([run.exited, new Response(run.stdout).text()]);
+        return [file, code, out.slice(0, 2000)];
+      }),
+    );
+    expect(checked.filter(([, code]) => code !== 0)).toEqual([]);
+  }, 30_000);
+
+  test("npm pack holds only the probe, its ABI, each option's file, the JSON schema, the manifest, README and LICENSE", () => {
     const pack = Bun.spawnSync(["npm", "pack", "--dry-run", "--json"], { cwd: ROOT });
     const [{ files }] = JSON.parse(pack.stdout.toString()) as Array<{ files: Array<{ path: string }> }>;
     expect(files.map((f) => f.path).sort()).toEqual([
@@ -878,6 +958,7 @@ describe("the package and the binary", () => {
       "migrate.ts",
       "package.json",
       "pid.ts",
+      "postcopy-probe-1.schema.json",
       "probe.ts",
       "qemu.ts",
       "seccomp.ts",
