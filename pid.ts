@@ -104,6 +104,16 @@ const refusedBy = (checks: T.Check[]): T.Judging[] => [
     return forQemu && untold ? [untold.detail, untold.hint ?? ""] : null;
   },
 ];
+/** The host's huge pages: the default size (bytes), and the pool of each size (nr_ and free_hugepages). */
+function hugePages(sys: Sys) {
+  const kb = S.whole(S.field(sys.readText("/proc/meminfo"), "Hugepagesize")?.replace(/ kB$/, ""));
+  const pool = (bytes: number) => {
+    const dir = `/sys/kernel/mm/hugepages/hugepages-${bytes / 1024}kB`;
+    const [total, free] = ["nr_hugepages", "free_hugepages"].map((n) => S.whole(sys.readText(`${dir}/${n}`)));
+    return total === null || free === null ? null : { total, free, file: `${dir}/nr_hugepages` };
+  };
+  return { size: kb === null ? null : kb * 1024, pool };
+}
 /** The causes only a running process can have, as rows of probe.ts's table (its README entries too). */
 export const CAUSES = {
   apparmor: {
@@ -204,6 +214,8 @@ export function processFacts(sys: Sys, pid: number) {
     ),
     // QEMU calls munlockall() before postcopy: memory locked now is not a blocker.
     vmLckKb: num("VmLck"),
+    /** Its huge pages (HugetlbPages, every size), null when unread. */
+    hugetlbKb: num("HugetlbPages"),
     /** Its arguments; null when they could not be read whole. */
     cmdline: cmdline === null ? null : cmdline.split("\0").slice(0, -1),
     mounts: mountsOf(sys.readText(`${at}/mountinfo`)),
@@ -306,12 +318,13 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   const heldOn = (fd: string, raw: string | null) => {
     const mine = sys.open(`/proc/${pid}/fd/${fd}`, K.O_PATH | K.O_CLOEXEC);
     const same = mine.ret >= 0 && raw !== null && link(`/proc/self/fd/${mine.ret}`) === raw;
-    const type = same ? (walk.mountOf(mine.ret)?.type ?? null) : null;
+    const mount = same ? (walk.mountOf(mine.ret) ?? null) : null;
     if (mine.ret >= 0) sys.close(mine.ret);
-    return type;
+    return mount;
   };
-  const files = () => f.files().map((file) => ({ path: file.path, type: () => heldOn(file.fd, file.raw) }));
-  const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: (at) => walkedTo(sys, walk, at) });
+  const files = () => f.files().map((file) => ({ path: file.path, mount: () => heldOn(file.fd, file.raw) }));
+  const walked = (at: string) => walkedTo(sys, walk, at);
+  const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: walked, hugePages: hugePages(sys) });
   const name = S.rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const fileBacked = vm.ram.shared || vm.ram.memPath !== null;
   const filters = f.seccomp === 2 ? await seccompOf(sys, pid, f.seccompFilters, fileBacked) : null;

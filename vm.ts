@@ -31,20 +31,26 @@ function optionValue(value: string, first: string): Props {
 }
 const on = (v: unknown) => ["on", "true", "yes", true].includes(v as string);
 
-/** What the VM checks need to know of the process: its arguments, locked memory, and how it sees its files. */
+/** A mount as the process's table has it: its type and its options (hugetlbfs's pagesize among them). */
+type Mount = { type: string; options?: string };
+/** What the VM checks need to know of the process: its arguments, memory, how it sees its files, the host's pool. */
 export type VmView = {
   /** Its arguments. */
   cmdline: string[];
   /** Its locked memory (VmLck), null when unread. */
   vmLckKb: number | null;
+  /** Its huge pages in use (HugetlbPages, every size), null when unread. */
+  hugetlbKb: number | null;
   /** Its cwd as it names it, null when unread. */
   cwd: string | null;
   /** Its mounts (mountinfo), null when unread. */
   mounts: Array<{ id: number; type: string }> | null;
-  /** The files it holds open, by the path it knows them by, and the type of the mount each is on (null: unknown). */
-  files: () => Array<{ path: string | null; type: () => string | null }>;
-  /** The file system of a path walked inside the process's root. */
-  walk: (path: string) => { type: string | null; how: string };
+  /** The files it holds open, by the path it knows them by, and the mount each is on (null: unknown). */
+  files: () => Array<{ path: string | null; mount: () => Mount | null }>;
+  /** The file system of a path walked inside the process's root, and its mount's options. */
+  walk: (path: string) => { type: string | null; how: string; options?: string };
+  /** The host's default huge page size (bytes), and its pool of each size; null when unread. */
+  hugePages: { size: number | null; pool: (bytes: number) => { total: number; free: number; file: string } | null };
 };
 /** A path made absolute against `cwd` and without `.` and `..`, as the kernel would name it (links aside). */
 function absolute(path: string, cwd: string) {
@@ -59,18 +65,27 @@ function absolute(path: string, cwd: string) {
  * there, else of the path walked inside its root (`f.walk`), never looking into a FUSE mount (it may
  * never answer). A null type, and why, when the probe could not tell.
  */
-function memPathOn(path: string, f: VmView): { type: string | null; how: string } {
+function memPathOn(path: string, f: VmView): { type: string | null; how: string; options?: string } {
   if (!path.startsWith("/") && f.cwd === null)
     return { type: null, how: "relative, and the process's cwd is unreadable" };
   if (f.mounts === null) return { type: null, how: "the process's mount table is unreadable" };
   const at = absolute(path, f.cwd ?? "/");
   const under = (p: string) => p === at || p.startsWith(at === "/" ? "/" : `${at}/`);
-  const type = f
+  const held = f
     .files()
     .find((file) => file.path !== null && under(file.path))
-    ?.type();
-  return type ? { type, how: "the RAM file QEMU holds open" } : f.walk(at);
+    ?.mount();
+  return held ? { ...held, how: "the RAM file QEMU holds open" } : f.walk(at);
 }
+/** A size as QEMU reads one ("4G", "1.5T", "65536"), in bytes; a bare number is in `unit`s (-m: MiB). */
+function sizeOf(value: unknown, unit = 1) {
+  if (typeof value === "number") return value;
+  const [, n, suffix] = String(value).match(/^(\d+(?:\.\d+)?)([bkmgtpe]?)$/i) ?? [];
+  const scale = suffix ? 1024 ** "bkmgtpe".indexOf(suffix.toLowerCase()) : unit;
+  return n === undefined ? null : Math.round(Number(n) * scale);
+}
+const MiB = 1 << 20;
+const mib = (bytes: number) => (bytes >= 1 << 30 ? `${bytes / (1 << 30)} GiB` : `${bytes / MiB} MiB`);
 
 /**
  * The VM's configuration, from its command line (`-x` and `--x` alike): memory backends (file-backed RAM
@@ -82,18 +97,27 @@ export function configChecks(f: VmView) {
   const values = (opt: string, first: string) =>
     args.flatMap((a, i) => (args[i - 1] === opt ? [optionValue(a, first)] : []));
   const backends = values("-object", "qom-type").filter((o) => String(o["qom-type"]).startsWith("memory-backend"));
-  const memPaths = [
-    ...backends.map((b) => b["mem-path"]),
-    ...args.filter((_, i) => args[i - 1] === "-mem-path"),
-  ].filter((p): p is string => typeof p === "string" && p !== "");
+  // Each file-backed RAM and its size: a backend's size= (bytes), or -m's for -mem-path (MiB; QEMU's default 128).
+  const machineRam = sizeOf(values("-m", "size").at(-1)?.size ?? "128", MiB);
+  const rams = [
+    ...backends.map((b) => ({ path: b["mem-path"], size: sizeOf(b.size) })),
+    ...args.flatMap((a, i) => (args[i - 1] === "-mem-path" ? [{ path: a, size: machineRam }] : [])),
+  ].filter((r): r is { path: string; size: number | null } => typeof r.path === "string" && r.path !== "");
+  const memPaths = rams.map((r) => r.path);
   const memory: string[] = [];
   let status: Check["status"] = "pass";
   // The checks postcopy-ram needs passed for this VM's memory: huge pages, shared memory.
   const requires = new Set<"register-hugetlb" | "register-shmem">();
-  for (const path of memPaths) {
-    const { type, how } = memPathOn(path, f);
-    if (type === "hugetlbfs") requires.add("register-hugetlb");
-    else if (type === "tmpfs") requires.add("register-shmem");
+  // Bytes of hugetlbfs RAM by huge page size (a mount's pagesize=, else the host's default), and what is untold.
+  const [huge, untold] = [new Map<number, number>(), [] as string[]];
+  for (const { path, size } of rams) {
+    const { type, how, options } = memPathOn(path, f);
+    if (type === "hugetlbfs") {
+      requires.add("register-hugetlb");
+      const page = sizeOf(options?.match(/(?:^|,)pagesize=([^,]+)/)?.[1]) ?? f.hugePages.size;
+      if (page === null || size === null) untold.push(`the ${page === null ? "huge page size" : "size"} of ${path}`);
+      else huge.set(page, (huge.get(page) ?? 0) + size);
+    } else if (type === "tmpfs") requires.add("register-shmem");
     else if (type === null) {
       if (status === "pass") status = "skip";
       memory.push(`could not tell what mem-path ${path} is on: ${how}`);
@@ -132,7 +156,40 @@ export function configChecks(f: VmView) {
   const kept = SANDBOX.filter((k) => /^(allow|deny|children)$/.test(String(sandbox?.[k])));
   const own =
     sandbox && on(sandbox.enable) ? ["-sandbox", ["on", ...kept.map((k) => `${k}=${sandbox[k]}`)].join(",")] : [];
-  return { checks: [mem, devices], requires: [...requires], ram, sandbox: own };
+  const pool = hugePagesCheck(huge, untold, f, args.includes("-incoming"));
+  return { checks: [mem, devices, ...(pool ? [pool] : [])], requires: [...requires], ram, sandbox: own };
+}
+
+/**
+ * Huge pages for this VM's hugetlbfs memory. During postcopy the destination places each page as it is asked for,
+ * from its pool: an incoming QEMU (-incoming) whose pool cannot hold its pages beside those other processes use fails
+ * after precopy. A VM that runs here goes to another host's pool: what that pool must hold is said, not judged.
+ */
+function hugePagesCheck(huge: Map<number, number>, untold: string[], f: VmView, incoming: boolean): Check | null {
+  if (huge.size === 0 && untold.length === 0) return null;
+  // Its own pages in use, when all of one size: the rest in use is other processes'.
+  const own = huge.size === 1 && f.hugetlbKb !== null ? f.hugetlbKb * 1024 : 0;
+  const sizes = [...huge].map(([page, bytes]) => {
+    const [pages, pool] = [Math.ceil(bytes / page), f.hugePages.pool(page)];
+    const others = pool ? Math.max(0, pool.total - pool.free - Math.floor(own / page)) : 0;
+    const here = pool ? ` (this host's pool has ${pool.total}, ${others} in use by other processes)` : "";
+    const said = `${mib(bytes)} in ${pages} pages of ${mib(page)}${here}`;
+    return { page, pages, pool, needed: pages + others, said };
+  });
+  const short = incoming ? sizes.filter((s) => s.pool && s.pool.total < s.needed) : [];
+  const unread = [...untold, ...sizes.filter((s) => !s.pool).map((s) => `this host's pool of ${mib(s.page)} pages`)];
+  const role = incoming ? "" : "; the destination's pool must hold them beside what it uses";
+  const said = sizes.length ? [`hugetlbfs: ${sizes.map((s) => s.said).join(", ")}${role}`] : [];
+  const fix = short.map((s) => `echo ${s.needed} > ${s.pool!.file}`).join(" && ");
+  return {
+    id: "vm-hugepages",
+    title: "huge pages for this VM's memory",
+    status: short.length ? "fail" : incoming && unread.length ? "skip" : "pass",
+    detail: [...said, ...unread.map((u) => `could not tell ${u}`)].join("; "),
+    ...(fix
+      ? { hint: `${fix}   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer` }
+      : {}),
+  };
 }
 
 /** The keys of QEMU's -sandbox option, each allow, deny or (spawn) children. */
@@ -178,14 +235,23 @@ function devicesCheck(devices: Props[], netdevs: Props[], chardevs: Props[]): Ch
   return { id: "vm-devices", title: "this VM's devices", status, detail, hint };
 }
 
-/** The cause this VM's configuration can be, as a row of probe.ts's table (its README entry too). */
+/** The causes this VM can be, as rows of diagnosis.ts's table (their README entries too). */
 export const CAUSES = {
   "vm-config": {
-    when: ({ checks }) => checks.some((c) => c.id.startsWith("vm-") && c.status === "fail"),
+    when: ({ checks }) => failing(checks, CONFIG).length > 0,
     blocks: "qemu",
     summary: "this VM's own configuration refuses postcopy, whatever the host allows",
-    evidence: [({ checks }) => vmFailing(checks).map((c) => `${c.id}: ${c.detail}`)],
-    fix: [({ checks }) => vmFailing(checks).flatMap((c) => (c.hint ? [c.hint] : []))],
+    evidence: [({ checks }) => failing(checks, CONFIG).map((c) => `${c.id}: ${c.detail}`)],
+    fix: [({ checks }) => failing(checks, CONFIG).flatMap((c) => (c.hint ? [c.hint] : []))],
+  },
+  "vm-hugepages": {
+    when: ({ checks }) => failing(checks, ["vm-hugepages"]).length > 0,
+    blocks: "qemu",
+    summary:
+      "this host's huge page pool cannot hold this incoming VM's memory, placed from it page by page in postcopy",
+    evidence: [({ checks }) => failing(checks, ["vm-hugepages"]).map((c) => `${c.id}: ${c.detail}`)],
+    fix: [({ checks }) => failing(checks, ["vm-hugepages"]).map((c) => c.hint!)],
   },
 } satisfies Record<string, Cause>;
-const vmFailing = (checks: Check[]) => checks.filter((c) => c.id.startsWith("vm-") && c.status === "fail");
+const CONFIG = ["vm-memory", "vm-devices"];
+const failing = (checks: Check[], ids: string[]) => checks.filter((c) => ids.includes(c.id) && c.status === "fail");

@@ -190,10 +190,13 @@ export function walkedTo(sys: Sys, walk: ReturnType<typeof walker>, path: string
   const r = walk.resolve(path);
   if (r.stopped) return { type: null, how: r.stopped };
   if (r.ret < 0) return { type: null, how: `its path in the process's root: ${K.errnoName(r.errno)}` };
-  const [type, refused] = [walk.mountOf(r.ret)?.type ?? null, walk.refuses(r.ret)];
+  const [mount, refused] = [walk.mountOf(r.ret), walk.refuses(r.ret)];
+  const type = mount?.type ?? null;
   sys.close(r.ret);
-  if (type?.startsWith("fuse") || !refused)
-    return { type, how: type ? "its path in the process's root" : "its mount is not in the process's mount table" };
+  if (type?.startsWith("fuse") || !refused) {
+    const how = type ? "its path in the process's root" : "its mount is not in the process's mount table";
+    return { type, how, options: mount?.options };
+  }
   return { type: null, how: refused };
 }
 /**

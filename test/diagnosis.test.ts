@@ -226,6 +226,7 @@ describe("diagnose() as a decision table", () => {
   const DENIED_DEVICE: Answers = ["EACCES", "EACCES", "ok", "ok"];
   const DEVICE_DENIED = { "device-node": "EACCES", device: "EACCES" };
   const vfio: Check = { id: "vm-devices", title: "", status: "fail", detail: "vfio", hint: "detach the VFIO device" };
+  const shortPool: Check = { id: "vm-hugepages", title: "", status: "fail", detail: "hugetlbfs", hint: "echo 32 > F" };
   const [DENIED, OPEN] = [["EACCES", "EACCES", "EPERM", "ok"] as Answers, ["ok", "ok", "ok", "ok"] as Answers];
 
   /** For each cause: the least that must produce it, all it then names, and a near miss (one thing changed) that must not. */
@@ -346,6 +347,12 @@ describe("diagnose() as a decision table", () => {
       hit: { routes: OPEN, vm: [vfio] },
       causes: ["vm-config"],
       miss: { routes: OPEN, vm: [{ ...vfio, status: "warn" }] },
+    },
+    {
+      cause: "vm-hugepages",
+      hit: { routes: OPEN, vm: [shortPool] },
+      causes: ["vm-hugepages"],
+      miss: { routes: OPEN, vm: [{ ...shortPool, status: "pass" }] },
     },
   ];
 

@@ -227,6 +227,30 @@ describe("--pid (context.ts): this VM, in its QEMU's own context, judged as that
     30000,
   );
 
+  const pool = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+  const poolOf = (n: string) => Number(readFileSync(`${pool}/${n}`, "utf8"));
+  test.skipIf(skip || !existsSync(pool) || poolOf("nr_hugepages") >= 32)(
+    "vm-hugepages: an incoming VM on hugetlbfs (reserve=off) whose 64 MiB this host's pool cannot hold: QEMU accepts, the probe says no, with the fix sized to it",
+    async () => {
+      const dir = mkdtempSync(`${world}/hugetlbfs-`);
+      // hugetlbfs mounted in the QEMU's own mount namespace: nothing of it on the host.
+      const prefix = [...inNamespace(`mount -t hugetlbfs none ${dir} && exec "$@"`), "sh"];
+      const backend = `memory-backend-file,id=ram0,size=64M,mem-path=${dir},share=on,reserve=off`;
+      await withQemu(realQemu!, prefix, ["-object", backend, "-machine", "memory-backend=ram0"], async (pid, ask) => {
+        const { code, report } = byPid(pid);
+        const needed = 32 + poolOf("nr_hugepages") - poolOf("free_hugepages");
+        expect([await ask(), code, report.postcopy, causes(report)]).toEqual(["yes", 1, false, ["vm-hugepages"]]);
+        expect(check(report, "vm-hugepages").detail).toStartWith(
+          "hugetlbfs: 64 MiB in 32 pages of 2 MiB (this host's pool has ",
+        );
+        expect(report.diagnosis[0].fix).toEqual([
+          `echo ${needed} > ${pool}/nr_hugepages   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer`,
+        ]);
+      });
+    },
+    30000,
+  );
+
   test.skipIf(skip)("virtio-balloon free-page-hint: QEMU accepts, the probe warns and says yes", async () => {
     const args = ["-object", "iothread,id=io0", "-device", "virtio-balloon-pci,free-page-hint=on,iothread=io0"];
     await withQemu(realQemu!, [], args, async (pid, ask) => {

@@ -1,11 +1,17 @@
 /** Tests of vm.ts: a VM's configuration from its command line. */
 import { describe, expect, test } from "bun:test";
-import { configChecks } from "../vm.ts";
+import { CAUSES, configChecks } from "../vm.ts";
+
+const MiB = 1 << 20;
 
 describe("--pid (vm.ts): a VM's command line, for devices this machine has not got", () => {
   // VFIO needs a device to pass through and vhost-user a backend that speaks its protocol: neither is here.
+  const noPool = { size: 2 * MiB, pool: () => null };
   const vm = (cmdline: string[], vmLckKb: number | null = 0) =>
-    configChecks({ cmdline, vmLckKb, cwd: "/", mounts: [], files: () => [], walk: () => ({ type: null, how: "" }) });
+    configChecks({
+      ...{ cmdline, vmLckKb, hugetlbKb: null, cwd: "/", mounts: [], hugePages: noPool },
+      ...{ files: () => [], walk: () => ({ type: null, how: "" }) },
+    });
   const QEMU = ["qemu-system-x86_64", "-machine", "pc"];
 
   test("vm-config: VFIO fails with QEMU's message; vhost-user warns naming each backend's socket, in both syntaxes", () => {
@@ -48,5 +54,70 @@ describe("--pid (vm.ts): a VM's command line, for devices this machine has not g
       "shared memory (memfd or share=on); memory locked (VmLck unknown kB): QEMU unlocks it for postcopy, then locks it again",
       ["register-shmem"],
     ]);
+  });
+});
+
+describe("--pid (vm.ts): huge pages for a VM's hugetlbfs memory, from the host's pool", () => {
+  const POOL = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages";
+  /** A VM whose mem-paths are on hugetlbfs (`options`: its mount's), with a pool of 1 GiB pages of `total` and `free`. */
+  const hugeVm = (cmdline: string[], options: string, pool: { total: number; free: number } | null, ownKb = 0) =>
+    configChecks({
+      ...{ cmdline, vmLckKb: 0, hugetlbKb: ownKb, cwd: "/", mounts: [], files: () => [] },
+      walk: () => ({ type: "hugetlbfs", how: "its path in the process's root", options }),
+      hugePages: { size: 2 * MiB, pool: (bytes) => (bytes === 1 << 30 && pool ? { ...pool, file: POOL } : null) },
+    }).checks.find((c) => c.id === "vm-hugepages");
+  const backend = '{"qom-type":"memory-backend-file","id":"ram0","mem-path":"/dev/hugepages1G","size":4294967296}';
+  const incoming = ["qemu-system-x86_64", "-object", backend, "-incoming", "defer"];
+  const GiB_PAGES = "rw,relatime,pagesize=1024M";
+
+  test("an incoming VM the pool cannot hold fails, with a fix sized to it beside what other processes hold", () => {
+    const [empty, othersHold, ownHeld] = [
+      hugeVm(incoming, GiB_PAGES, { total: 2, free: 2 }),
+      hugeVm(incoming, GiB_PAGES, { total: 8, free: 2 }),
+      // Its own 4 pages are among those in use: the 2 others leave room.
+      hugeVm(incoming, GiB_PAGES, { total: 8, free: 2 }, 4 * 1024 * 1024),
+    ];
+    expect(empty).toEqual({
+      id: "vm-hugepages",
+      title: "huge pages for this VM's memory",
+      status: "fail",
+      detail: "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 2, 0 in use by other processes)",
+      hint: `echo 4 > ${POOL}   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer`,
+    });
+    expect([othersHold?.status, othersHold?.hint?.split("   #")[0]]).toEqual(["fail", `echo 10 > ${POOL}`]);
+    expect([ownHeld?.status, ownHeld?.detail, ownHeld?.hint]).toEqual([
+      "pass",
+      "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 8, 2 in use by other processes)",
+      undefined,
+    ]);
+  });
+
+  test("a VM that runs here is said, not judged: the destination's pool must hold it; -m sizes -mem-path in MiB", () => {
+    const running = hugeVm(["qemu-system-x86_64", "-m", "size=2048", "-mem-path", "/dev/hugepages"], "rw", null);
+    expect([running?.status, running?.detail]).toEqual([
+      "pass",
+      "hugetlbfs: 2 GiB in 1024 pages of 2 MiB; the destination's pool must hold them beside what it uses; could not tell this host's pool of 2 MiB pages",
+    ]);
+    // QEMU's default RAM (128 MiB) when -m is not given.
+    expect(hugeVm(["qemu-system-x86_64", "-mem-path", "/dev/hugepages"], "rw", null)?.detail).toStartWith(
+      "hugetlbfs: 128 MiB in 64 pages of 2 MiB;",
+    );
+  });
+
+  test("an incoming VM whose size or pool the probe cannot read is a skip, never a yes", () => {
+    const unsized = ["qemu-system-x86_64", "-object", "memory-backend-file,id=m,mem-path=/hp", "-incoming", "defer"];
+    const [noSize, noPool] = [hugeVm(unsized, GiB_PAGES, { total: 8, free: 8 }), hugeVm(incoming, GiB_PAGES, null)];
+    expect([noSize?.status, noSize?.detail]).toEqual(["skip", "could not tell the size of /hp"]);
+    expect([noPool?.status, noPool?.detail]).toEqual([
+      "skip",
+      "hugetlbfs: 4 GiB in 4 pages of 1 GiB; could not tell this host's pool of 1 GiB pages",
+    ]);
+  });
+
+  test("no hugetlbfs memory, no check; vm-hugepages is its own cause, not vm-config", () => {
+    expect(hugeVm(["qemu-system-x86_64"], GiB_PAGES, null)).toBeUndefined();
+    const failed = hugeVm(incoming, GiB_PAGES, { total: 0, free: 0 })!;
+    const seen = { checks: [failed] } as Parameters<(typeof CAUSES)["vm-config"]["when"]>[0];
+    expect([CAUSES["vm-config"].when(seen), CAUSES["vm-hugepages"].when(seen)]).toEqual([false, true]);
   });
 });
