@@ -1,8 +1,9 @@
 #!/bin/sh
-/*/true 2>/dev/null; exec env BUN_RUNTIME_TRANSPILER_CACHE_PATH=0 \
-  bun --config=/dev/null --no-env-file --cwd=/ "$(readlink -f -- "$0")" "$@" # */
-// Run as a program, sh runs the line above: Bun then reads nothing of the working directory (no bunfig.toml,
-// .env, package.json or tsconfig.json: --cwd=/ and the script's own path), and writes no transpiler cache.
+/*/true 2>/dev/null; case $0 in /*) p=$0 ;; *) p=$PWD/$0 ;; esac; export BUN_RUNTIME_TRANSPILER_CACHE_PATH=0
+exec bun --config=/dev/null --no-env-file --cwd=/ "$p" "$@" # */
+// Run as a program, sh runs the lines above (no process but true before Bun): Bun then reads nothing of the working
+// directory (no bunfig.toml, .env, package.json or tsconfig.json: --cwd=/ and the script's own path, which Bun
+// resolves through links), and writes no transpiler cache.
 /**
  * postcopy-probe: can QEMU do userfaultfd-based postcopy live migration on this host, in this context — and if
  * not, why, and what to run. It runs QEMU's own postcopy_ram_supported_by_host() sequence (and what QEMU 8.0+
@@ -16,15 +17,15 @@
  *
  * The file reads in the order the data flows, one banner per stage (types.ts declares each stage's record):
  *   Facts          read-only host context                             readFacts() -> Facts
- *   Routes         which consumer takes which way to a uffd           CONSUMERS, qemuAnswers()
+ *   Routes         which consumer takes which way to a uffd           shared.ts CONSUMERS
  *   Checks         QEMU's sequence, one row per check                 CHECKS, runChecks() -> Check[], Learnt
  *   Round trips    real faults served, bytes verified                 TRIPS
  *   Capabilities   each consumer, judged on its route                 NEEDS, judge() -> Judged
- *   Diagnosis      one table of causes: gates, evidence, fixes        CAUSES, diagnose() -> Diagnosis[]
  *   Report         the pipeline, then one renderer                    probe() -> Report, renderHuman()
  *   Command line   options as data, main() and the exit status       OPTIONS, parseArgs(), main()
- * Every default run loads this file, ffi.ts (the kernel ABI) and shared.ts (what the option files use too). Each
- * option's own code is a file loaded (require) only where it applies: README, "What runs".
+ * Every default run loads this file, ffi.ts (the kernel ABI) and shared.ts (what the option files use too). The
+ * diagnosis (diagnosis.ts: one table of causes, their gates, evidence and fixes) loads where a capability failed, and
+ * each option's own code is a file loaded (require) only where it applies: README, "What runs".
  */
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";

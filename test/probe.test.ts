@@ -1089,8 +1089,8 @@ const CHANGES =
   /^(mkdir|mkdirat|rmdir|unlink|unlinkat|rename|renameat2?|link|linkat|symlink|symlinkat|chmod|fchmod|fchmodat2?|chown|fchown|fchownat|lchown|truncate|mknod|mknodat|mount|umount2|setxattr|lsetxattr|fsetxattr|removexattr|utimensat|socket|connect|bind)$/;
 /** Where a run may read (the README's effects table): the kernel's and the host's files, the libraries, the probe's. */
 const READS = [/^\/(proc|sys|etc|usr|lib|lib64|run\/sysctl\.d)(\/|$)/, /^\/dev\/(userfaultfd|urandom|null)$/, /^\/$/];
-/** The programs a run executes: the shebang's sh and what it runs (true, readlink, env), then Bun. */
-const EXECUTES = ["probe.ts", "true", "readlink", "env", "bun"];
+/** The programs a run executes: the shebang's sh and what it runs (true), then Bun. */
+const EXECUTES = ["probe.ts", "true", "bun"];
 /**
  * Each effect of a traced run that the README's table does not list: a program it runs, a file it opens for writing
  * (but /dev/userfaultfd, and /dev/null for the shebang's sh), a file it reads outside the table's places (the
