@@ -218,6 +218,7 @@ export async function enterContext(sys: Sys, opts: T.Options): Promise<T.Context
   // What the run may still load, loaded now: the user the child becomes may not read the package's files (npx's cache
   // under /root). A worker thread's file (apparmor.ts) is read when it starts, as that user: a binary holds it inside.
   require("./diagnosis.ts");
+  if (sys.readText("/sys/fs/selinux/enforce") !== null) require("./selinux.ts");
   if (opts.format === "prometheus") require("./textfile.ts");
   if (opts.bench) require("./bench.ts");
   if (opts.migrate) require("./migrate.ts");

@@ -53,6 +53,10 @@ const refusedOnAny = (s: T.Seen, answers: Partial<T.Answers>) => [
   ...new Set(S.ROUTES.flatMap((r) => (answers[r] ? refusedOn(s, r) : []))),
 ];
 const ofQemu = (caps: T.Capability[]) => caps.filter((cap) => S.NEEDS[cap].consumer === "qemu");
+/** The node's mode lets everyone read and write it: an EACCES is not its mode's. */
+const modeAllows = (f: T.Facts) => /^c.{6}rw/.test(f.devnode?.mode ?? "");
+/** The device node's open() is SELinux's to refuse here (selinux.ts), not its mode's. */
+const selinuxRefusesNode = (f: T.Facts) => !!{ ...S.deniedIn(f, "self"), ...S.deniedIn(f, "all") }["device-node"];
 /** Failing capabilities that need one of `checks` passed. */
 const needing = ({ failing }: T.Seen, checks: T.Check[]) =>
   failing.filter((cap) => S.NEEDS[cap].checks.some((id) => checks.some((c) => c.id === id)));
@@ -67,6 +71,9 @@ const refusedCalls = ({ f, checks }: T.Seen) =>
       )
     : [];
 const NOT_FILTERED = ["uffd-open", "criu-events"];
+/** Checks of QEMU's sequence failed by a call the policy refused this run: EACCES, which only an LSM answers there. */
+const refusedByPolicy = ({ checks }: T.Seen) =>
+  checks.filter((c) => c.status === "fail" && c.errno === "EACCES" && c.id !== "uffd-open");
 /** What a cause can stand in the way of, by where its gate is (a cause's `blocks`). */
 const BLOCKS: Record<string, (s: T.Seen) => T.Capability[]> = {
   kernel: (s) => s.failing,
@@ -82,6 +89,15 @@ const BLOCKS: Record<string, (s: T.Seen) => T.Capability[]> = {
           ]),
         ],
   profiled: (s) => refusedOnAny(s, s.f.apparmor?.denied ?? {}),
+  // SELinux (selinux.ts): this run's context and --pid's or --context's refuse every consumer, QEMU's only QEMU.
+  // This run's own context refuses where the kernel answered it: a route, or a check's call (UFFDIO_API: EACCES).
+  selinux: (s) => [
+    ...new Set([
+      ...refusedOnAny(s, { ...S.deniedIn(s.f, "self"), ...S.deniedIn(s.f, "all") }),
+      ...ofQemu(refusedOnAny(s, S.deniedIn(s.f, "qemu"))),
+      ...(Object.keys(S.deniedIn(s.f, "self")).length ? needing(s, refusedByPolicy(s)) : []),
+    ]),
+  ],
   device: (s) => refusedOn(s, "device"),
   syscall: (s) => refusedOn(s, "syscall"),
   "qemu-device": (s) => ofQemu(refusedOn(s, "device")),
@@ -211,13 +227,6 @@ export const CAUSES = {
           : "boot a kernel built with CONFIG_USERFAULTFD=y",
     ],
   },
-  selinux: {
-    when: ({ f, a }) => f.selinux === "enforcing" && [a.syscall, a["device-node"]].includes("EACCES"),
-    blocks: "kernel",
-    summary: "SELinux is enforcing and denied userfaultfd (its [userfaultfd] anon-inode class, or the device)",
-    evidence: ["/sys/fs/selinux/enforce: 1", ({ a }) => `${S.DEVICE}: ${a["device-node"]}`, S.answered],
-    fix: ["ausearch -m avc -ts recent | audit2allow -M userfaultfd-local && semodule -i userfaultfd-local.pp"],
-  },
   "devnode-missing": {
     when: ({ a }) => a["device-node"] === "ENOENT",
     blocks: "device",
@@ -275,7 +284,7 @@ export const CAUSES = {
   },
   "devnode-permission": {
     when: ({ f, a }) =>
-      a["device-node"] === "EACCES" && f.selinux !== "enforcing" && !f.apparmor?.denied["device-node"],
+      a["device-node"] === "EACCES" && !selinuxRefusesNode(f) && !f.apparmor?.denied["device-node"] && !modeAllows(f),
     blocks: "device",
     summary: `${S.DEVICE}'s mode and owner do not let this user in`,
     evidence: [({ f }) => `${S.DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`, openedAs],

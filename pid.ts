@@ -104,6 +104,25 @@ const refusedBy = (checks: T.Check[]): T.Judging[] => [
     return forQemu && untold ? [untold.detail, untold.hint ?? ""] : null;
   },
 ];
+/**
+ * Its SELinux context, where SELinux is enabled: judged by the loaded policy on each route as QEMU walks it, against
+ * the label of the node in its root (selinux.ts); its refusals join every route's answer.
+ */
+function selinuxOf(sys: Sys, f: ReturnType<typeof processFacts>, pid: number, device: K.R): T.Domain[] | null {
+  if (!f.label || sys.readText("/sys/fs/selinux/enforce") === null) return null;
+  const SE = require("./selinux.ts") as typeof import("./selinux.ts");
+  const [major, minor] = (sys.readText("/proc/sys/kernel/osrelease") ?? "").split(".").map(Number);
+  const sysctl = S.whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd"));
+  const ptrace = sysctl !== 1 && f.uidMap === S.INITIAL_UID_MAP && S.capBit(f.capEff, S.CAP_SYS_PTRACE) === true;
+  const asked = {
+    ...{ whose: `process ${pid}`, scope: "all" as const, ptrace },
+    ...{
+      device: device.ret >= 0 ? `/proc/self/fd/${device.ret}` : null,
+      anonChecked: major > 5 || (major === 5 && minor >= 12),
+    },
+  };
+  return [SE.domainOf(sys, SE.policyOf(sys), f.label, asked)];
+}
 /** The host's huge pages: the default size (bytes), and the pool of each size (nr_ and free_hugepages). */
 function hugePages(sys: Sys) {
   const kb = S.whole(S.field(sys.readText("/proc/meminfo"), "Hugepagesize")?.replace(/ kB$/, ""));
@@ -332,6 +351,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   processed(sys, pid); // read whole, or not at all: a process that went while it was read is no answer
   const uidMap = f.uidMap === null ? null : f.uidMap !== S.INITIAL_UID_MAP;
   const devices = cgroupDirs(sys, pid).find((dir) => sys.readText(`${dir}/devices.list`) !== null) ?? null;
+  const domains = selinuxOf(sys, f, pid, device);
   return {
     ...{ name, uid, gid, groups: [gid, ...f.groups.filter((g) => g !== gid)], process: f, qemu },
     device: device.ret < 0 ? device.errno : `/proc/self/fd/${device.ret}`,
@@ -348,6 +368,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
       ...{ filter: filters?.verdict ?? null, uidMap: f.uidMap, userNamespace: uidMap },
       capSysPtrace: S.capBit(f.capEff, S.CAP_SYS_PTRACE),
       ownDev: f.ownMountNamespace || f.root !== "/",
+      ...(domains ? { domains } : {}),
     },
     // What the report shows of it: its arguments, mounts and files can be large, and are left out.
     shown: { ...f, cmdline: undefined, mounts: undefined, files: undefined, user: name },
@@ -410,7 +431,7 @@ export function frozenCgroup(sys: Sys, pid: number | "self") {
     ) ?? null
   );
 }
-/** What the child cannot take on of the process (its seccomp filter, label, namespaces), with its known effect. */
+/** The process read: who it runs as, which QEMU, its namespace, cgroup and LSM label, and its filters read. */
 function contextCheck(
   f: ReturnType<typeof processFacts>,
   qemu: T.Qemu,

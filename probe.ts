@@ -40,7 +40,12 @@ const { errnoName } = K;
  * Reads the facts the checks and the diagnosis need; `device` is /dev/userfaultfd as QEMU sees it (--pid: resolved
  * inside its root), or the errno its resolution gave; `theirs`, what is the process's own (--pid).
  */
-export function readFacts(sys: Sys, device: string | number = S.DEVICE, theirs: T.ProcessFacts = {}): T.Facts {
+export function readFacts(
+  sys: Sys,
+  device: string | number = S.DEVICE,
+  theirs: T.ProcessFacts = {},
+  context: string | null = null,
+): T.Facts {
   const meminfo = sys.readText("/proc/meminfo");
   // The default huge page size; with /proc mounted subset=pid (systemd's ProcSubset=pid), the smallest sysfs lists.
   const hugeKb = S.whole(S.field(meminfo, "Hugepagesize")?.replace(/ kB$/, "")) ?? (meminfo ? null : hugeSizes()[0]);
@@ -51,15 +56,18 @@ export function readFacts(sys: Sys, device: string | number = S.DEVICE, theirs: 
   const found = node?.ret === 0 ? node : null;
   const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1];
   const minor = S.whole(misc ?? sys.readText("/sys/class/misc/userfaultfd/dev")?.match(/^10:(\d+)$/m)?.[1]);
-  // Only the userfaultfd device itself is ever opened: anything else there (a FIFO, a file, another device) is not,
-  // and answers ENODEV.
-  const isDevice = !!found && (found.mode & K.S_IFMT) === K.S_IFCHR && found.rdev.join(":") === `10:${minor}`;
   const enforce = sys.readText("/sys/fs/selinux/enforce")?.trim();
+  // Only the userfaultfd device itself is ever opened: anything else there (a FIFO, a file, another device) is not,
+  // and answers ENODEV. A stat() SELinux refuses is not an open() it refuses (selinux.ts).
+  const unstatted = node?.errno === K.errnoOf("EACCES") && enforce !== undefined;
+  const isDevice =
+    (!!found && (found.mode & K.S_IFMT) === K.S_IFCHR && found.rdev.join(":") === `10:${minor}`) ||
+    (unstatted && loadSelinux().onDevtmpfs(sys, device as string));
   const version = sys.readText("/proc/version") ?? "";
   const [passwd, groups] = [S.rows(sys, "/etc/passwd"), S.rows(sys, "/etc/group")];
   const libvirt = libvirtConf(sys.readText("/etc/libvirt/qemu.conf"));
   const nameOf = (table: string[][], id: number) => table.find((r) => r[2] === String(id))?.[0] ?? String(id);
-  return {
+  const f: T.Facts = {
     kernel:
       sys.readText("/proc/sys/kernel/osrelease")?.trim() ?? (require("node:os") as typeof import("node:os")).release(),
     device: isDevice ? (device as string) : null,
@@ -89,6 +97,10 @@ export function readFacts(sys: Sys, device: string | number = S.DEVICE, theirs: 
     kvmGroup: groups.some((g) => g[0] === "kvm"),
     ...theirs,
   };
+  // Where SELinux is enabled: the contexts this run answers for, judged by the loaded policy (selinux.ts).
+  if (context !== null && enforce === undefined)
+    throw new S.UsageError("--context needs SELinux, which is not enabled here");
+  return enforce === undefined || f.domains ? f : { ...f, domains: loadSelinux().hostDomains(sys, f, context) };
 }
 /** The huge page sizes /sys/kernel/mm/hugepages lists, in kB, smallest first (none without hugetlbfs). */
 function hugeSizes() {
@@ -153,7 +165,12 @@ function checkPageSize(p: Probe, head: T.Head): T.Check {
 function checkOpen(p: Probe, head: T.Head): T.Check {
   // --pid: the process's AppArmor profile mediates the kernel's answers, and a seccomp filter of its answers before
   // the kernel does (SIGSYS: it kills or traps).
-  const a = { ...S.routeAnswers(p.sys, p.facts), ...p.facts.apparmor?.denied, ...p.facts.filter?.answers };
+  const a = {
+    ...S.routeAnswers(p.sys, p.facts),
+    ...p.facts.apparmor?.denied,
+    ...S.deniedIn(p.facts, "all"),
+    ...p.facts.filter?.answers,
+  };
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
   const route = S.ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
@@ -312,8 +329,9 @@ export async function runChecks(sys: Sys, facts: T.Facts, opts: T.Options, conte
     const unmet = after !== null && learnt[after] === null;
     checks.push(unmet ? result({ id, title }, "skip", UNMET[after!]) : await run(p, { id, title }));
   }
-  // --pid: the running process's own context and its VM's configuration, read by pid.ts.
-  return { checks: [...checks, ...(context?.checks ?? [])], learnt };
+  // The SELinux contexts judged (selinux.ts); --pid: the running process's own context and its VM's configuration.
+  const selinux = facts.domains ? [loadSelinux().domainsCheck(facts, learnt.answers, learnt.qemu)] : [];
+  return { checks: [...checks, ...selinux, ...(context?.checks ?? [])], learnt };
 }
 
 /** Every kernel feature bit by name; bits the probe does not know go under `unknown` in hex. */
@@ -485,9 +503,17 @@ export async function probe(sys: Sys, facts: T.Facts, opts: T.Options, context?:
   const D = failing.length && learnt.answers ? loadDiagnosis() : null;
   const f = { ...facts, sysctlSource: D && learnt.answers?.syscall === "EPERM" ? D.sysctlSource(sys) : null };
   const seen = { f, a: learnt.answers!, checks, failing, qemu: learnt.qemu, required: opts.require };
-  const more = { ...(learnt.qemu?.version ? loadQemu().CAUSES : {}), ...context?.causes };
+  const more = {
+    ...(learnt.qemu?.version ? loadQemu().CAUSES : {}),
+    ...(facts.domains ? loadSelinux().CAUSES : {}),
+    ...context?.causes,
+  };
   // Why the run could not answer what was asked, each with what would settle it: the exit status is then 2.
-  const why = [...S.unanswered(opts.require, judged.unknown), ...(context?.unanswered ?? [])];
+  const why = [
+    ...S.unanswered(opts.require, judged.unknown),
+    ...(facts.domains ? loadSelinux().unanswered(facts.domains) : []),
+    ...(context?.unanswered ?? []),
+  ];
   const trip = learnt.trips["kernel-write"];
   const report: T.Report = {
     schema: S.SCHEMA,
@@ -661,6 +687,7 @@ const OPTIONS: Array<Option & { help: string }> = [
   { names: "-q, --quiet", help: "print only warnings, failures, why and the verdict" },
   { names: "--user", value: "NAME|UID", help: "answer for that user (as root): QEMU's user" },
   { names: "--pid", value: "PID", parse: pidOf, help: "answer for that running QEMU and its VM (as root)" },
+  { names: "--context", value: "CONTEXT", help: "answer for that SELinux context (system_u:system_r:svirt_t:s0)" },
   { names: "--qemu", value: "[PATH]", parse: qemuOf, help: "ask the installed QEMU (or PATH) over QMP too" },
   { names: "--migrate", help: "also migrate a 256 MiB VM between two QEMUs here (30 s at most)" },
   { names: "--parallel", value: "N", parse: channelsOf, help: "--migrate with N multifd channels: postcopy-multifd" },
@@ -690,6 +717,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     ...{ format: "human", require: ["postcopy-ram"], quiet: false, color: tty && !env.NO_COLOR && env.TERM !== "dumb" },
     ...{ targetPageSize: 4096, boundMs: 1000, bench: 0, user: null, pid: null, qemu: null, qemuMs: 5000 },
     ...{ migrate: false, migrateMiB: 256, migrateMs: 30_000, parallel: 0, output: null, help: false, version: false },
+    context: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const [name, inline] = argv[i].startsWith("--") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
@@ -707,6 +735,8 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   // --parallel migrates with multifd: that migration answers postcopy-multifd, which the exit status is then for.
   if (opts.parallel && !argv.some((a) => a.startsWith("--require"))) opts.require = ["postcopy-multifd"];
   if (opts.output === "") throw new S.UsageError(`Option "--output" needs a file name, not ""`);
+  if (opts.pid !== null && opts.context !== null)
+    throw new S.UsageError("--context cannot answer for --pid: the process's own SELinux context is what counts");
   if (opts.pid !== null && opts.qemu !== null)
     throw new S.UsageError(
       "--qemu cannot answer for --pid: a process's QEMU is never run to ask it; use --pid with --migrate",
@@ -753,6 +783,7 @@ const loadContext = () => require("./context.ts") as typeof import("./context.ts
 const loadBench = () => require("./bench.ts") as typeof import("./bench.ts");
 const loadTextfile = () => require("./textfile.ts") as typeof import("./textfile.ts");
 const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts");
+const loadSelinux = () => require("./selinux.ts") as typeof import("./selinux.ts");
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
@@ -779,7 +810,7 @@ export async function main(argv = process.argv.slice(2)) {
       return;
     }
     opts.color = !process.env.NO_COLOR && process.env.TERM !== "dumb" && sys.isatty(1) === 1 && !opts.output;
-    const facts = readFacts(sys, context?.device, context?.facts);
+    const facts = readFacts(sys, context?.device, context?.facts, opts.context);
     const report = await probe(sys, facts, opts, context);
     if (opts.bench) report.bench = await loadBench().bench(sys, facts, report, opts);
     emit(sys, RENDERERS[opts.format](report, opts), opts.output);

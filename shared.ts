@@ -185,12 +185,18 @@ export function filterDeniesSyscall(f: T.Facts, a: T.Answers) {
 }
 /** libvirt gives its QEMU a /dev of its own holding only what cgroup_device_acl lists. */
 export const libvirtHidesDevice = (f: T.Facts) => !!f.libvirt?.deviceAcl && !f.libvirt.deviceAcl.includes(DEVICE);
-/** The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused. */
+/** What the SELinux contexts of a scope refuse (selinux.ts): --pid's and --context's every consumer, QEMU's QEMU. */
+export const deniedIn = (f: T.Facts, scope: T.Domain["scope"]): Partial<T.Answers> =>
+  Object.assign({}, ...(f.domains ?? []).filter((d) => d.scope === scope).map((d) => d.denied));
+/**
+ * The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused;
+ * libvirt's device list and the SELinux contexts QEMU is started in refuse what they refuse.
+ */
 export function qemuAnswers(a: T.Answers, f: T.Facts, qemu: T.Qemu | null): T.Answers {
   const onlySysctl = a.syscall === "EPERM" && !filterDeniesSyscall(f, a) && !f.noNewPrivs;
   const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
   const device = libvirtHidesDevice(f) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
-  return { ...a, syscall, ...device };
+  return { ...a, syscall, ...device, ...deniedIn(f, "qemu") };
 }
 
 /** UFFDIO_* names of the ioctls in `names` whose bits are not set in `mask`. */

@@ -98,6 +98,8 @@ export type Options = {
   parallel: number;
   /** --output FILE: the report goes there, whole or not at all. */
   output: string | null;
+  /** --context CONTEXT: answer for that SELinux context (selinux.ts). */
+  context: string | null;
 };
 export type Format = "human" | "json" | "prometheus";
 
@@ -150,6 +152,27 @@ export type ProcessFacts = {
   apparmor?: Confinement | null;
   /** Its /dev is its own (a mount namespace or root of its own): a fix to the host's node misses it. */
   ownDev?: boolean;
+  /** The SELinux contexts judged, where SELinux is enabled (selinux.ts): this run's, and QEMU's or the process's. */
+  domains?: Domain[];
+};
+
+/** An SELinux context, judged on each route by the loaded policy through selinuxfs (selinux.ts). */
+export type Domain = {
+  /** Whose it is: "this run", "process 1234", "--context", "libvirt's QEMU", "a container runtime's QEMU". */
+  whose: string;
+  context: string;
+  /** Whose answers its refusals join: none (this run's: the kernel gave them), every consumer's, or QEMU's. */
+  scope: "self" | "all" | "qemu";
+  /** The routes the policy refuses there, with the answer the call gets (EACCES; EPERM for CAP_SYS_PTRACE). */
+  denied: Partial<Answers>;
+  /** Each refusal as the kernel logs it: denied { create } scontext=… tcontext=… tclass=anon_inode. */
+  says: string[];
+  /** What it would refuse were it enforcing (a permissive domain, or permissive mode): nothing is refused now. */
+  permissive: string[];
+  /** The local policy rules (CIL) that allow exactly what it refuses. */
+  rules: string[];
+  /** Why the policy could not be asked for it: nothing is known of it then. */
+  unknown?: string;
 };
 
 /** What the checks learn, in the order they learn it. */

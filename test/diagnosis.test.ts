@@ -7,7 +7,8 @@ import * as K from "../ffi.ts";
 import { CAUSES as PID_CAUSES } from "../pid.ts";
 import { probe } from "../probe.ts";
 import { CAUSES as QEMU_CAUSES } from "../qemu.ts";
-import type { Capability, Check, Evidence, Facts, Report } from "../types.ts";
+import { CAUSES as SELINUX_CAUSES } from "../selinux.ts";
+import type { Capability, Check, Domain, Evidence, Facts, Report } from "../types.ts";
 import { CAUSES as VM_CAUSES } from "../vm.ts";
 import {
   causes,
@@ -227,6 +228,14 @@ describe("diagnose() as a decision table", () => {
   const DEVICE_DENIED = { "device-node": "EACCES", device: "EACCES" };
   const vfio: Check = { id: "vm-devices", title: "", status: "fail", detail: "vfio", hint: "detach the VFIO device" };
   const shortPool: Check = { id: "vm-hugepages", title: "", status: "fail", detail: "hugetlbfs", hint: "echo 32 > F" };
+  /** This run's context, refused the anon inode on both routes: the kernel said EACCES there. */
+  const noAnon: Domain = {
+    ...{ whose: "this run", context: "system_u:system_r:qemu_t:s0", scope: "self", permissive: [] },
+    denied: { device: "EACCES", syscall: "EACCES", "user-mode-only": "EACCES" },
+    says: ["avc: denied { create } for anonclass=[userfaultfd] tclass=anon_inode"],
+    rules: ["(allow qemu_t qemu_t (anon_inode (create)))"],
+  };
+  const QEMU_DOMAIN: Answers = ["ok", "EACCES", "EACCES", "EACCES"];
   const [DENIED, OPEN] = [["EACCES", "EACCES", "EPERM", "ok"] as Answers, ["ok", "ok", "ok", "ok"] as Answers];
 
   /** For each cause: the least that must produce it, all it then names, and a near miss (one thing changed) that must not. */
@@ -254,9 +263,13 @@ describe("diagnose() as a decision table", () => {
     },
     {
       cause: "selinux",
-      hit: { facts: { selinux: "enforcing", unprivilegedUserfaultfd: 1 }, routes: ["ok", "ok", "EACCES", "EACCES"] },
+      hit: { facts: { selinux: "enforcing", unprivilegedUserfaultfd: 1, domains: [noAnon] }, routes: QEMU_DOMAIN },
       causes: ["selinux"],
-      miss: { facts: { selinux: "permissive", unprivilegedUserfaultfd: 1 }, routes: ["ok", "ok", "EACCES", "EACCES"] },
+      // The same refusals in a permissive domain are said, not refused.
+      miss: {
+        facts: { selinux: "enforcing", unprivilegedUserfaultfd: 1, domains: [{ ...noAnon, permissive: noAnon.says }] },
+        routes: QEMU_DOMAIN,
+      },
     },
     {
       cause: "devnode-missing",
@@ -385,6 +398,7 @@ describe("diagnose() as a decision table", () => {
       ...Object.keys(QEMU_CAUSES),
       ...Object.keys(PID_CAUSES),
       ...Object.keys(VM_CAUSES),
+      ...Object.keys(SELINUX_CAUSES),
     ];
     expect(TABLE.map((row): string => row.cause).sort()).toEqual(ids.sort());
     const readme = readFileSync(`${ROOT}/README.md`, "utf8");

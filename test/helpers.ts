@@ -19,12 +19,14 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname } from "node:path";
+import Ajv2020 from "ajv/dist/2020";
 import { diagnose } from "../diagnosis.ts";
 import type { R } from "../ffi.ts";
 import * as K from "../ffi.ts";
 import { CAUSES as PID_CAUSES } from "../pid.ts";
 import { parseArgs, readFacts } from "../probe.ts";
 import { CAUSES as QEMU_CAUSES } from "../qemu.ts";
+import { CAUSES as SELINUX_CAUSES } from "../selinux.ts";
 import { CAPABILITIES } from "../shared.ts";
 import type { Capability, Check, Evidence, Facts, Qemu, Report } from "../types.ts";
 import { CAUSES as VM_CAUSES } from "../vm.ts";
@@ -60,7 +62,12 @@ export const diagnoseOf = (
 ) => {
   const a = checks.find((c) => c.id === "uffd-open")!.routes!;
   // The rows a QEMU read adds, and --pid's: their gates read what only they set.
-  const more = { ...(qemu?.version ? QEMU_CAUSES : {}), ...PID_CAUSES, ...VM_CAUSES };
+  const more = {
+    ...(qemu?.version ? QEMU_CAUSES : {}),
+    ...(f.domains ? SELINUX_CAUSES : {}),
+    ...PID_CAUSES,
+    ...VM_CAUSES,
+  };
   const seen = { f: { sysctlSource: null, ...f }, a, checks: [...checks, ...vm], failing, qemu, required };
   return diagnose(seen, more);
 };
@@ -429,3 +436,11 @@ export const sample = {
   diagnosis: [],
 } as unknown as Report;
 export const pad = (s: string) => s.padEnd(72);
+
+/** The shipped JSON Schema of postcopy-probe/1, and what it finds wrong with a document: nothing when it is valid. */
+export const schema = JSON.parse(readFileSync(`${ROOT}/postcopy-probe-1.schema.json`, "utf8"));
+const validate = new Ajv2020({ allErrors: true, strict: true, strictRequired: false, allowUnionTypes: true }).compile(
+  schema,
+);
+export const complaints = (doc: unknown) =>
+  validate(doc) ? [] : validate.errors!.map((e) => `${e.instancePath} ${e.message}`);

@@ -4,29 +4,21 @@
  */
 
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
-import Ajv2020 from "ajv/dist/2020";
 import { CAUSES } from "../diagnosis.ts";
 import { CAUSES as PID_CAUSES } from "../pid.ts";
 import { CAUSES as QEMU_CAUSES } from "../qemu.ts";
+import { CAUSES as SELINUX_CAUSES } from "../selinux.ts";
 import { CAPABILITIES, CONSUMERS } from "../shared.ts";
 import { CAUSES as VM_CAUSES } from "../vm.ts";
-import { cli, isRoot, pathWith, QEMU7, ROOT, realQemu, shipped, withQemu } from "./helpers.ts";
-
-const schema = JSON.parse(readFileSync(`${ROOT}/postcopy-probe-1.schema.json`, "utf8"));
-const validate = new Ajv2020({ allErrors: true, strict: true, strictRequired: false, allowUnionTypes: true }).compile(
-  schema,
-);
-/** The schema's complaints about a document: none when it is valid. */
-const complaints = (doc: unknown) =>
-  validate(doc) ? [] : validate.errors!.map((e) => `${e.instancePath} ${e.message}`);
+import { cli, complaints, isRoot, pathWith, QEMU7, realQemu, schema, shipped, withQemu } from "./helpers.ts";
 
 describe("postcopy-probe-1.schema.json: the document --json prints, for consumers to validate", () => {
   test("is shipped in the package, and names exactly the capabilities, consumers and causes the probe has", () => {
     expect(shipped).toContain("postcopy-probe-1.schema.json");
     expect(schema.$defs.capability.enum).toEqual([...CAPABILITIES]);
     expect(schema.$defs.consumer.enum).toEqual(Object.keys(CONSUMERS));
-    const causes = [...Object.keys(CAUSES), ...Object.keys({ ...QEMU_CAUSES, ...PID_CAUSES, ...VM_CAUSES })];
+    const more = { ...QEMU_CAUSES, ...PID_CAUSES, ...VM_CAUSES, ...SELINUX_CAUSES };
+    const causes = [...Object.keys(CAUSES), ...Object.keys(more)];
     expect(schema.$defs.cause.enum.toSorted()).toEqual([...new Set(causes)].toSorted());
   });
 
