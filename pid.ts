@@ -343,7 +343,7 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   };
   const files = () => f.files().map((file) => ({ path: file.path, mount: () => heldOn(file.fd, file.raw) }));
   const walked = (at: string) => walkedTo(sys, walk, at);
-  const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: walked, hugePages: hugePages(sys) });
+  const vm = configChecks({ ...f, cmdline: f.cmdline, files, walk: walked, hugePages: hugePages(sys), version });
   const name = S.rows(sys, "/etc/passwd").find((r) => r[2] === String(uid))?.[0] ?? String(uid);
   const fileBacked = vm.ram.shared || vm.ram.memPath !== null;
   const filters = f.seccomp === 2 ? await seccompOf(sys, pid, f.seccompFilters, fileBacked) : null;

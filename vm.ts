@@ -49,6 +49,8 @@ export type VmView = {
   files: () => Array<{ path: string | null; mount: () => Mount | null }>;
   /** The file system of a path walked inside the process's root, and its mount's options. */
   walk: (path: string) => { type: string | null; how: string; options?: string };
+  /** The version of the QEMU it runs, when read: what QEMU says of a RAM block depends on it. */
+  version?: string | null;
   /** The host's default huge page size (bytes), and its pool of each size; null when unread. */
   hugePages: { size: number | null; pool: (bytes: number) => { total: number; free: number; file: string } | null };
 };
@@ -157,8 +159,82 @@ export function configChecks(f: VmView) {
   const own =
     sandbox && on(sandbox.enable) ? ["-sandbox", ["on", ...kept.map((k) => `${k}=${sandbox[k]}`)].join(",")] : [];
   const pool = hugePagesCheck(huge, untold, f, args.includes("-incoming"));
-  return { checks: [mem, devices, ...(pool ? [pool] : [])], requires: [...requires], ram, sandbox: own };
+  const late = ramBlockChecks(backends, args, values("-machine", "type"), values("-object", "qom-type"), f.version);
+  return { checks: [mem, devices, ...late, ...(pool ? [pool] : [])], requires: [...requires], ram, sandbox: own };
 }
+
+/** At least `major`.`minor`, for a QEMU version read; null when none was. */
+const since = (version: string | null | undefined, major: number, minor: number) => {
+  if (!version) return null;
+  const [a, b] = version.split(".").map(Number);
+  return a > major || (a === major && b >= minor);
+};
+/**
+ * What QEMU does to the VM's RAM blocks only once the migration runs, which its answer to postcopy-ram does not
+ * tell: the destination discards each block when postcopy is advised, at the stream's start (a read-only file cannot
+ * be discarded; a private file's holes are punched in the file itself), and a confidential guest's memory is
+ * migrated by nothing. Each check only where it applies, with QEMU's own words for its version.
+ */
+function ramBlockChecks(
+  backends: Props[],
+  args: string[],
+  machines: Props[],
+  objects: Props[],
+  version?: string | null,
+) {
+  const checks: Check[] = [];
+  const files = backends.filter((b) => b["qom-type"] === "memory-backend-file");
+  const readonly = files.filter((b) => on(b.readonly)).map((b) => String(b.id));
+  if (readonly.length) {
+    const says =
+      since(version, 8, 2) === false
+        ? `"ram_block_discard_range: Failed to fallocate ${readonly[0]}:0 +… (-9)" (QEMU before 8.2)`
+        : '"ram_block_discard_range: Discarding RAM with readonly files is not supported" (QEMU 8.2+)';
+    checks.push({
+      ...{ id: "vm-readonly", title: "this VM's RAM files, as postcopy discards them", status: "fail" },
+      detail: `read-only RAM files (${readonly.join(", ")}): ${ACCEPTS_THEN}: ${says}`,
+      hint: "give the memory backend a writable file (readonly=off) before a postcopy migration",
+    });
+  }
+  // A file mapped private (share=off, memory-backend-file's default, and -mem-path's).
+  const privateFiles = [
+    ...files
+      .filter((b) => !on(b.readonly) && !on(b.share) && typeof b["mem-path"] === "string")
+      .map((b) => String(b.id)),
+    ...(args.includes("-mem-path") ? ["-mem-path"] : []),
+  ];
+  if (privateFiles.length)
+    checks.push({
+      ...{ id: "vm-private", title: "this VM's RAM files, as postcopy discards them", status: "warn" },
+      detail:
+        `RAM files mapped private (${privateFiles.join(", ")}): the migration completes (measured, QEMU 7.2 and 10), ` +
+        `but the destination punches its holes in the file itself: ${PRIVATE_WORDS}`,
+      hint: "share=on on the memory backend",
+    });
+  // A confidential guest (machine confidential-guest-support): QEMU's migration blockers, once the guest runs.
+  const cgs = machines.map((m) => m["confidential-guest-support"]).find((v) => typeof v === "string");
+  const guest = cgs ? objects.find((o) => o.id === cgs) : undefined;
+  if (guest) {
+    const type = String(guest["qom-type"]);
+    checks.push({
+      ...{ id: "vm-confidential", title: "this VM's guest memory", status: "fail" },
+      detail: `a confidential guest (${type}): ${CONFIDENTIAL[type] ?? CONFIDENTIAL["tdx-guest"]}`,
+      hint: "a confidential guest does not migrate with QEMU: restart it on the destination",
+    });
+  }
+  return checks;
+}
+const ACCEPTS_THEN = "QEMU accepts postcopy-ram, then its destination fails when the migration starts";
+const PRIVATE_WORDS =
+  '"ram_block_discard_range: Discarding RAM in private file mappings is possibly dangerous, because it will modify ' +
+  'the underlying file and will affect other users of the file" (QEMU 8.1+ warns; 7.2 does it unannounced)';
+/** QEMU's migration blockers for confidential guests (target/i386/sev.c), added once the guest first runs. */
+const CONFIDENTIAL: Record<string, string> = {
+  "sev-guest": '"SEV: Migration is not implemented" (the source refuses to migrate it at all)',
+  "sev-snp-guest": '"SEV-SNP: Migration is not implemented" (the source refuses to migrate it at all)',
+  "tdx-guest":
+    "its private memory is guest_memfd, which no userfaultfd can serve and QEMU does not migrate (QEMU 10.1+)",
+};
 
 /**
  * Huge pages for this VM's hugetlbfs memory. During postcopy the destination places each page as it is asked for,
@@ -253,5 +329,5 @@ export const CAUSES = {
     fix: [({ checks }) => failing(checks, ["vm-hugepages"]).map((c) => c.hint!)],
   },
 } satisfies Record<string, Cause>;
-const CONFIG = ["vm-memory", "vm-devices"];
+const CONFIG = ["vm-memory", "vm-devices", "vm-readonly", "vm-confidential"];
 const failing = (checks: Check[], ids: string[]) => checks.filter((c) => ids.includes(c.id) && c.status === "fail");

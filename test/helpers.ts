@@ -318,11 +318,11 @@ export async function withQemu<T>(
 }
 
 /** A real postcopy migration between two local QEMUs over a unix socket: "completed", or how it ended. */
-export async function migrate(qemu: string, args: (side: string) => string[]) {
+export async function migrate(qemu: string, args: (side: string) => string[], seen: { dst?: string } = {}) {
   const dir = mkdtempSync(`${world}/migration-`);
   const start = (side: string, more: string[]) =>
     Bun.spawn([qemu, ...VM, ...args(side), ...more, "-qmp", `unix:${dir}/${side}.sock,server=on,wait=off`], {
-      stdio: ["ignore", "ignore", "ignore"],
+      stdio: ["ignore", "ignore", side === "dst" ? "pipe" : "ignore"],
     });
   const [dst, src] = [start("dst", ["-incoming", "defer"]), start("src", [])];
   try {
@@ -347,6 +347,8 @@ export async function migrate(qemu: string, args: (side: string) => string[]) {
   } finally {
     for (const q of [src, dst]) q.kill("SIGKILL");
     await Promise.all([src.exited, dst.exited]);
+    // What the destination said (its errors and warnings), for a test that names them.
+    seen.dst = (await new Response(dst.stderr as ReadableStream).text()).slice(0, 4096);
     rmSync(dir, { recursive: true, force: true });
   }
 }

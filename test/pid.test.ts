@@ -12,6 +12,7 @@ import {
   rmdirSync,
   rmSync,
   symlinkSync,
+  truncateSync,
   writeFileSync,
 } from "node:fs";
 import { runInContext } from "../context.ts";
@@ -33,6 +34,7 @@ import {
   migrate,
   pids,
   procOf,
+  qemu10,
   realQemu,
   routesOf,
   seccompScript,
@@ -225,6 +227,118 @@ describe("--pid (context.ts): this VM, in its QEMU's own context, judged as that
       }
     },
     30000,
+  );
+
+  /** A 64 MiB RAM file in /dev/shm for each side, made here (a read-only one must exist), removed after. */
+  const shmRam = (name: string, more: string) => {
+    const path = (side: string) => `/dev/shm/postcopy-probe-${process.pid}-${name}-${side}`;
+    const args = (side: string) => {
+      if (!existsSync(path(side))) writeFileSync(path(side), "");
+      truncateSync(path(side), 64 << 20);
+      return [
+        "-object",
+        `memory-backend-file,id=ram0,size=64M,mem-path=${path(side)},${more}`,
+        "-machine",
+        "memory-backend=ram0",
+      ];
+    };
+    const remove = () => {
+      for (const side of ["probed", "src", "dst"]) rmSync(path(side), { force: true });
+    };
+    return { args, remove };
+  };
+  const versions: Array<[string, string | null]> = [
+    ["7.2", realQemu],
+    ["10", qemu10],
+  ];
+
+  test.skipIf(skip)(
+    "vm-readonly: a RAM file opened read-only: QEMU 7.2 and 10 accept postcopy-ram, then the migration fails as it starts, in the words the check gives",
+    async () => {
+      const ram = shmRam("readonly", "readonly=on,share=on");
+      const normal = (side: string) =>
+        side === "src"
+          ? ["-object", "memory-backend-ram,id=ram0,size=64M", "-machine", "memory-backend=ram0"]
+          : ram.args(side);
+      try {
+        for (const [version, qemu] of versions) {
+          if (!qemu) continue;
+          await withQemu(qemu, [], ram.args("probed"), async (pid, ask) => {
+            const { code, report } = byPid(pid);
+            expect([version, await ask(), code, report.postcopy, causes(report)]).toEqual([
+              version,
+              "yes",
+              1,
+              false,
+              ["vm-config"],
+            ]);
+          });
+          const seen: { dst?: string } = {};
+          const end = await migrate(qemu, normal, seen);
+          const words =
+            version === "7.2"
+              ? "ram_block_discard_range: Failed to fallocate ram0:0 +4000000 (-9)"
+              : "ram_block_discard_range: Discarding RAM with readonly files is not supported";
+          expect([version, end, seen.dst?.includes(words)]).toEqual([version, "failed", true]);
+        }
+        await withQemu(realQemu!, [], ram.args("probed"), async (pid) => {
+          expect(check(byPid(pid).report, "vm-readonly").detail).toBe(
+            'read-only RAM files (ram0): QEMU accepts postcopy-ram, then its destination fails when the migration starts: "ram_block_discard_range: Failed to fallocate ram0:0 +… (-9)" (QEMU before 8.2)',
+          );
+        });
+      } finally {
+        ram.remove();
+      }
+    },
+    60000,
+  );
+
+  test.skipIf(skip)(
+    "vm-private: a RAM file mapped private: the migration completes (7.2 and 10), QEMU 10 warns as the check says; a warning, and a yes",
+    async () => {
+      const ram = shmRam("private", "share=off");
+      try {
+        for (const [version, qemu] of versions) {
+          if (!qemu) continue;
+          await withQemu(qemu, [], ram.args("probed"), async (pid, ask) => {
+            const { code, report } = byPid(pid);
+            expect([version, await ask(), code, report.postcopy, check(report, "vm-private").status]).toEqual([
+              version,
+              "yes",
+              0,
+              true,
+              "warn",
+            ]);
+          });
+          const seen: { dst?: string } = {};
+          expect([version, await migrate(qemu, ram.args, seen)]).toEqual([version, "completed"]);
+          const warned = seen.dst?.includes(
+            "Discarding RAM in private file mappings is possibly dangerous, because it will modify the underlying file and will affect other users of the file",
+          );
+          expect([version, warned]).toEqual([version, version !== "7.2"]);
+        }
+      } finally {
+        ram.remove();
+      }
+    },
+    60000,
+  );
+
+  test.skipIf(!isRoot || !cc)(
+    "vm-confidential: an SEV-SNP guest, as libvirt starts it (no SEV here: a stand-in with its command line): a no, in QEMU's words",
+    async () => {
+      const q = standIn("qemu-system-x86_64", ["-static", '-DVERSION="10.0.0"']);
+      const sev = '{"qom-type":"sev-snp-guest","id":"lsec0","cbitpos":51,"reduced-phys-bits":1}';
+      await withTarget([q, "-machine", "pc-q35-10.0,confidential-guest-support=lsec0", "-object", sev], {}, (pid) => {
+        const { code, report } = byPid(pid);
+        expect([code, report.postcopy, causes(report), check(report, "vm-confidential").detail]).toEqual([
+          1,
+          false,
+          ["vm-config"],
+          'a confidential guest (sev-snp-guest): "SEV-SNP: Migration is not implemented" (the source refuses to migrate it at all)',
+        ]);
+      });
+    },
   );
 
   const pool = "/sys/kernel/mm/hugepages/hugepages-2048kB";

@@ -121,3 +121,60 @@ describe("--pid (vm.ts): huge pages for a VM's hugetlbfs memory, from the host's
     expect([CAUSES["vm-config"].when(seen), CAUSES["vm-hugepages"].when(seen)]).toEqual([false, true]);
   });
 });
+
+describe("--pid (vm.ts): what QEMU does to the VM's RAM only once the migration runs", () => {
+  const vm = (cmdline: string[], version: string | null) =>
+    configChecks({
+      ...{ cmdline, vmLckKb: 0, hugetlbKb: null, cwd: "/", mounts: [], files: () => [], version },
+      walk: () => ({ type: "tmpfs", how: "its path in the process's root" }),
+      hugePages: { size: 2 << 20, pool: () => null },
+    }).checks.filter((c) => !["vm-memory", "vm-devices"].includes(c.id));
+  const QEMU = ["qemu-system-x86_64", "-machine", "q35"];
+
+  test("vm-readonly in QEMU 8.2+'s words (7.2's is measured in pid.test.ts); vm-private for a backend and -mem-path", () => {
+    const readonly = vm(
+      [...QEMU, "-object", "memory-backend-file,id=pc.ram,size=1G,mem-path=/dev/shm/r,readonly=on"],
+      "10.1.0",
+    );
+    expect(readonly.map((c) => [c.id, c.status, c.detail])).toEqual([
+      [
+        "vm-readonly",
+        "fail",
+        'read-only RAM files (pc.ram): QEMU accepts postcopy-ram, then its destination fails when the migration starts: "ram_block_discard_range: Discarding RAM with readonly files is not supported" (QEMU 8.2+)',
+      ],
+    ]);
+    const both = vm(
+      [...QEMU, "-object", "memory-backend-file,id=m1,size=1G,mem-path=/dev/shm/p", "-mem-path", "/dev/shm"],
+      null,
+    );
+    expect(both.map((c) => [c.id, c.status, c.detail.split(":")[0]])).toEqual([
+      ["vm-private", "warn", "RAM files mapped private (m1, -mem-path)"],
+    ]);
+    // share=on, or a memfd, is no private file; a machine with no confidential-guest-support is no confidential guest.
+    expect(
+      vm(
+        [
+          ...QEMU,
+          "-object",
+          "memory-backend-file,id=m,mem-path=/dev/shm/s,share=on,size=1G",
+          "-object",
+          "sev-guest,id=s0",
+        ],
+        null,
+      ),
+    ).toEqual([]);
+  });
+
+  test("vm-confidential: SEV, SEV-SNP and TDX guests, named by the machine's confidential-guest-support", () => {
+    const guest = (type: string) =>
+      vm(
+        [...QEMU.slice(0, 1), "-machine", "q35,confidential-guest-support=c0", "-object", `${type},id=c0`],
+        "10.1.0",
+      )[0]?.detail;
+    expect(["sev-guest", "sev-snp-guest", "tdx-guest"].map(guest)).toEqual([
+      'a confidential guest (sev-guest): "SEV: Migration is not implemented" (the source refuses to migrate it at all)',
+      'a confidential guest (sev-snp-guest): "SEV-SNP: Migration is not implemented" (the source refuses to migrate it at all)',
+      "a confidential guest (tdx-guest): its private memory is guest_memfd, which no userfaultfd can serve and QEMU does not migrate (QEMU 10.1+)",
+    ]);
+  });
+});
