@@ -373,7 +373,11 @@ export const CAUSE_IDS = Object.keys(CAUSES);
  * process: pid.ts, vm.ts) and refines rows of the table by their id.
  */
 export function diagnose(s: T.Seen, more: Record<string, Partial<T.Cause>> = {}): T.Diagnosis[] {
-  const rank = ([, c]: [string, T.Cause]) => (c.blocks === "note" ? 2 : c.upgrade?.(s) ? 1 : 0);
+  // Headline first: the causes that block what the exit status stands for (postcopy-ram, unless --require says), then
+  // the others, then notes; within each, the fixes this host takes before the upgrade paths.
+  const headline = (c: T.Cause) => BLOCKS[c.blocks](s).some((cap) => s.required.includes(cap));
+  const rank = ([, c]: [string, T.Cause]) =>
+    c.blocks === "note" ? 4 : (headline(c) ? 0 : 2) + (c.upgrade?.(s) ? 1 : 0);
   const given = new Set<string>();
   const table: Record<string, T.Cause> = { ...CAUSES };
   // A row `more` shares an id with refines it: its gate also names the cause, its evidence follows, its fixes lead.

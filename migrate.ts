@@ -124,7 +124,7 @@ export function firmware(ramBytes: number) {
 export function launch(argv: string[]) {
   K.loadSys(); // errno, for the answers below
   const c = calls();
-  if (argv[0] === WATCHDOG) return watch(c, argv[1] ?? "");
+  if (argv[0] === WATCHDOG) return watch(c);
   const parent = process.env[LAUNCH];
   const fail = (why: string) => {
     console.error(`postcopy-probe: ${why}`);
@@ -155,34 +155,53 @@ export function launch(argv: string[]) {
   fail(`cannot run ${argv[0]}: ${K.errnoName(r.errno)}`);
 }
 /**
- * The watchdog, a process of the probe's own beside the QEMUs: its stdin is a pipe only the probe writes, which
- * closes when the probe ends, however it ends (SIGKILL too). It then kills each QEMU through the pidfd it was given
- * (fds 3 on: one that already ended is no other process, whatever its pid became), even one a secure exec (a file
- * capability) freed of its parent-death signal, and removes the migration's directory.
+ * The watchdog, a process of the probe's own started before anything it watches: its stdin is a pipe only the probe
+ * writes, which closes when the probe ends, however it ends (SIGKILL too). The probe tells it the migration's
+ * directory, then each QEMU as it starts (its pid and start time: a pidfd is opened at once, and kept only while the
+ * pid is still that process). At the end of the stream it kills each QEMU through its pidfd, even one a secure exec
+ * (a file capability) freed of its parent-death signal, and removes the directory.
  */
-async function watch(c: ReturnType<typeof calls>, dir: string) {
-  for await (const _ of Bun.stdin.stream()) {
-    // nothing is ever written: the end of the stream is the message
+async function watch(c: ReturnType<typeof calls>) {
+  const [pidfds, dirs] = [[] as number[], [] as string[]];
+  let text = "";
+  const told = (line: string) => {
+    const [what, value, since] = line.split(" ");
+    if (what === "dir" && value.split("/").at(-1)?.startsWith(DIR_PREFIX)) dirs.push(value);
+    if (what !== "pid") return;
+    const fd = Number(c.syscall(NR_PIDFD_OPEN, Number(value), 0, 0, 0));
+    if (fd >= 0 && startTime(value) === since) pidfds.push(fd);
+  };
+  for await (const chunk of Bun.stdin.stream()) {
+    text += new TextDecoder().decode(chunk);
+    const lines = text.split("\n");
+    text = lines.pop() ?? "";
+    lines.forEach(told);
   }
-  const count = Number(process.env[LAUNCH]);
-  for (let fd = 3; fd < 3 + (count || 0); fd++) c.syscall(NR_PIDFD_SEND_SIGNAL, fd, SIGKILL, 0, 0);
-  if (dir.split("/").at(-1)?.startsWith(DIR_PREFIX)) rmSync(dir, { recursive: true, force: true });
+  for (const fd of pidfds) c.syscall(NR_PIDFD_SEND_SIGNAL, fd, SIGKILL, 0, 0);
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 }
+/** A process's start time (/proc/PID/stat, field 22, after its name): with its pid, it names one process. */
+const startTime = (pid: number | string) => {
+  const stat = K.loadSys().readText(`/proc/${pid}/stat`) ?? "";
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
+};
 /**
- * Starts the watchdog for `children` (as this process's own user, in a group of its own, not to die with it), or
- * null on a kernel without pidfds (before 5.3): the QEMUs then die with the probe by their parent-death signal only.
+ * Starts the watchdog (as this process's own user, in a group of its own, not to die with it), before the directory
+ * and the QEMUs it is then told of; null on a kernel without pidfds (before 5.3): the QEMUs then die with the probe
+ * by their parent-death signal only.
  */
-function watchdog(children: Array<ReturnType<typeof Bun.spawn>>, dir: string) {
-  const c = calls();
-  const pidfds = children.map((child) => Number(c.syscall(NR_PIDFD_OPEN, child.pid, 0, 0, 0)));
-  try {
-    if (pidfds.some((fd) => fd < 0)) return null;
-    const env = { ...process.env, ...SELF_ENV, [LAUNCH]: String(pidfds.length) };
-    const stdio = ["pipe", "ignore", "ignore", ...pidfds];
-    return Bun.spawn([...self(), WATCHDOG, dir], { env, stdio: stdio as never, detached: true, cwd: "/" });
-  } finally {
-    for (const fd of pidfds.filter((fd) => fd >= 0)) K.loadSys().close(fd);
-  }
+function watchdog() {
+  const probe = Number(calls().syscall(NR_PIDFD_OPEN, process.pid, 0, 0, 0));
+  if (probe < 0) return null;
+  K.loadSys().close(probe);
+  // The probe's launch variable routes its main() here (its value is no parent's pid: no launcher would act on it).
+  const env = { ...process.env, ...SELF_ENV, [LAUNCH]: WATCHDOG };
+  const dog = Bun.spawn([...self(), WATCHDOG], { env, stdio: ["pipe", "ignore", "ignore"], detached: true, cwd: "/" });
+  const tell = (line: string) => {
+    (dog.stdin as { write: (s: string) => void; flush: () => void }).write(`${line}\n`);
+    (dog.stdin as { flush: () => void }).flush();
+  };
+  return { process: dog, tell };
 }
 /** A NUL-terminated UTF-8 copy of a string: a path or an environment variable as the kernel takes it. */
 const utf8z = (text: string) => new TextEncoder().encode(`${text}\0`);
@@ -293,12 +312,13 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
   // Filters go on without NoNewPrivs only where the process had none and this one may (CAP_SYS_ADMIN).
   const admin = capBit(field(sys.readText("/proc/self/status"), "CapEff"), CAP_SYS_ADMIN) === true;
   const children: Array<ReturnType<typeof Bun.spawn>> = [];
-  let [dir, dog] = ["", null as ReturnType<typeof watchdog>];
+  let dir = "";
+  const dog = watchdog();
   const stderr = ["", ""];
   const cleanup = () => {
     for (const child of children) kill(child);
     if (dir) rmSync(dir, { recursive: true, force: true });
-    (dog?.stdin as { end: () => void } | undefined)?.end(); // the watchdog then ends too
+    (dog?.process.stdin as { end: () => void } | undefined)?.end(); // the watchdog then ends too
   };
   const onSignal = (signal: NodeJS.Signals) => {
     cleanup();
@@ -308,6 +328,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
   for (const s of signals) process.once(s, onSignal);
   try {
     dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/${DIR_PREFIX}`);
+    dog?.tell(`dir ${dir}`);
     writeFileSync(`${dir}/firmware.bin`, firmware(plan.ramMiB << 20));
     const start = (side: "src" | "dst") => {
       const args = qemuArgs(plan, result.accel, dir, side);
@@ -324,6 +345,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
         cwd: "/",
       });
       children.push(child);
+      dog?.tell(`pid ${child.pid} ${startTime(child.pid)}`);
       void readStderr(
         child.stderr as unknown as ReadableStream<Uint8Array>,
         (t) => (stderr[side === "src" ? 0 : 1] = t),
@@ -331,7 +353,6 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
       return child;
     };
     const [dstChild, srcChild] = [start("dst"), start("src")];
-    dog = watchdog(children, dir);
     const gone = (c: ReturnType<typeof Bun.spawn>) => c.exitCode !== null || c.signalCode !== null;
     const [dst, src] = [
       await monitor(`${dir}/dst.qmp`, deadline, () => gone(dstChild)),
@@ -412,7 +433,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
   } finally {
     for (const s of signals) process.off(s, onSignal);
     cleanup();
-    await Promise.all([...children, ...(dog ? [dog] : [])].map((c) => within(c.exited, 1000)));
+    await Promise.all([...children, ...(dog ? [dog.process] : [])].map((c) => within(c.exited, 1000)));
   }
 }
 

@@ -165,6 +165,8 @@ export const CONSUMERS = {
   criu: syscallOnly,
   // Firecracker's userfaultfd-rs 0.9: the device unless it is absent (ENOENT), then the syscall.
   firecracker: deviceFirst((node) => node === "ENOENT"),
+  // Cloud Hypervisor v52+ (vmm/src/uffd.rs): the device, and the syscall on any error of it, its open or its ioctl.
+  "cloud-hypervisor": (a) => (a.device === "ok" ? ["device"] : ["device", "syscall"]),
 } satisfies Record<T.ConsumerName, Consumer>;
 /** What a consumer gets: the answer on the route it takes. */
 export const answerOf = (consumer: T.ConsumerName, a: T.Answers) => a[CONSUMERS[consumer](a).at(-1)!];
@@ -243,6 +245,14 @@ export const NEEDS = {
   "postcopy-multifd": { consumer: "qemu", ...RAM },
   "criu-lazy-pages": { consumer: "criu", checks: ["criu-events"], trips: [] },
   "firecracker-uffd": { consumer: "firecracker", checks: ["register-anon"], trips: [], features: ["EVENT_REMOVE"] },
+  // Cloud Hypervisor's on-demand restore (v52) and postcopy (v53): guest RAM that KVM faults on, registered MISSING
+  // (WAKE and COPY), with UFFD_FEATURE_MISSING_SHMEM asked for any zone not on huge pages.
+  "cloud-hypervisor": {
+    consumer: "cloud-hypervisor",
+    ...RAM,
+    checks: ["uffd-api", "register-anon"],
+    features: ["MISSING_SHMEM"],
+  },
 } satisfies Record<T.Capability, Need>;
 export const CAPABILITIES = Object.keys(NEEDS) as T.Capability[];
 

@@ -42,7 +42,7 @@ export type Route = "device" | "syscall" | "user-mode-only";
 export type Answers = Record<Route | "device-node", string>;
 
 /** Who gets a uffd, each on a route of its own (README: "Which route each consumer takes"). */
-export type ConsumerName = "qemu<8.0" | "qemu>=8.0" | "criu" | "firecracker";
+export type ConsumerName = "qemu<8.0" | "qemu>=8.0" | "criu" | "firecracker" | "cloud-hypervisor";
 /** What each consumer can do with a uffd here. */
 export type Capability =
   | "postcopy-ram"
@@ -52,7 +52,8 @@ export type Capability =
   | "postcopy-blocktime"
   | "postcopy-multifd"
   | "criu-lazy-pages"
-  | "firecracker-uffd";
+  | "firecracker-uffd"
+  | "cloud-hypervisor";
 
 /** A real fault, served or not, and its time from thread start to join. */
 export type TripResult = { ok: boolean; ns: number; detail: string };

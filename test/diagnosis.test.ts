@@ -32,14 +32,14 @@ import {
 
 describe("diagnosis under real denials", () => {
   test.skipIf(!isRoot || unprivileged !== "0")(
-    "unprivileged-userfaultfd and devnode-permission: as uid 65534 with QEMU 7.2, the sysctl, and the device only for Firecracker",
+    "unprivileged-userfaultfd and devnode-permission: as uid 65534 with QEMU 7.2, the sysctl, and the device only for Firecracker and Cloud Hypervisor",
     () => {
       const { code, report } = cli(["--json"], { nobody: true, path: pathWith(QEMU7) });
       expect(code).toBe(1);
       const sysctl = report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd")!;
       expect(sysctl).toMatchObject({
         summary: "vm.unprivileged_userfaultfd is 0 and this user lacks CAP_SYS_PTRACE",
-        blocks: [...QEMU_CAPS, "criu-lazy-pages"],
+        blocks: [...QEMU_CAPS, "criu-lazy-pages", "cloud-hypervisor"],
         evidence: [
           "userfaultfd(2): EPERM, with UFFD_USER_MODE_ONLY: ok",
           expect.stringMatching(/^vm.unprivileged_userfaultfd = 0 \((no sysctl file sets it|\/.* sets 0)\)$/),
@@ -50,7 +50,10 @@ describe("diagnosis under real denials", () => {
         "sysctl -w vm.unprivileged_userfaultfd=1",
         expect.stringMatching(/^echo vm.unprivileged_userfaultfd=1 > \/etc\/sysctl.d\/.*userfaultfd.conf$/),
       ]);
-      expect(report.diagnosis.find((d) => d.cause === "devnode-permission")?.blocks).toEqual(["firecracker-uffd"]);
+      expect(report.diagnosis.find((d) => d.cause === "devnode-permission")?.blocks).toEqual([
+        "firecracker-uffd",
+        "cloud-hypervisor",
+      ]);
     },
   );
 
@@ -119,7 +122,8 @@ describe("diagnosis under real denials", () => {
     () => {
       const { code, report } = underSeccomp("EPERM", ["--json"], { nobody: true, path: pathWith(QEMU7) });
       expect(code).toBe(1);
-      expect(causes(report)).toEqual(["devnode-permission", "seccomp", "unprivileged-userfaultfd"]);
+      // Headline first: what blocks postcopy-ram, then the device's mode, which blocks Firecracker only.
+      expect(causes(report)).toEqual(["seccomp", "unprivileged-userfaultfd", "devnode-permission"]);
     },
   );
 
@@ -390,6 +394,17 @@ describe("diagnose() as a decision table", () => {
       ],
     });
     expect(diagnoseOf({ ...base, gvisor: true }, opened(OPEN))).toEqual([]);
+  });
+
+  test("causes come headline-first: what blocks the capabilities the exit status stands for, then the rest", () => {
+    // uid 65534, the sysctl at 0, the node 0600, QEMU 7.2: the sysctl blocks QEMU, the node's mode Firecracker.
+    const denied = opened(["EACCES", "EACCES", "EPERM", "ok"]);
+    const order = (required: Capability[]) =>
+      diagnoseOf({ ...base, user: "nobody", uid: 65534 }, denied, undefined, qemu7, [], required).map((d) => d.cause);
+    expect([order(["postcopy-ram"]), order(["firecracker-uffd"])]).toEqual([
+      ["unprivileged-userfaultfd", "devnode-permission"],
+      ["devnode-permission", "unprivileged-userfaultfd"],
+    ]);
   });
 
   test("every cause has a row in this table and an entry in the README's cause table", () => {

@@ -335,7 +335,12 @@ export async function migrate(qemu: string, args: (side: string) => string[], se
     await s.cmd("migrate", { uri: `unix:${dir}/migration.sock` });
     // Postcopy can start only once precopy runs; on a loaded host "setup" can last a while.
     const status = async () => ((await s.cmd("query-migrate")).return?.status ?? "") as string;
-    for (let i = 0; i < 100 && (await status()) !== "active"; i++) await Bun.sleep(50);
+    for (let i = 0; i < 100; i++) {
+      const now = await status();
+      if (now === "failed") return now; // it failed as it started: no postcopy to start
+      if (now === "active") break;
+      await Bun.sleep(50);
+    }
     const unstarted = (await s.cmd("migrate-start-postcopy")).error;
     if (unstarted) return `migrate-start-postcopy: ${unstarted.desc}`;
     for (let i = 0; i < 150; i++) {

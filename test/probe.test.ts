@@ -244,10 +244,10 @@ describe("checks with a fake Sys, for what this machine cannot produce", () => {
     ]);
     expect([report.postcopy, report.probe.postcopy, report.required.ok]).toEqual([null, null, null]);
     expect(report.capabilities["criu-lazy-pages"]).toBe(false);
-    // The sysctl blocks CRIU and Firecracker here, not the QEMU that passes it by its capability.
+    // The sysctl blocks CRIU, Firecracker and Cloud Hypervisor here, not the QEMU that passes it by its capability.
     expect(blocked(report)).toEqual([
-      ["unprivileged-userfaultfd", ["criu-lazy-pages", "firecracker-uffd"]],
-      ["devnode-missing", ["firecracker-uffd"]],
+      ["unprivileged-userfaultfd", ["criu-lazy-pages", "firecracker-uffd", "cloud-hypervisor"]],
+      ["devnode-missing", ["firecracker-uffd", "cloud-hypervisor"]],
     ]);
     expect([report.error, report.settle]).toEqual([
       "could not answer what was asked: postcopy-ram: QEMU opens its uffd by a file capability this run lacks",
@@ -566,11 +566,60 @@ describe("capabilities: the QEMU that will run decides", () => {
       expect([old.code, old.report.postcopy, causes(old.report)]).toEqual([
         1,
         false,
-        ["unprivileged-userfaultfd", "criu-needs-ptrace", "qemu-before-8.0"],
+        // Headline first: what blocks postcopy-ram, then what blocks CRIU only.
+        ["unprivileged-userfaultfd", "qemu-before-8.0", "criu-needs-ptrace"],
       ]);
       const modern = run(QEMU10);
       expect([modern.code, modern.report.postcopy, modern.report.probe.route]).toEqual([0, true, "device"]);
       expect(existsSync(`${world}/dev-0666/ufd`)).toBe(false); // the namespace's tmpfs went with it
+    },
+  );
+
+  test.skipIf(!isRoot || unprivileged !== "0" || facts.miscMinor === null)(
+    "cloud-hypervisor: the device when it serves, the syscall on any error of it, its open or its ioctl; each answer as QEMU and Firecracker meet it",
+    () => {
+      const said = (r: Report) => ({
+        routes: [routesOf(r)["device-node"], routesOf(r).device, routesOf(r).syscall],
+        ch: r.capabilities["cloud-hypervisor"],
+        firecracker: r.capabilities["firecracker-uffd"],
+        qemu7: r.probe["qemu<8.0"],
+        qemu10: r.probe["qemu>=8.0"],
+      });
+      // USERFAULTFD_IOC_NEW (ioctl 0xaa00) refused by a filter, as root: the node opens, its uffd does not come.
+      const IOC_NEW_REFUSED = [
+        ...[
+          [0x20, 0, 0, 4],
+          [0x15, 0, 5, 0xc000003e],
+          [0x20, 0, 0, 0],
+          [0x15, 0, 3, 16],
+          [0x20, 0, 0, 24],
+        ],
+        ...[
+          [0x15, 0, 1, 0xaa00],
+          [0x06, 0, 0, 0x00050000 | K.errnoOf("EPERM")],
+          [0x06, 0, 0, 0x7fff0000],
+        ],
+      ];
+      const runs = [
+        said(cli(["--json"], { path: pathWith(QEMU7) }).report),
+        said(
+          underSeccomp("EPERM", ["--json"], { insns: IOC_NEW_REFUSED, name: "ioc-new", path: pathWith(QEMU7) }).report,
+        ),
+        said(cli(["--json"], { prefix: deviceOpenTo("0666"), nobody: true, path: pathWith(QEMU7) }).report),
+        said(cli(["--json"], { nobody: true, path: pathWith(QEMU7) }).report),
+      ];
+      expect(runs).toEqual([
+        { routes: ["ok", "ok", "ok"], ch: true, firecracker: true, qemu7: true, qemu10: true },
+        { routes: ["ok", "EPERM", "ok"], ch: true, firecracker: false, qemu7: true, qemu10: false },
+        { routes: ["ok", "ok", "EPERM"], ch: true, firecracker: true, qemu7: false, qemu10: true },
+        { routes: ["EACCES", "EACCES", "EPERM"], ch: false, firecracker: false, qemu7: false, qemu10: false },
+      ]);
+      // The last: the node's mode and the sysctl both stand in Cloud Hypervisor's way, as in QEMU 10's.
+      const blocking = blocked(cli(["--json"], { nobody: true, path: pathWith(QEMU7) }).report);
+      expect(blocking.filter(([, caps]) => caps.includes("cloud-hypervisor")).map(([cause]) => cause)).toEqual([
+        "unprivileged-userfaultfd",
+        "devnode-permission",
+      ]);
     },
   );
 
@@ -589,7 +638,10 @@ describe("capabilities: the QEMU that will run decides", () => {
       expect(report.qemu).toMatchObject({ accepts: true, agrees: true });
       expect([code, report.postcopy, report.probe.postcopy]).toEqual([0, true, true]);
       expect(check(report, "qemu-route").detail).toEndWith("uses syscall: ok (by its cap_sys_ptrace file capability)");
-      expect(report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd")?.blocks).toEqual(["criu-lazy-pages"]);
+      expect(report.diagnosis.find((d) => d.cause === "unprivileged-userfaultfd")?.blocks).toEqual([
+        "criu-lazy-pages",
+        "cloud-hypervisor",
+      ]);
       // This user's only uffd is user-mode-only: KVM's kernel-mode fault is QEMU's to serve, unproven by this run.
       expect(check(report, "round-trip")).toMatchObject({ status: "warn" });
       expect(check(report, "round-trip").detail).toStartWith("only a UFFD_USER_MODE_ONLY uffd: ");
@@ -654,6 +706,7 @@ describe("the report and its renderers", () => {
         "  postcopy-multifd      no",
         "  criu-lazy-pages       yes",
         "  firecracker-uffd      no",
+        "  cloud-hypervisor      no",
         "",
         "pass=1, warn=0, fail=1, skip=1",
         "Postcopy live migration (QEMU postcopy-ram): NOT SUPPORTED for qemu (uid 107)",
@@ -805,7 +858,7 @@ describe("the command line", () => {
     [["--format", "xml"], 'postcopy-probe: Unknown format "xml": use human, json, prometheus'],
     [
       ["--require", "postcopy-ram,teleport"],
-      'postcopy-probe: Unknown capability "teleport": use postcopy-ram, postcopy-hugetlbfs, postcopy-shmem, background-snapshot, postcopy-blocktime, postcopy-multifd, criu-lazy-pages, firecracker-uffd',
+      'postcopy-probe: Unknown capability "teleport": use postcopy-ram, postcopy-hugetlbfs, postcopy-shmem, background-snapshot, postcopy-blocktime, postcopy-multifd, criu-lazy-pages, firecracker-uffd, cloud-hypervisor',
     ],
     [["--format"], 'postcopy-probe: Option "--format" needs a value'],
     [["--bench=1"], 'postcopy-probe: Invalid fault count "1": a whole number from 2 to 500000'],

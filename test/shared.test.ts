@@ -96,13 +96,24 @@ describe("which route each consumer takes (README: Which route each consumer tak
     syscall,
     "user-mode-only": "ok",
   });
-  test("QEMU 8.0+ takes the device when it opens, with no way back; Firecracker falls back only when it is absent", () => {
-    const cases = [answers("ok", "EPERM", "ok"), answers("EACCES", "EACCES", "ok"), answers("ENOENT", "ENOENT", "ok")];
-    const consumers = ["qemu<8.0", "qemu>=8.0", "criu", "firecracker"] as const;
+  test("QEMU 8.0+ takes the device when it opens, with no way back; Firecracker falls back only when it is absent; Cloud Hypervisor on any error of the device", () => {
+    const cases = [
+      // The node opens, its ioctl is refused (an LSM, a filter): only Cloud Hypervisor falls back.
+      answers("ok", "EPERM", "ok"),
+      answers("EACCES", "EACCES", "ok"),
+      answers("ENOENT", "ENOENT", "ok"),
+      // The device serves and the syscall is refused (the sysctl): every device-first consumer opens one.
+      answers("ok", "ok", "EPERM"),
+      // Neither: Cloud Hypervisor reports the syscall's error, as its code does.
+      answers("EACCES", "EACCES", "EPERM"),
+    ];
+    const consumers = ["qemu<8.0", "qemu>=8.0", "criu", "firecracker", "cloud-hypervisor"] as const;
     expect(cases.map((a) => consumers.map((c) => answerOf(c, a)))).toEqual([
-      ["ok", "EPERM", "ok", "EPERM"],
-      ["ok", "ok", "ok", "EACCES"],
-      ["ok", "ok", "ok", "ok"],
+      ["ok", "EPERM", "ok", "EPERM", "ok"],
+      ["ok", "ok", "ok", "EACCES", "ok"],
+      ["ok", "ok", "ok", "ok", "ok"],
+      ["EPERM", "ok", "EPERM", "ok", "ok"],
+      ["EPERM", "EPERM", "EPERM", "EACCES", "EPERM"],
     ]);
   });
 });
