@@ -158,7 +158,11 @@ export const childMs = (o: T.Options) =>
  * The whole probe again in a child that takes on the context first; signals go on to it; its status is
  * the answer. The wait is bounded by `ms`: a child still there then is killed, and the run is exit 2.
  */
-export async function runInContext(argv: string[], ms: number, o: { capture?: boolean; command?: string[] } = {}) {
+export async function runInContext(
+  argv: string[],
+  ms: number,
+  o: { capture?: boolean; command?: string[]; quiet?: boolean } = {},
+) {
   // The child runs as another user: it gets none of root's environment but what it needs, and a session
   // of its own, so it has no controlling terminal to push input into.
   const env = Object.fromEntries(CHILD_ENV.filter((k) => process.env[k] !== undefined).map((k) => [k, process.env[k]]));
@@ -166,10 +170,16 @@ export async function runInContext(argv: string[], ms: number, o: { capture?: bo
   const child = Bun.spawn([...(o.command ?? self()), ...argv], {
     env: { ...env, ...SELF_ENV, PWD: workingDirectory(), [CHILD]: String(process.pid) },
     cwd: "/",
-    stdio: ["ignore", stdout, "inherit"],
+    stdio: ["ignore", stdout, o.quiet ? "ignore" : "inherit"],
     detached: true,
   });
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
+  // Signals go on to the child while it runs (--all runs many: each takes its handlers away when it is done).
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  const passOn = (signal: NodeJS.Signals) => child.kill(signal);
+  for (const signal of signals) process.on(signal, passOn);
+  void child.exited.then(() => {
+    for (const signal of signals) process.off(signal, passOn);
+  });
   // --output is written by the parent, as root: the child's document comes through a pipe, bounded.
   const text = o.capture ? readBounded(child.stdout as ReadableStream<Uint8Array>) : Promise.resolve("");
   if (await within(child.exited, ms)) {

@@ -623,7 +623,8 @@ const unicodeEscapes = (c: string) =>
     .join("");
 
 const RENDERERS: Record<T.Format, (report: T.Report, opts: T.Options) => string> = {
-  human: renderHuman,
+  human: (report, opts) =>
+    report.vms ? loadAll().renderVms(report, verdict(report, (_, t) => t).join("\n")) : renderHuman(report, opts),
   json: renderJson,
   prometheus: (report) => loadTextfile().renderPrometheus(report),
 };
@@ -688,6 +689,7 @@ const OPTIONS: Array<Option & { help: string }> = [
   { names: "--user", value: "NAME|UID", help: "answer for that user (as root): QEMU's user" },
   { names: "--pid", value: "PID", parse: pidOf, help: "answer for that running QEMU and its VM (as root)" },
   { names: "--context", value: "CONTEXT", help: "answer for that SELinux context (system_u:system_r:svirt_t:s0)" },
+  { names: "--all", help: "also answer for every QEMU running here, each as --pid does (as root)" },
   { names: "--qemu", value: "[PATH]", parse: qemuOf, help: "ask the installed QEMU (or PATH) over QMP too" },
   { names: "--migrate", help: "also migrate a 256 MiB VM between two QEMUs here (30 s at most)" },
   { names: "--parallel", value: "N", parse: channelsOf, help: "--migrate with N multifd channels: postcopy-multifd" },
@@ -717,7 +719,7 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
     ...{ format: "human", require: ["postcopy-ram"], quiet: false, color: tty && !env.NO_COLOR && env.TERM !== "dumb" },
     ...{ targetPageSize: 4096, boundMs: 1000, bench: 0, user: null, pid: null, qemu: null, qemuMs: 5000 },
     ...{ migrate: false, migrateMiB: 256, migrateMs: 30_000, parallel: 0, output: null, help: false, version: false },
-    context: null,
+    ...{ context: null, all: false },
   };
   for (let i = 0; i < argv.length; i++) {
     const [name, inline] = argv[i].startsWith("--") ? argv[i].split(/=(.*)/s) : [argv[i], undefined];
@@ -735,6 +737,10 @@ export function parseArgs(argv: string[], env: Record<string, string | undefined
   // --parallel migrates with multifd: that migration answers postcopy-multifd, which the exit status is then for.
   if (opts.parallel && !argv.some((a) => a.startsWith("--require"))) opts.require = ["postcopy-multifd"];
   if (opts.output === "") throw new S.UsageError(`Option "--output" needs a file name, not ""`);
+  const alone = ["pid", "user", "context", "qemu", "migrate"] as const;
+  const beside = alone.filter((o) => (o === "migrate" ? opts.migrate || opts.parallel > 0 : opts[o] !== null));
+  if (opts.all && beside.length)
+    throw new S.UsageError(`--all answers each QEMU in its own context: not with --${beside[0]}`);
   if (opts.pid !== null && opts.context !== null)
     throw new S.UsageError("--context cannot answer for --pid: the process's own SELinux context is what counts");
   if (opts.pid !== null && opts.qemu !== null)
@@ -784,6 +790,7 @@ const loadBench = () => require("./bench.ts") as typeof import("./bench.ts");
 const loadTextfile = () => require("./textfile.ts") as typeof import("./textfile.ts");
 const loadMigrate = () => require("./migrate.ts") as typeof import("./migrate.ts");
 const loadSelinux = () => require("./selinux.ts") as typeof import("./selinux.ts");
+const loadAll = () => require("./all.ts") as typeof import("./all.ts");
 
 /** The CLI: parse, facts, checks, capabilities, diagnosis, render, exit status; --bench after the probe. */
 export async function main(argv = process.argv.slice(2)) {
@@ -813,9 +820,10 @@ export async function main(argv = process.argv.slice(2)) {
     const facts = readFacts(sys, context?.device, context?.facts, opts.context);
     const report = await probe(sys, facts, opts, context);
     if (opts.bench) report.bench = await loadBench().bench(sys, facts, report, opts);
+    if (opts.all) report.vms = await loadAll().everyVm(sys, opts);
     emit(sys, RENDERERS[opts.format](report, opts), opts.output);
     if (report.error) console.error(`postcopy-probe: ${S.shown(report.error)}`);
-    process.exitCode = report.error ? 2 : report.required.ok ? 0 : 1;
+    process.exitCode = opts.all ? loadAll().exitStatus(report) : report.error ? 2 : report.required.ok ? 0 : 1;
   } catch (e) {
     const usage = (e as Error).name === "UsageError" || e instanceof S.UsageError;
     console.error(`postcopy-probe: ${S.shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);

@@ -9,7 +9,7 @@
  * ```
  */
 import { quoted, STATUSES, typeOf } from "./shared.ts";
-import type { Capability, Check, Report } from "./types.ts";
+import type { Capability, Check, Report, VmAnswer } from "./types.ts";
 
 /** Labels in the exposition format: backslash, quote and newline escaped. */
 const labels = (pairs: Record<string, unknown>) => {
@@ -21,6 +21,10 @@ const bool = (b: unknown) => (b === true ? 1 : 0);
 const one = (value: number): Sample[] => [["", value]];
 const known = (r: Report) => Object.entries(r.capabilities).filter(([c]) => !r.undetermined.includes(c as Capability));
 const byStatus = (c: Check) => STATUSES.map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
+/** --all's QEMUs (not what was no QEMU), and the labels that tell them apart: name, pid, user. */
+const qemus = (r: Report) => (r.vms ?? []).filter((v) => v.answer !== "not a qemu");
+const vm = (v: VmAnswer, more: Record<string, unknown> = {}) =>
+  labels({ vm: v.name, pid: v.pid, user: v.user ?? "", ...more });
 /** The gauges: name, help, and the samples a report gives it (none: the gauge is left out). */
 const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample[]]> = [
   ["up", "1 when the probe answered what was asked, 0 when it could not.", (r) => one(r.error ? 0 : 1)],
@@ -40,6 +44,26 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
     (r) => (r.capabilities ? known(r).map(([c, ok]): Sample => [labels({ capability: c }), bool(ok)]) : []),
   ],
   ["check", "1 on the status each check has, 0 on the others.", (r) => (r.checks ?? []).flatMap(byStatus)],
+  [
+    "cause",
+    "1 for each cause that stands in the way of a capability here, by its id (README, the causes).",
+    (r) => (r.diagnosis ?? []).map((d): Sample => [labels({ cause: d.cause }), 1]),
+  ],
+  [
+    "vm_up",
+    "--all: 1 for each QEMU running here that was answered, 0 for one that could not be.",
+    (r) => qemus(r).map((v): Sample => [vm(v), bool(v.answer !== "unknown")]),
+  ],
+  [
+    "vm_supported",
+    "--all: 1 for each QEMU running here that can migrate with postcopy, in its own context; 0 for one that cannot.",
+    (r) => qemus(r).flatMap((v): Sample[] => (v.answer === "unknown" ? [] : [[vm(v), bool(v.answer === "supported")]])),
+  ],
+  [
+    "vm_cause",
+    "--all: 1 for each cause that stands in a running QEMU's way, by its id.",
+    (r) => qemus(r).flatMap((v) => (v.report?.diagnosis ?? []).map((d): Sample => [vm(v, { cause: d.cause }), 1])),
+  ],
   [
     "round_trip_seconds",
     "The kernel-mode write fault round trip, thread start to join, when both faults were served.",

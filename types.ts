@@ -101,6 +101,8 @@ export type Options = {
   output: string | null;
   /** --context CONTEXT: answer for that SELinux context (selinux.ts). */
   context: string | null;
+  /** --all: every QEMU running here too, each as --pid answers it (all.ts). */
+  all: boolean;
 };
 export type Format = "human" | "json" | "prometheus";
 
@@ -381,6 +383,23 @@ export type Context = {
   };
 };
 
+/** --all: one process that looked like a QEMU, answered as --pid answers it. */
+export type VmAnswer = {
+  /** Its -name (guest=NAME), as libvirt names the domain (KubeVirt: NAMESPACE_NAME); else "pid N". */
+  name: string;
+  pid: number;
+  user: string | null;
+  /** The version of the QEMU it runs, when read. */
+  qemu: string | null;
+  /** "not a qemu": --pid found no QEMU there (another program, gone since): left out of the answer. */
+  answer: "supported" | "not supported" | "unknown" | "not a qemu";
+  /** The first cause of a no; why it could not be answered; what it was instead of a QEMU. */
+  why?: string;
+  cause?: string;
+  /** Its whole --pid document, when one came. */
+  report?: Report;
+};
+
 /** The postcopy-probe/1 document (--json), which every renderer reads. postcopy-probe-1.schema.json says it too. */
 export type Report = {
   schema: "postcopy-probe/1";
@@ -414,6 +433,8 @@ export type Report = {
   /** --pid: the running process read. */
   context?: Record<string, unknown>;
   bench?: Bench;
+  /** --all: every QEMU running here, each answered as --pid answers it. */
+  vms?: VmAnswer[];
   /** Set when the probe could not answer what was asked: the exit status is then 2. */
   error?: string;
   /** With `error`: what would settle each thing the run could not answer. */
