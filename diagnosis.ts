@@ -55,6 +55,12 @@ const refusedOnAny = (s: T.Seen, answers: Partial<T.Answers>) => [
 const ofQemu = (caps: T.Capability[]) => caps.filter((cap) => S.NEEDS[cap].consumer === "qemu");
 /** The node's mode lets everyone read and write it: an EACCES is not its mode's. */
 const modeAllows = (f: T.Facts) => /^c.{6}rw/.test(f.devnode?.mode ?? "");
+/** The node's mode refuses this user for certain: not root, and no owner's, group's or others' bits grant rw. */
+const modeRefuses = (f: T.Facts) => {
+  const mode = f.devnode?.mode ?? "";
+  const owner = f.devnode?.uid === f.uid && mode.slice(1, 3) === "rw";
+  return f.uid !== 0 && !!f.devnode && !owner && mode.slice(4, 6) !== "rw" && mode.slice(7, 9) !== "rw";
+};
 /** The device node's open() is SELinux's to refuse here (selinux.ts), not its mode's. */
 const selinuxRefusesNode = (f: T.Facts) => !!{ ...S.deniedIn(f, "self"), ...S.deniedIn(f, "all") }["device-node"];
 /** Failing capabilities that need one of `checks` passed. */
@@ -283,8 +289,11 @@ export const CAUSES = {
     ],
   },
   "devnode-permission": {
+    // The mode is asked before any LSM: where it refuses for certain, it is the cause whatever SELinux would say.
     when: ({ f, a }) =>
-      a["device-node"] === "EACCES" && !selinuxRefusesNode(f) && !f.apparmor?.denied["device-node"] && !modeAllows(f),
+      a["device-node"] === "EACCES" &&
+      !f.apparmor?.denied["device-node"] &&
+      (modeRefuses(f) || (!selinuxRefusesNode(f) && !modeAllows(f))),
     blocks: "device",
     summary: `${S.DEVICE}'s mode and owner do not let this user in`,
     evidence: [({ f }) => `${S.DEVICE}: ${f.devnode?.mode} ${f.devnode?.owner} ${f.devnode?.group}`, openedAs],

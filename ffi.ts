@@ -78,6 +78,8 @@ export const UFFD_FEATURE: Record<string, bigint> = Object.fromEntries(
 );
 // include/uapi/asm-generic/fcntl.h, mman-common.h, mman.h, poll.h (ppc's MAP_NORESERVE differs), stat.h
 export const [O_RDONLY, O_WRONLY, O_RDWR, O_NONBLOCK, O_CLOEXEC, O_PATH] = [0, 1, 2, 0x800, 0x80000, 0x200000];
+/** O_NOFOLLOW is 0100000 on arm and powerpc, 0400000 elsewhere. */
+export const O_NOFOLLOW = ["arm", "arm64", "ppc64"].includes(process.arch) ? 0o100000 : 0o400000;
 export const [PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, MAP_ANONYMOUS] = [1, 2, 0x01, 0x02, 0x20];
 export const [MAP_NORESERVE, MAP_HUGETLB, MFD_CLOEXEC, POLLIN] = [archOrX64.noreserve ?? 0x4000, 0x40000, 1, 1];
 export const MAP_HUGE_SHIFT = 26;

@@ -97,39 +97,56 @@ const UNDECIDED: T.Unjudged = [
  * This VM's configuration counts for QEMU too: a VM check that fails refuses QEMU's capabilities; one the probe could
  * not tell (a mem-path it does not enter) leaves them unjudged.
  */
-const refusedBy = (checks: T.Check[]): T.Judging[] => [
-  (forQemu) => (forQemu && checks.some((c) => c.status === "fail") ? false : null),
-  (forQemu) => {
-    const untold = checks.find((c) => c.status === "skip");
-    return forQemu && untold ? [untold.detail, untold.hint ?? ""] : null;
-  },
-];
+const refusedBy = (checks: T.Check[]): T.Judging[] => {
+  // A VM check stands in the way of every QEMU capability but those it spares: a background snapshot discards no RAM
+  // and places no page (measured: QEMU 10 snapshots a VM whose RAM file is read-only).
+  const bears = (c: T.Check, cap: T.Capability) => !(cap === "background-snapshot" && SNAPSHOT_SPARED.includes(c.id));
+  return [
+    (forQemu, _, cap) => (forQemu && checks.some((c) => c.status === "fail" && bears(c, cap)) ? false : null),
+    (forQemu, _, cap) => {
+      const untold = checks.find((c) => c.status === "skip" && bears(c, cap));
+      return forQemu && untold ? [untold.detail, untold.hint ?? ""] : null;
+    },
+  ];
+};
+const SNAPSHOT_SPARED = ["vm-readonly", "vm-hugepages"];
 /**
  * Its SELinux context, where SELinux is enabled: judged by the loaded policy on each route as QEMU walks it, against
- * the label of the node in its root (selinux.ts); its refusals join every route's answer.
+ * the label of the node in its root when that is the userfaultfd device (selinux.ts); its refusals join every route's
+ * answer where the kernel's earlier gates opened it.
  */
 function selinuxOf(sys: Sys, f: ReturnType<typeof processFacts>, pid: number, device: K.R): T.Domain[] | null {
-  if (!f.label || sys.readText("/sys/fs/selinux/enforce") === null) return null;
+  if (sys.readText("/sys/fs/selinux/enforce") === null) return null;
+  const whose = `process ${pid}`;
+  if (!f.label) {
+    const unknown = "its context (/proc/PID/attr/current) could not be read";
+    return [{ whose, context: "?", scope: "all", denied: {}, says: [], permissive: [], rules: [], unknown }];
+  }
   const SE = require("./selinux.ts") as typeof import("./selinux.ts");
+  // The node's label is asked only of the userfaultfd device itself: anything else there answers as the kernel says.
+  const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1];
+  const node = device.ret >= 0 ? sys.stat("", device.ret, K.AT_EMPTY_PATH) : null;
+  const isDevice = node?.ret === 0 && (node.mode & K.S_IFMT) === K.S_IFCHR && node.rdev.join(":") === `10:${misc}`;
   const [major, minor] = (sys.readText("/proc/sys/kernel/osrelease") ?? "").split(".").map(Number);
   const sysctl = S.whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd"));
-  const ptrace = sysctl !== 1 && f.uidMap === S.INITIAL_UID_MAP && S.capBit(f.capEff, S.CAP_SYS_PTRACE) === true;
+  const held = f.uidMap === S.INITIAL_UID_MAP && S.capBit(f.capEff, S.CAP_SYS_PTRACE) === true;
   const asked = {
-    ...{ whose: `process ${pid}`, scope: "all" as const, ptrace },
+    ...{ whose, scope: "all" as const, ptrace: sysctl === 1 ? undefined : held },
     ...{
-      device: device.ret >= 0 ? `/proc/self/fd/${device.ret}` : null,
+      device: isDevice ? `/proc/self/fd/${device.ret}` : null,
       anonChecked: major > 5 || (major === 5 && minor >= 12),
     },
   };
   return [SE.domainOf(sys, SE.policyOf(sys), f.label, asked)];
 }
-/** The host's huge pages: the default size (bytes), and the pool of each size (nr_ and free_hugepages). */
+/** The host's huge pages: the default size (bytes), and the pool of each size (nr_, free_ and resv_hugepages). */
 function hugePages(sys: Sys) {
   const kb = S.whole(S.field(sys.readText("/proc/meminfo"), "Hugepagesize")?.replace(/ kB$/, ""));
   const pool = (bytes: number) => {
     const dir = `/sys/kernel/mm/hugepages/hugepages-${bytes / 1024}kB`;
-    const [total, free] = ["nr_hugepages", "free_hugepages"].map((n) => S.whole(sys.readText(`${dir}/${n}`)));
-    return total === null || free === null ? null : { total, free, file: `${dir}/nr_hugepages` };
+    const read = (n: string) => S.whole(sys.readText(`${dir}/${n}_hugepages`));
+    const [total, free, resv] = [read("nr"), read("free"), read("resv")];
+    return total === null || free === null || resv === null ? null : { total, free, resv, file: `${dir}/nr_hugepages` };
   };
   return { size: kb === null ? null : kb * 1024, pool };
 }

@@ -165,12 +165,8 @@ function checkPageSize(p: Probe, head: T.Head): T.Check {
 function checkOpen(p: Probe, head: T.Head): T.Check {
   // --pid: the process's AppArmor profile mediates the kernel's answers, and a seccomp filter of its answers before
   // the kernel does (SIGSYS: it kills or traps).
-  const a = {
-    ...S.routeAnswers(p.sys, p.facts),
-    ...p.facts.apparmor?.denied,
-    ...S.deniedIn(p.facts, "all"),
-    ...p.facts.filter?.answers,
-  };
+  const kernel = S.refusedIn({ ...S.routeAnswers(p.sys, p.facts), ...p.facts.apparmor?.denied }, p.facts, "all");
+  const a = { ...kernel, ...p.facts.filter?.answers };
   // The checks below use a kernel-mode uffd when there is one (the kernel answers the same on any route).
   const route = S.ROUTES.find((r) => a[r] === "ok") ?? null;
   Object.assign(p.learnt, { answers: a, route });
@@ -457,7 +453,7 @@ export function judge(checks: T.Check[], learnt: T.Learnt, f: T.Facts, context?:
     // A kernel-mode fault is proven only on a kernel-mode uffd: QEMU's own may be one (a file capability) when ours
     // is not.
     const served = (k: string) => trips[k]?.ok || (k === "kernel-write" && !kernelMode && opens);
-    const theirs = context?.judging?.map((j) => j(forQemu, S.CONSUMERS[consumer](seen))).find((x) => x !== null);
+    const theirs = context?.judging?.map((j) => j(forQemu, S.CONSUMERS[consumer](seen), cap)).find((x) => x !== null);
     // What the run knows refuses it is a no, whatever else it could not judge (a limit of its own hides no answer).
     const refused =
       (!opens && !LIMITS.includes(answer)) ||

@@ -27,7 +27,7 @@ const ANON_NAME = "[userfaultfd]";
 const NODE = ["open", "read", "write", "ioctl"];
 const ANON = ["create", "ioctl"];
 const LATE = ["read"];
-const CLASSES = ["anon_inode", "chr_file", "capability"] as const;
+const CLASSES = ["anon_inode", "chr_file", "capability", "process"] as const;
 type ClassName = (typeof CLASSES)[number];
 
 /** One selinuxfs transaction (access, create, context): the request written whole, the answer read on the same fd. */
@@ -64,10 +64,16 @@ export function policyOf(sys: Sys) {
 export type Policy = ReturnType<typeof policyOf>;
 
 /** Which of `perms` the policy refuses `scon` on `tcon` of class `cls`, and whether scon's domain is permissive. */
-function refused(sys: Sys, policy: Policy, scon: string, tcon: string, cls: ClassName, perms: string[]) {
+type Refused = { perms: string[]; permissive: boolean } | { error: string };
+function refused(sys: Sys, policy: Policy, scon: string, tcon: string, cls: ClassName, perms: string[]): Refused {
   const c = policy.classes[cls];
-  // A class or permission the policy does not declare is allowed or denied as deny_unknown says.
-  if (!c) return { perms: policy.denyUnknown ? perms : [], permissive: false };
+  // A class or permission the policy does not declare is allowed or denied as deny_unknown says; whether the domain
+  // is permissive (which the kernel asks first) is asked of a class every policy declares.
+  if (!c) {
+    const domain: Refused =
+      cls === "process" ? { perms, permissive: false } : refused(sys, policy, scon, scon, "process", []);
+    return "error" in domain ? domain : { perms: policy.denyUnknown ? perms : [], permissive: domain.permissive };
+  }
   const reply = ask(sys, "access", `${scon} ${tcon} ${c.index}`);
   if (typeof reply !== "string") return reply;
   const [allowed, , , , , flags = "0"] = reply.split(" ");
@@ -82,7 +88,7 @@ function refused(sys: Sys, policy: Policy, scon: string, tcon: string, cls: Clas
 
 /** The label of a file (security.selinux), without its NUL; null when it has none or cannot be read. */
 function labelOf(path: string) {
-  const value = new Uint8Array(256);
+  const value = new Uint8Array(4096);
   const [name, attribute] = [K.cstr(path), K.cstr("security.selinux")];
   const n = Number(libc().getxattr(name, attribute, value, value.length));
   return n > 0 ? K.latin1(value.subarray(0, n)).replace(/\0+$/, "") : null;
@@ -105,7 +111,11 @@ export type Asked = {
   device?: string | null;
   /** Before 5.12 the kernel makes the uffd's anon inode with no label, and asks the policy nothing of it. */
   anonChecked?: boolean;
-  /** The syscall opens only by CAP_SYS_PTRACE (vm.unprivileged_userfaultfd 0): the policy's capability counts too. */
+  /**
+   * The syscall opens only by CAP_SYS_PTRACE (vm.unprivileged_userfaultfd 0), so the policy's capability is asked:
+   * true when this run holds it (its refusal is then the syscall's EPERM), false when only a QEMU's file capability
+   * could (qemuAnswers() reads the refusal then); undefined: not asked.
+   */
   ptrace?: boolean;
   /**
    * This run's own context: an EACCES from the node's open() is the policy's, not its mode's: the run is root, the
@@ -136,7 +146,7 @@ export function domainOf(sys: Sys, policy: Policy, context: string, q: Asked): T
   const asks: Array<{ tcon: string; cls: ClassName; perms: string[] }> = [
     ...(q.anonChecked === false ? [] : [{ tcon: created, cls: "anon_inode" as const, perms: [...ANON, ...LATE] }]),
     ...(label ? [{ tcon: label, cls: "chr_file" as const, perms: nodePerms }] : []),
-    ...(q.ptrace ? [{ tcon: context, cls: "capability" as const, perms: ["sys_ptrace"] }] : []),
+    ...(q.ptrace !== undefined ? [{ tcon: context, cls: "capability" as const, perms: ["sys_ptrace"] }] : []),
   ];
   const denials: Array<{ tcon: string; cls: ClassName; perms: string[]; permissive: boolean }> = [];
   for (const { tcon, cls, perms } of asks) {
@@ -148,17 +158,20 @@ export function domainOf(sys: Sys, policy: Policy, context: string, q: Asked): T
   const denied: Partial<T.Answers> = {};
   if (of("anon_inode").length)
     Object.assign(denied, { device: "EACCES", syscall: "EACCES", "user-mode-only": "EACCES" });
-  // The capability is asked before the anon inode is made: the syscall then says EPERM.
-  if (of("capability").length) denied.syscall = "EPERM";
+  // The capability is asked before the anon inode is made: the syscall then says EPERM, where it is what opens it.
+  const ptraceRefused = of("capability").length > 0;
+  if (ptraceRefused && q.ptrace) denied.syscall = "EPERM";
   const node = of("chr_file");
   if (node.some((p) => p !== "ioctl")) Object.assign(denied, { "device-node": "EACCES", device: "EACCES" });
   else if (node.length) denied.device = "EACCES";
   if (unlabelled) Object.assign(denied, { "device-node": "EACCES", device: "EACCES" });
   const says = [...denials.map((d) => avc(context, d.tcon, d.cls, d.perms)), ...(unlabelled ? [unlabelled] : [])];
-  const rules = denials.map((d) => rule(context, d.tcon, d.cls, d.perms)).filter((r) => r !== null);
+  const rules = denials.map((d) => rule(policy, context, d)).filter((r) => r !== null);
   // A permissive domain (the access flags) or permissive mode lets all of it through.
   const permissive = !policy.enforcing || denials.some((d) => d.permissive);
-  return permissive ? { ...domain, permissive: says, rules } : { ...domain, denied, says, rules };
+  return permissive
+    ? { ...domain, permissive: says, rules }
+    : { ...domain, denied, says, rules, ...(q.ptrace === false ? { ptraceRefused } : {}) };
 }
 
 /** The node's open() in this run's own context, refused where its mode lets it in: what the policy refuses, said. */
@@ -176,11 +189,16 @@ function avc(scon: string, tcon: string, cls: ClassName, perms: string[]) {
     cls === "anon_inode" && perms.every((p) => LATE.includes(p)) ? " (once postcopy runs, after precopy)" : "";
   return `avc: denied { ${perms.join(" ")} } for${at} scontext=${scon} tcontext=${tcon} tclass=${cls}${late}`;
 }
-/** The local policy rule (CIL) that allows exactly `perms`: null where a type is no plain policy name. */
-function rule(scon: string, tcon: string, cls: ClassName, perms: string[]) {
-  const [source, target] = [typeOf(scon), typeOf(tcon)];
-  const self = cls === "capability" ? "self" : target;
-  return source && self ? `(allow ${source} ${self} (${cls} (${perms.join(" ")})))` : null;
+/**
+ * The local policy rule (CIL) that allows exactly `perms`: only what the policy declares (a class or permission it
+ * does not declare is refused as deny_unknown says, which no local rule can name); null where nothing is left, or a
+ * type is no plain policy name.
+ */
+function rule(policy: Policy, scon: string, d: { tcon: string; cls: ClassName; perms: string[] }) {
+  const [source, target] = [typeOf(scon), typeOf(d.tcon)];
+  const declared = d.perms.filter((p) => policy.classes[d.cls]?.bit(p) != null);
+  const self = d.cls === "capability" ? "self" : target;
+  return source && self && declared.length ? `(allow ${source} ${self} (${d.cls} (${declared.join(" ")})))` : null;
 }
 
 /** A context the loaded policy knows, as it writes it; a usage error for anything else (--context). */
@@ -202,7 +220,7 @@ export function hostDomains(sys: Sys, f: T.Facts, asked: string | null): T.Domai
     device: f.device,
     notTheMode: f.uid === 0 || /^c.{6}rw/.test(f.devnode?.mode ?? "") || (f.device !== null && f.devnode === null),
     anonChecked: !before(f.kernel, 5, 12),
-    ptrace: f.unprivilegedUserfaultfd !== 1 && f.capSysPtrace === true,
+    ptrace: f.unprivilegedUserfaultfd === 1 ? undefined : f.capSysPtrace === true,
   };
   const own = sys.readText("/proc/self/attr/current")?.replace(/\0/g, "").trim();
   const self = own ? [domainOf(sys, policy, own, { ...gates, whose: "this run", scope: "self" })] : [];
@@ -236,13 +254,28 @@ const before = (kernel: string, major: number, minor: number) => {
  * on devtmpfs, where only the kernel and root make nodes, is the device, and is opened as QEMU opens it.
  */
 export function onDevtmpfs(sys: Sys, path: string) {
-  const fd = sys.open(path, K.O_PATH | K.O_CLOEXEC);
+  // The node itself (no link followed), named as the kernel's devtmpfs names the misc device it has.
+  if (path !== S.DEVICE || sys.readText("/sys/class/misc/userfaultfd/uevent")?.includes("DEVNAME=userfaultfd") !== true)
+    return false;
+  const fd = sys.open(path, K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC);
   if (fd.ret < 0) return false;
+  // A link there is no device: its own stat() answers (its class is not the node's), and says so.
+  const st = sys.stat("", fd.ret, K.AT_EMPTY_PATH);
+  const named = st.ret < 0 && K.errnoName(st.errno) === "EACCES" && linkOf(sys, `/proc/self/fd/${fd.ret}`) === S.DEVICE;
   const mount = S.field(sys.readText(`/proc/self/fdinfo/${fd.ret}`), "mnt_id");
   sys.close(fd.ret);
   const mounts = sys.readText("/proc/self/mountinfo") ?? "";
-  return mount !== null && new RegExp(`^${mount} \\d+ \\S+ \\S+ \\S+ .* - devtmpfs `, "m").test(mounts);
+  const devtmpfs = new RegExp(`^${mount} \\d+ \\S+ \\S+ /dev .* - devtmpfs `, "m");
+  return named && mount !== null && devtmpfs.test(mounts);
 }
+/** Where a link points, or null. */
+const linkOf = (_: Sys, path: string) => {
+  try {
+    return (require("node:fs") as typeof import("node:fs")).readlinkSync(path);
+  } catch {
+    return null;
+  }
+};
 
 /** The check that says which contexts the run answered for, and what each lets QEMU do. */
 export function domainsCheck(f: T.Facts, a: T.Answers | null, qemu: T.Qemu | null): T.Check {
@@ -309,10 +342,11 @@ function fixesOf(d: T.Domain) {
   const unlabelled = d.says.some((s) => s.startsWith(`open ${S.DEVICE}`));
   const label = `postcopy-probe --context ${S.sh(d.context)}   # as root, outside it: the node's label, and the rule`;
   if (!type || d.rules.length === 0) return unlabelled ? [label] : [];
-  const name = `postcopy_${type}`;
+  // Named after its rules too: a module for other refusals later never replaces this one.
+  const name = `postcopy_${type}_${Bun.hash(d.rules.join("\n")).toString(16).slice(0, 8)}`;
   const printed = d.rules.map(S.sh).join(" ");
   const install = `> ${name}.cil && semodule -i ${name}.cil`;
-  const module = `printf '%s\\n' ${printed} ${install}   # exactly what ${d.whose} is refused`;
+  const module = `printf '%s\\n' ${printed} ${install}   # allows exactly what ${type} is refused`;
   const container = type.startsWith("container_") && d.says.some((s) => /tcontext=\S*:userfaultfd_t:/.test(s));
   return [module, ...(container ? [CONTAINER_SELINUX] : []), ...(unlabelled ? [label] : [])];
 }

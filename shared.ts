@@ -190,15 +190,29 @@ export const libvirtHidesDevice = (f: T.Facts) => !!f.libvirt?.deviceAcl && !f.l
 /** What the SELinux contexts of a scope refuse (selinux.ts): --pid's and --context's every consumer, QEMU's QEMU. */
 export const deniedIn = (f: T.Facts, scope: T.Domain["scope"]): Partial<T.Answers> =>
   Object.assign({}, ...(f.domains ?? []).filter((d) => d.scope === scope).map((d) => d.denied));
+/** `a` where the contexts of `scope` refuse what opened: what the kernel asks first (the mode, a device cgroup, the
+ * sysctl) keeps its own answer. */
+export function refusedIn(a: T.Answers, f: T.Facts, scope: T.Domain["scope"]): T.Answers {
+  const denied: Partial<T.Answers> = deniedIn(f, scope);
+  const route = (r: keyof T.Answers) => (a[r] === "ok" && denied[r] ? denied[r] : a[r]);
+  return {
+    "device-node": route("device-node"),
+    device: route("device"),
+    syscall: route("syscall"),
+    "user-mode-only": route("user-mode-only"),
+  };
+}
 /**
  * The answers as the deciding QEMU gets them: a cap_sys_ptrace file capability opens what only the sysctl refused;
  * libvirt's device list and the SELinux contexts QEMU is started in refuse what they refuse.
  */
 export function qemuAnswers(a: T.Answers, f: T.Facts, qemu: T.Qemu | null): T.Answers {
   const onlySysctl = a.syscall === "EPERM" && !filterDeniesSyscall(f, a) && !f.noNewPrivs;
-  const syscall = qemu?.ptrace && onlySysctl ? "ok" : a.syscall;
+  // QEMU's file capability is asked of its SELinux contexts too (capability { sys_ptrace }).
+  const capRefused = (f.domains ?? []).some((d) => d.scope === "qemu" && d.ptraceRefused);
+  const syscall = qemu?.ptrace && onlySysctl && !capRefused ? "ok" : a.syscall;
   const device = libvirtHidesDevice(f) ? { "device-node": "ENOENT", device: "ENOENT" } : {};
-  return { ...a, syscall, ...device, ...deniedIn(f, "qemu") };
+  return refusedIn({ ...a, syscall, ...device }, f, "qemu");
 }
 
 /** UFFDIO_* names of the ioctls in `names` whose bits are not set in `mask`. */

@@ -174,6 +174,8 @@ export type Domain = {
   permissive: string[];
   /** The local policy rules (CIL) that allow exactly what it refuses. */
   rules: string[];
+  /** The policy refuses it capability { sys_ptrace }, which only a QEMU's file capability would use here. */
+  ptraceRefused?: boolean;
   /** Why the policy could not be asked for it: nothing is known of it then. */
   unknown?: string;
 };
@@ -202,7 +204,7 @@ export type Unjudged = [why: string, settle: string];
  * What a context makes of a capability, QEMU's or another consumer's, on the routes that consumer tries: why the run
  * cannot judge it, false when the context refuses it, else null.
  */
-export type Judging = (forQemu: boolean, routes: Route[]) => Unjudged | false | null;
+export type Judging = (forQemu: boolean, routes: Route[], cap: Capability) => Unjudged | false | null;
 /** Each capability judged: yes or no, why for those the run could not judge, and postcopy-ram per QEMU generation. */
 export type Judged = {
   ok: Record<Capability, boolean>;

@@ -29,7 +29,8 @@ function optionValue(value: string, first: string): Props {
     parts.map((p, i) => (p.includes("=") ? p.split(/=(.*)/s).slice(0, 2) : i === 0 ? [first, p] : [p, "on"])),
   );
 }
-const on = (v: unknown) => ["on", "true", "yes", true].includes(v as string);
+/** A QEMU boolean that is true, in each spelling QEMU takes. */
+const on = (v: unknown) => ["on", "true", "yes", "y", true].includes(v as string);
 
 /** A mount as the process's table has it: its type and its options (hugetlbfs's pagesize among them). */
 type Mount = { type: string; options?: string };
@@ -52,7 +53,10 @@ export type VmView = {
   /** The version of the QEMU it runs, when read: what QEMU says of a RAM block depends on it. */
   version?: string | null;
   /** The host's default huge page size (bytes), and its pool of each size; null when unread. */
-  hugePages: { size: number | null; pool: (bytes: number) => { total: number; free: number; file: string } | null };
+  hugePages: {
+    size: number | null;
+    pool: (bytes: number) => { total: number; free: number; resv: number; file: string } | null;
+  };
 };
 /** A path made absolute against `cwd` and without `.` and `..`, as the kernel would name it (links aside). */
 function absolute(path: string, cwd: string) {
@@ -95,7 +99,8 @@ const mib = (bytes: number) => (bytes >= 1 << 30 ? `${bytes / (1 << 30)} GiB` : 
  * devices that block or endanger postcopy, each with QEMU's own message.
  */
 export function configChecks(f: VmView) {
-  const args = f.cmdline.map((a) => (/^--[a-z]/.test(a) ? a.slice(1) : a));
+  // `--x` is `-x`, and -M is -machine.
+  const args = f.cmdline.map((a) => (/^--[a-z]/.test(a) ? a.slice(1) : a)).map((a) => (a === "-M" ? "-machine" : a));
   const values = (opt: string, first: string) =>
     args.flatMap((a, i) => (args[i - 1] === opt ? [optionValue(a, first)] : []));
   const backends = values("-object", "qom-type").filter((o) => String(o["qom-type"]).startsWith("memory-backend"));
@@ -128,7 +133,17 @@ export function configChecks(f: VmView) {
       memory.push(`mem-path ${path} is on ${type} (by ${how}): ${NOT_TMPFS}`);
     }
   }
-  if (backends.some((b) => b["qom-type"] === "memory-backend-memfd" || on(b.share))) requires.add("register-shmem");
+  // A memfd backend on huge pages (hugetlb=on, libvirt's memfd with hugepages) is hugetlbfs memory, shared.
+  for (const b of backends.filter((b) => b["qom-type"] === "memory-backend-memfd" && on(b.hugetlb))) {
+    requires.add("register-hugetlb");
+    const [page, size] = [sizeOf(b.hugetlbsize) ?? f.hugePages.size, sizeOf(b.size)];
+    if (page === null || size === null) untold.push(`the ${page === null ? "huge page size" : "size"} of ${b.id}`);
+    else huge.set(page, (huge.get(page) ?? 0) + size);
+  }
+  // Shared memory: a memfd not on huge pages, or anonymous RAM shared (a file is what its mem-path is on, above).
+  const memfd = (b: Props) => b["qom-type"] === "memory-backend-memfd" && !on(b.hugetlb);
+  const sharedRam = (b: Props) => b["qom-type"] === "memory-backend-ram" && on(b.share);
+  if (backends.some((b) => memfd(b) || sharedRam(b))) requires.add("register-shmem");
   const kind = requires.has("register-shmem") ? "shared memory (memfd or share=on)" : "anonymous RAM";
   if (memory.length === 0)
     memory.push(memPaths.length ? `file-backed RAM on tmpfs or hugetlbfs: ${memPaths.join(", ")}` : kind);
@@ -158,8 +173,14 @@ export function configChecks(f: VmView) {
   const kept = SANDBOX.filter((k) => /^(allow|deny|children)$/.test(String(sandbox?.[k])));
   const own =
     sandbox && on(sandbox.enable) ? ["-sandbox", ["on", ...kept.map((k) => `${k}=${sandbox[k]}`)].join(",")] : [];
-  const pool = hugePagesCheck(huge, untold, f, args.includes("-incoming"));
-  const late = ramBlockChecks(backends, args, values("-machine", "type"), values("-object", "qom-type"), f.version);
+  // QEMU reserves a hugetlbfs backend's pages when it maps them, unless told not to (reserve=off).
+  const reserves = !backends.some((b) => b.reserve !== undefined && !on(b.reserve));
+  const pool = hugePagesCheck(huge, untold, f, { incoming: args.includes("-incoming"), reserves });
+  // The RAM files QEMU holds open by their own name (a mem-path that is a directory holds a file QEMU made itself).
+  const held = new Set(f.files().map((file) => file.path));
+  const named = (path: string) => held.has(absolute(path, f.cwd ?? "/"));
+  const machine = { machines: values("-machine", "type"), objects: values("-object", "qom-type") };
+  const late = ramBlockChecks(backends, args, { ...machine, named, version: f.version });
   return { checks: [mem, devices, ...late, ...(pool ? [pool] : [])], requires: [...requires], ram, sandbox: own };
 }
 
@@ -178,10 +199,9 @@ const since = (version: string | null | undefined, major: number, minor: number)
 function ramBlockChecks(
   backends: Props[],
   args: string[],
-  machines: Props[],
-  objects: Props[],
-  version?: string | null,
+  o: { machines: Props[]; objects: Props[]; named: (path: string) => boolean; version?: string | null },
 ) {
+  const { machines, objects, version } = o;
   const checks: Check[] = [];
   const files = backends.filter((b) => b["qom-type"] === "memory-backend-file");
   const readonly = files.filter((b) => on(b.readonly)).map((b) => String(b.id));
@@ -196,12 +216,14 @@ function ramBlockChecks(
       hint: "give the memory backend a writable file (readonly=off) before a postcopy migration",
     });
   }
-  // A file mapped private (share=off, memory-backend-file's default, and -mem-path's).
+  // A file of its own name mapped private (share=off, memory-backend-file's default, and -mem-path's): one other
+  // processes may map too. A mem-path that is a directory gets a file QEMU makes and unlinks, no one else's.
+  const memPath = args.findLast((_, i) => args[i - 1] === "-mem-path");
   const privateFiles = [
     ...files
-      .filter((b) => !on(b.readonly) && !on(b.share) && typeof b["mem-path"] === "string")
+      .filter((b) => !on(b.readonly) && !on(b.share) && typeof b["mem-path"] === "string" && o.named(b["mem-path"]))
       .map((b) => String(b.id)),
-    ...(args.includes("-mem-path") ? ["-mem-path"] : []),
+    ...(memPath && o.named(memPath) ? ["-mem-path"] : []),
   ];
   if (privateFiles.length)
     checks.push({
@@ -211,17 +233,27 @@ function ramBlockChecks(
         `but the destination punches its holes in the file itself: ${PRIVATE_WORDS}`,
       hint: "share=on on the memory backend",
     });
-  // A confidential guest (machine confidential-guest-support): QEMU's migration blockers, once the guest runs.
-  const cgs = machines.map((m) => m["confidential-guest-support"]).find((v) => typeof v === "string");
-  const guest = cgs ? objects.find((o) => o.id === cgs) : undefined;
+  // A confidential guest (the machine's confidential-guest-support, or its older name memory-encryption): QEMU's
+  // migration blockers, once the guest runs.
+  const cgs = machines
+    .flatMap((m) => [m["confidential-guest-support"], m["memory-encryption"]])
+    .findLast((v) => typeof v === "string");
+  const guest = cgs ? objects.find((x) => x.id === cgs) : undefined;
+  const head = { id: "vm-confidential", title: "this VM's guest memory" };
+  const restart = "a confidential guest does not migrate with QEMU: restart it on the destination";
   if (guest) {
     const type = String(guest["qom-type"]);
+    const detail = `a confidential guest (${type}): ${CONFIDENTIAL[type] ?? CONFIDENTIAL.other}`;
+    checks.push({ ...head, status: "fail", detail, hint: restart });
+  } else if (cgs)
     checks.push({
-      ...{ id: "vm-confidential", title: "this VM's guest memory", status: "fail" },
-      detail: `a confidential guest (${type}): ${CONFIDENTIAL[type] ?? CONFIDENTIAL["tdx-guest"]}`,
-      hint: "a confidential guest does not migrate with QEMU: restart it on the destination",
+      ...{
+        ...head,
+        status: "skip",
+        hint: "read its command line: which object is it, and is it a confidential guest?",
+      },
+      detail: `confidential-guest-support=${cgs} names no -object the probe could read`,
     });
-  }
   return checks;
 }
 const ACCEPTS_THEN = "QEMU accepts postcopy-ram, then its destination fails when the migration starts";
@@ -234,6 +266,7 @@ const CONFIDENTIAL: Record<string, string> = {
   "sev-snp-guest": '"SEV-SNP: Migration is not implemented" (the source refuses to migrate it at all)',
   "tdx-guest":
     "its private memory is guest_memfd, which no userfaultfd can serve and QEMU does not migrate (QEMU 10.1+)",
+  other: "its memory is out of any userfaultfd's reach, and QEMU does not migrate it",
 };
 
 /**
@@ -241,14 +274,24 @@ const CONFIDENTIAL: Record<string, string> = {
  * from its pool: an incoming QEMU (-incoming) whose pool cannot hold its pages beside those other processes use fails
  * after precopy. A VM that runs here goes to another host's pool: what that pool must hold is said, not judged.
  */
-function hugePagesCheck(huge: Map<number, number>, untold: string[], f: VmView, incoming: boolean): Check | null {
+function hugePagesCheck(
+  huge: Map<number, number>,
+  untold: string[],
+  f: VmView,
+  o: { incoming: boolean; reserves: boolean },
+): Check | null {
   if (huge.size === 0 && untold.length === 0) return null;
+  const { incoming } = o;
   // Its own pages in use, when all of one size: the rest in use is other processes'.
   const own = huge.size === 1 && f.hugetlbKb !== null ? f.hugetlbKb * 1024 : 0;
   const sizes = [...huge].map(([page, bytes]) => {
     const [pages, pool] = [Math.ceil(bytes / page), f.hugePages.pool(page)];
-    const others = pool ? Math.max(0, pool.total - pool.free - Math.floor(own / page)) : 0;
-    const here = pool ? ` (this host's pool has ${pool.total}, ${others} in use by other processes)` : "";
+    // Other processes hold what is in use and not its own, and what is reserved and not its own (reserve=on: each
+    // of its pages not yet in use). The per-node pools of a VM bound to NUMA nodes are not looked at.
+    const ownUsed = Math.floor(own / page);
+    const ownReserved = o.reserves ? Math.max(0, pages - ownUsed) : 0;
+    const others = pool ? Math.max(0, pool.total - pool.free - ownUsed) + Math.max(0, pool.resv - ownReserved) : 0;
+    const here = pool ? ` (this host's pool has ${pool.total}, ${others} in use or reserved by other processes)` : "";
     const said = `${mib(bytes)} in ${pages} pages of ${mib(page)}${here}`;
     return { page, pages, pool, needed: pages + others, said };
   });
@@ -262,9 +305,9 @@ function hugePagesCheck(huge: Map<number, number>, untold: string[], f: VmView, 
     title: "huge pages for this VM's memory",
     status: short.length ? "fail" : incoming && unread.length ? "skip" : "pass",
     detail: [...said, ...unread.map((u) => `could not tell ${u}`)].join("; "),
-    ...(fix
-      ? { hint: `${fix}   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer` }
-      : {}),
+    hint: fix
+      ? `${fix}   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer`
+      : "read the pool yourself: /sys/kernel/mm/hugepages/hugepages-SIZEkB/{nr,free,resv}_hugepages",
   };
 }
 

@@ -52,9 +52,9 @@ export function mountsOf(text: string | null) {
   );
 }
 
-// include/uapi/linux/openat2.h; O_NOFOLLOW (fcntl.h) is 0100000 on arm and powerpc, 0400000 elsewhere.
+// include/uapi/linux/openat2.h.
 const [RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT, NR_OPENAT2] = [0x01, 0x02, 0x10, 437];
-const O_NOFOLLOW = ["arm", "arm64", "ppc64"].includes(process.arch) ? 0o100000 : 0o400000;
+
 const [S_IFLNK, MAXSYMLINKS, PATH_MAX] = [0o120000, 40, 4096];
 const [ENOSYS, ELOOP, EXDEV] = [K.errnoOf("ENOSYS"), K.errnoOf("ELOOP"), K.errnoOf("EXDEV")];
 /** statx() from the attributes cached (include/uapi/linux/fcntl.h): FUSE's server is not asked. */
@@ -84,7 +84,7 @@ export function walkIn(
 ): R & { stopped?: string } {
   const c = libc();
   const open = (dir: number, name: string) =>
-    K.answer(c.openat(dir, K.cstr(name), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
+    K.answer(c.openat(dir, K.cstr(name), K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC));
   const top = open(root, ".");
   if (top.ret < 0) return top;
   const dirs = [top.ret]; // where the walk is, last; the root first
@@ -244,7 +244,7 @@ export function ownedAt(sys: Sys, walk: ReturnType<typeof walker>, fd: number): 
     return rootsAlone(st) && !walk.refuses(at) ? st : null;
   };
   const openAt = (dir: number, file: string) =>
-    K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | O_NOFOLLOW | K.O_CLOEXEC));
+    K.answer(libc().openat(dir, K.cstr(file), K.O_PATH | K.O_NOFOLLOW | K.O_CLOEXEC));
   const dirOf = name.slice(0, name.lastIndexOf("/")) || "/";
   const dir = walk.resolve(dirOf);
   if (dir.ret < 0) return null;

@@ -8,9 +8,10 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import type { Sys } from "../ffi.ts";
 import * as K from "../ffi.ts";
-import { domainOf, domainsCheck, policyOf } from "../selinux.ts";
+import { domainOf, domainsCheck, onDevtmpfs, policyOf } from "../selinux.ts";
+import { qemuAnswers, refusedIn } from "../shared.ts";
 import type { Answers, Facts, Report } from "../types.ts";
-import { causes, check, cli, complaints, qemu10, ROOT, realQemu, sys, withQemu, world } from "./helpers.ts";
+import { causes, check, cli, complaints, facts, qemu10, ROOT, realQemu, sys, withQemu, world } from "./helpers.ts";
 
 /** A policy as selinuxfs shows it: classes with their permissions in order, and what each type may do to each. */
 type Policy = {
@@ -26,7 +27,10 @@ type Policy = {
   permissive?: string[];
 };
 const FILE = ["ioctl", "read", "write", "create", "getattr", "setattr", "lock", "relabelfrom", "relabelto", "open"];
-const CLASSES = { anon_inode: FILE, chr_file: FILE, capability: ["chown", "dac_override", "sys_ptrace"] };
+const CLASSES = {
+  ...{ anon_inode: FILE, chr_file: FILE, capability: ["chown", "dac_override", "sys_ptrace"] },
+  process: ["transition", "dyntransition"],
+};
 
 /** The probe's Sys with selinuxfs answered from `policy`, as the kernel would (transactions, class files). */
 function stand(policy: Policy): Sys & { asked: string[] } {
@@ -190,6 +194,39 @@ describe.skipIf(selinuxOn)("selinux.ts: a context judged on each route, as the k
     expect([denied.denied.syscall, denied.says.length]).toEqual(["EACCES", 2]);
   });
 
+  test("a permissive domain is permissive for a class the policy does not declare too; no rule names what it lacks", () => {
+    const bare: Policy = { classes: { chr_file: FILE, process: ["transition"] }, allow: {}, permissive: ["svirt_t"] };
+    const permissive = judge({ ...bare, denyUnknown: true }, SVIRT, { device: null, ptrace: true });
+    expect([permissive.denied, permissive.permissive.length]).toEqual([{}, 2]);
+    const enforcing = judge({ ...bare, permissive: [], denyUnknown: true }, SVIRT, { device: null, ptrace: true });
+    // anon_inode and capability are undeclared: refused whole, and a local module could name neither.
+    expect([enforcing.denied, enforcing.rules]).toEqual([
+      { device: "EACCES", syscall: "EPERM", "user-mode-only": "EACCES" },
+      [],
+    ]);
+  });
+
+  test("the kernel's earlier gates keep their answer; QEMU's file capability meets its contexts' sys_ptrace", () => {
+    const denied = {
+      "device-node": "EACCES",
+      device: "EACCES",
+      syscall: "EACCES",
+      "user-mode-only": "EACCES",
+    } as const;
+    const domains = [{ scope: "qemu", denied, ptraceRefused: true }];
+    const base = { ...facts, domains, seccomp: 0, noNewPrivs: false, libvirt: null } as unknown as Facts;
+    // The mode refused the node, the sysctl the syscall: those answers stand; the user-mode-only route opened.
+    const a: Answers = { "device-node": "EACCES", device: "EACCES", syscall: "EPERM", "user-mode-only": "ok" };
+    expect(refusedIn(a, base, "qemu")).toEqual({ ...a, "user-mode-only": "EACCES" });
+    const capped = { path: "/usr/bin/qemu-system-x86_64", version: "7.2.0", major: 7, ptrace: true };
+    const cleared = { ...base, domains: [{ scope: "qemu", denied: {}, ptraceRefused: false }] } as unknown as Facts;
+    expect([qemuAnswers(a, base, capped).syscall, qemuAnswers(a, cleared, capped).syscall]).toEqual(["EPERM", "ok"]);
+  });
+
+  test("a node whose stat() is refused is opened only when it is the device node on devtmpfs, no link followed", () => {
+    expect([onDevtmpfs(sys, "/dev/null"), onDevtmpfs(sys, `${world}/userfaultfd-node`)]).toEqual([false, false]);
+  });
+
   test("a selinuxfs that will not answer leaves the context unknown, never a yes", () => {
     const s = stand({ classes: CLASSES, allow: {} });
     const refusing = {
@@ -311,6 +348,7 @@ describe.skipIf(!onTestPolicy)(
       const dir = mkdtempSync(`${world}/module-`);
       // The printed command, as pasted, up to semodule (which needs a policy store): secilc builds what it would load.
       const [write] = module.split(" && semodule");
+      const file = write.match(/> (postcopy_qemu_rhel_t_[0-9a-f]+\.cil)$/)![1];
       Bun.spawnSync(["/bin/sh", "-c", write], { cwd: dir });
       const built = Bun.spawnSync([
         "secilc",
@@ -319,7 +357,7 @@ describe.skipIf(!onTestPolicy)(
         "-f",
         "/dev/null",
         `${ROOT}/test/selinux/policy.cil`,
-        `${dir}/postcopy_qemu_rhel_t.cil`,
+        `${dir}/${file}`,
       ]);
       expect([built.exitCode, built.stderr.toString()]).toEqual([0, ""]);
       const load = (bin: string) => Bun.spawnSync(["/bin/sh", "-c", `cat ${bin} > /sys/fs/selinux/load`]).exitCode;

@@ -60,11 +60,15 @@ describe("--pid (vm.ts): a VM's command line, for devices this machine has not g
 describe("--pid (vm.ts): huge pages for a VM's hugetlbfs memory, from the host's pool", () => {
   const POOL = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages";
   /** A VM whose mem-paths are on hugetlbfs (`options`: its mount's), with a pool of 1 GiB pages of `total` and `free`. */
-  const hugeVm = (cmdline: string[], options: string, pool: { total: number; free: number } | null, ownKb = 0) =>
+  type Pool = { total: number; free: number; resv?: number };
+  const hugeVm = (cmdline: string[], options: string, pool: Pool | null, ownKb = 0) =>
     configChecks({
       ...{ cmdline, vmLckKb: 0, hugetlbKb: ownKb, cwd: "/", mounts: [], files: () => [] },
       walk: () => ({ type: "hugetlbfs", how: "its path in the process's root", options }),
-      hugePages: { size: 2 * MiB, pool: (bytes) => (bytes === 1 << 30 && pool ? { ...pool, file: POOL } : null) },
+      hugePages: {
+        size: 2 * MiB,
+        pool: (bytes) => (bytes === 1 << 30 && pool ? { resv: 0, ...pool, file: POOL } : null),
+      },
     }).checks.find((c) => c.id === "vm-hugepages");
   const backend = '{"qom-type":"memory-backend-file","id":"ram0","mem-path":"/dev/hugepages1G","size":4294967296}';
   const incoming = ["qemu-system-x86_64", "-object", backend, "-incoming", "defer"];
@@ -81,15 +85,35 @@ describe("--pid (vm.ts): huge pages for a VM's hugetlbfs memory, from the host's
       id: "vm-hugepages",
       title: "huge pages for this VM's memory",
       status: "fail",
-      detail: "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 2, 0 in use by other processes)",
+      detail: "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 2, 0 in use or reserved by other processes)",
       hint: `echo 4 > ${POOL}   # room for this VM's pages beside those in use; read it back: the kernel may grant fewer`,
     });
     expect([othersHold?.status, othersHold?.hint?.split("   #")[0]]).toEqual(["fail", `echo 10 > ${POOL}`]);
-    expect([ownHeld?.status, ownHeld?.detail, ownHeld?.hint]).toEqual([
+    expect([ownHeld?.status, ownHeld?.detail]).toEqual([
       "pass",
-      "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 8, 2 in use by other processes)",
-      undefined,
+      "hugetlbfs: 4 GiB in 4 pages of 1 GiB (this host's pool has 8, 2 in use or reserved by other processes)",
     ]);
+  });
+
+  test("pages other processes reserved count as theirs; its own reservation (reserve=on, QEMU's default) as its own", () => {
+    const noReserve = incoming.map((a) => a.replace('"size":4294967296', '"size":4294967296,"reserve":false'));
+    // 6 of 8 pages reserved by an idle VM: free, yet not this one's to take.
+    expect(hugeVm(noReserve, GiB_PAGES, { total: 8, free: 8, resv: 6 })?.status).toBe("fail");
+    // Its own 4 reserved, at its mmap: room.
+    expect(hugeVm(incoming, GiB_PAGES, { total: 8, free: 8, resv: 4 })?.status).toBe("pass");
+  });
+
+  test("a memfd backend on huge pages (libvirt's memfd with hugepages) is hugetlbfs memory", () => {
+    const memfd =
+      '{"qom-type":"memory-backend-memfd","id":"pc.ram","size":4294967296,"hugetlb":true,"hugetlbsize":1073741824,"share":true}';
+    const vm = (pool: Pool) =>
+      configChecks({
+        ...{ cmdline: ["qemu-system-x86_64", "-object", memfd, "-incoming", "defer"], vmLckKb: 0, hugetlbKb: 0 },
+        ...{ cwd: "/", mounts: [], files: () => [], walk: () => ({ type: null, how: "" }) },
+        hugePages: { size: 2 * MiB, pool: (bytes) => (bytes === 1 << 30 ? { resv: 0, ...pool, file: POOL } : null) },
+      });
+    const { checks, requires } = vm({ total: 2, free: 2 });
+    expect([requires, checks.find((c) => c.id === "vm-hugepages")?.status]).toEqual([["register-hugetlb"], "fail"]);
   });
 
   test("a VM that runs here is said, not judged: the destination's pool must hold it; -m sizes -mem-path in MiB", () => {
@@ -123,9 +147,11 @@ describe("--pid (vm.ts): huge pages for a VM's hugetlbfs memory, from the host's
 });
 
 describe("--pid (vm.ts): what QEMU does to the VM's RAM only once the migration runs", () => {
-  const vm = (cmdline: string[], version: string | null) =>
+  /** A VM whose mem-paths are on tmpfs, holding `held` open (the RAM files QEMU opened, by the names it knows). */
+  const vm = (cmdline: string[], version: string | null, held: string[] = []) =>
     configChecks({
-      ...{ cmdline, vmLckKb: 0, hugetlbKb: null, cwd: "/", mounts: [], files: () => [], version },
+      ...{ cmdline, vmLckKb: 0, hugetlbKb: null, cwd: "/", mounts: [], version },
+      files: () => held.map((path) => ({ path, mount: () => ({ type: "tmpfs" }) })),
       walk: () => ({ type: "tmpfs", how: "its path in the process's root" }),
       hugePages: { size: 2 << 20, pool: () => null },
     }).checks.filter((c) => !["vm-memory", "vm-devices"].includes(c.id));
@@ -143,26 +169,28 @@ describe("--pid (vm.ts): what QEMU does to the VM's RAM only once the migration 
         'read-only RAM files (pc.ram): QEMU accepts postcopy-ram, then its destination fails when the migration starts: "ram_block_discard_range: Discarding RAM with readonly files is not supported" (QEMU 8.2+)',
       ],
     ]);
-    const both = vm(
-      [...QEMU, "-object", "memory-backend-file,id=m1,size=1G,mem-path=/dev/shm/p", "-mem-path", "/dev/shm"],
-      null,
-    );
+    // A file of its own name, mapped private, warns; -mem-path's directory holds a file QEMU made and unlinked.
+    const args = [...QEMU, "-object", "memory-backend-file,id=m1,size=1G,mem-path=/dev/shm/p", "-mem-path", "/dev/shm"];
+    const both = vm(args, null, ["/dev/shm/p", "/dev/shm/qemu_back_mem.pc.ram.Xq1ZbA"]);
     expect(both.map((c) => [c.id, c.status, c.detail.split(":")[0]])).toEqual([
-      ["vm-private", "warn", "RAM files mapped private (m1, -mem-path)"],
+      ["vm-private", "warn", "RAM files mapped private (m1)"],
     ]);
+    // QEMU's booleans in each spelling: readonly=y is read-only; share=y is shared.
+    const spelled = vm(
+      [...QEMU, "-object", "memory-backend-file,id=y1,size=1G,mem-path=/dev/shm/y,readonly=y,share=y"],
+      null,
+      ["/dev/shm/y"],
+    );
+    expect(spelled.map((c) => c.id)).toEqual(["vm-readonly"]);
     // share=on, or a memfd, is no private file; a machine with no confidential-guest-support is no confidential guest.
-    expect(
-      vm(
-        [
-          ...QEMU,
-          "-object",
-          "memory-backend-file,id=m,mem-path=/dev/shm/s,share=on,size=1G",
-          "-object",
-          "sev-guest,id=s0",
-        ],
-        null,
-      ),
-    ).toEqual([]);
+    const shared = [
+      ...QEMU,
+      "-object",
+      "memory-backend-file,id=m,mem-path=/dev/shm/s,share=on,size=1G",
+      "-object",
+      "sev-guest,id=s0",
+    ];
+    expect(vm(shared, null, ["/dev/shm/s"])).toEqual([]);
   });
 
   test("vm-confidential: SEV, SEV-SNP and TDX guests, named by the machine's confidential-guest-support", () => {
@@ -171,6 +199,10 @@ describe("--pid (vm.ts): what QEMU does to the VM's RAM only once the migration 
         [...QEMU.slice(0, 1), "-machine", "q35,confidential-guest-support=c0", "-object", `${type},id=c0`],
         "10.1.0",
       )[0]?.detail;
+    // -M is -machine; memory-encryption is the older name; an object the probe cannot find is a skip, never a yes.
+    const older = vm(["qemu-system-x86_64", "-M", "pc,memory-encryption=e0", "-object", "sev-guest,id=e0"], null);
+    const missing = vm(["qemu-system-x86_64", "-M", "q35,confidential-guest-support=gone"], null);
+    expect([older[0]?.status, missing[0]?.status]).toEqual(["fail", "skip"]);
     expect(["sev-guest", "sev-snp-guest", "tdx-guest"].map(guest)).toEqual([
       'a confidential guest (sev-guest): "SEV: Migration is not implemented" (the source refuses to migrate it at all)',
       'a confidential guest (sev-snp-guest): "SEV-SNP: Migration is not implemented" (the source refuses to migrate it at all)',
