@@ -166,7 +166,8 @@ async function watch(c: ReturnType<typeof calls>) {
   let text = "";
   const told = (line: string) => {
     const [what, value, since] = line.split(" ");
-    if (what === "dir" && value.split("/").at(-1)?.startsWith(DIR_PREFIX)) dirs.push(value);
+    const dir = what === "dir" ? decodeURIComponent(value) : "";
+    if (dir.split("/").at(-1)?.startsWith(DIR_PREFIX)) dirs.push(dir);
     if (what !== "pid") return;
     const fd = Number(c.syscall(NR_PIDFD_OPEN, Number(value), 0, 0, 0));
     if (fd >= 0 && startTime(value) === since) pidfds.push(fd);
@@ -328,7 +329,7 @@ export async function migrate(sys: Sys, plan: Plan): Promise<T.Migration> {
   for (const s of signals) process.once(s, onSignal);
   try {
     dir = mkdtempSync(`${process.env.TMPDIR || "/tmp"}/${DIR_PREFIX}`);
-    dog?.tell(`dir ${dir}`);
+    dog?.tell(`dir ${encodeURIComponent(dir)}`); // one word, whatever $TMPDIR holds
     writeFileSync(`${dir}/firmware.bin`, firmware(plan.ramMiB << 20));
     const start = (side: "src" | "dst") => {
       const args = qemuArgs(plan, result.accel, dir, side);

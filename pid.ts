@@ -306,8 +306,8 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   const [uid, gid] = [f.uids[1], f.gids[1]];
   if (uid === undefined || gid === undefined)
     throw new S.UsageError(`No process ${pid}: /proc/${pid} is gone or unreadable`);
-  if (f.kernelThread) throw new Error(`${who} is a kernel thread, not a QEMU`);
-  if ([process.pid, libc().getppid()].includes(pid)) throw new Error(`${who} is the probe itself, not a QEMU`);
+  if (f.kernelThread) throw new S.NotQemu(`${who} is a kernel thread, not a QEMU`);
+  if ([process.pid, libc().getppid()].includes(pid)) throw new S.NotQemu(`${who} is the probe itself, not a QEMU`);
   if (f.cmdline === null)
     throw new Error(`${who}: its command line could not be read whole (over ${K.READ_MAX} bytes)`);
   if (f.mounts === null) throw new Error(`${who}: its mount table could not be read`);
@@ -321,11 +321,11 @@ export async function pidContext(sys: Sys, pid: number): Promise<PidContext> {
   const exe = f.exe?.replace(/ \(deleted\)$/, "") ?? "";
   const program = /\/ld-[^/]*\.so[^/]*$/.test(exe) ? loadedProgram(f.cmdline) : null;
   const path = program === null ? exe : program.startsWith("/") ? program : `${f.cwd ?? ""}/${program}`;
-  if (!/qemu/i.test(path.split("/").at(-1)!)) throw new Error(`${who} is not a QEMU: it runs ${path}`);
+  if (!/qemu/i.test(path.split("/").at(-1)!)) throw new S.NotQemu(`${who} is not a QEMU: it runs ${path}`);
   const binary = program === null ? sys.open(`/proc/${pid}/exe`, K.O_PATH | K.O_CLOEXEC) : walk.resolve(path);
   const unread = binary.ret < 0 ? K.errnoName(binary.errno) : walk.refuses(binary.ret);
   if (!unread && program !== null && !mapped(sys, pid, binary.ret))
-    throw new Error(`${who} is not a QEMU: its command line names ${path}, which it does not run`);
+    throw new S.NotQemu(`${who} is not a QEMU: its command line names ${path}, which it does not run`);
   // Its bytes are read only once the file is known to be on a file system that answers.
   const read = unread ? null : versionIn(sys, `/proc/self/fd/${binary.ret}`, Date.now() + 5000);
   const version = read === "script" ? null : read;

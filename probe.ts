@@ -626,8 +626,8 @@ const RENDERERS: Record<T.Format, (report: T.Report, opts: T.Options) => string>
 };
 
 /** The document of a run that could not answer: JSON and Prometheus readers still get one; a human gets stderr. */
-export function errorDocument(format: T.Format, error: string) {
-  const partial = { schema: S.SCHEMA, version: S.VERSION, error } as T.Report;
+export function errorDocument(format: T.Format, error: string, notQemu = false) {
+  const partial = { schema: S.SCHEMA, version: S.VERSION, error, ...(notQemu ? { notQemu } : {}) } as T.Report;
   return format === "human" ? "" : RENDERERS[format](partial, {} as T.Options);
 }
 
@@ -824,7 +824,8 @@ export async function main(argv = process.argv.slice(2)) {
     const usage = (e as Error).name === "UsageError" || e instanceof S.UsageError;
     console.error(`postcopy-probe: ${S.shown((e as Error).message)}${usage ? `\n${USAGE}` : ""}`);
     try {
-      emit(sys, errorDocument(formatAsked(argv), (e as Error).message), asked?.output ?? null);
+      const doc = errorDocument(formatAsked(argv), (e as Error).message, e instanceof S.NotQemu);
+      emit(sys, doc, asked?.output ?? null);
     } catch {
       // the message above already says why
     }

@@ -26,6 +26,8 @@ export const INITIAL_UID_MAP = "0 0 4294967295";
 
 /** A wrong command line, user or process: exit 2 with the message and the usage line. */
 export class UsageError extends Error {}
+/** --pid's process is no QEMU (another program, a kernel thread, the probe itself): --all leaves it out. */
+export class NotQemu extends Error {}
 /** An argument as a message shows it: quoted, control characters escaped, cut at 60 characters. */
 export const quoted = (arg: string) => JSON.stringify(arg.length > 60 ? `${arg.slice(0, 60)}…` : arg);
 /** `value` as one shell word: as it is when plainly safe, else in single quotes (a fix is pasted into a root shell). */

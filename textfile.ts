@@ -21,6 +21,9 @@ const bool = (b: unknown) => (b === true ? 1 : 0);
 const one = (value: number): Sample[] => [["", value]];
 const known = (r: Report) => Object.entries(r.capabilities).filter(([c]) => !r.undetermined.includes(c as Capability));
 const byStatus = (c: Check) => STATUSES.map((s): Sample => [labels({ id: c.id, status: s }), bool(c.status === s)]);
+/** The causes that stand in the way of what the exit status stands for (postcopy-ram unless --require says). */
+const headline = (r: Report) =>
+  (r.diagnosis ?? []).filter((d) => d.blocks.some((cap) => r.required?.capabilities.includes(cap)));
 /** --all's QEMUs (not what was no QEMU), and the labels that tell them apart: name, pid, user. */
 const qemus = (r: Report) => (r.vms ?? []).filter((v) => v.answer !== "not a qemu");
 const vm = (v: VmAnswer, more: Record<string, unknown> = {}) =>
@@ -46,8 +49,8 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
   ["check", "1 on the status each check has, 0 on the others.", (r) => (r.checks ?? []).flatMap(byStatus)],
   [
     "cause",
-    "1 for each cause that stands in the way of a capability here, by its id (README, the causes).",
-    (r) => (r.diagnosis ?? []).map((d): Sample => [labels({ cause: d.cause }), 1]),
+    "1 for each cause that stands in the way of postcopy-ram here (or --require's), by its id (README, the causes).",
+    (r) => headline(r).map((d): Sample => [labels({ cause: d.cause }), 1]),
   ],
   [
     "vm_up",
@@ -61,8 +64,9 @@ const METRICS: Array<[name: string, help: string, samples: (r: Report) => Sample
   ],
   [
     "vm_cause",
-    "--all: 1 for each cause that stands in a running QEMU's way, by its id.",
-    (r) => qemus(r).flatMap((v) => (v.report?.diagnosis ?? []).map((d): Sample => [vm(v, { cause: d.cause }), 1])),
+    "--all: 1 for each cause that stands in a running QEMU's way (postcopy-ram, or --require's), by its id.",
+    (r) =>
+      qemus(r).flatMap((v) => (v.report ? headline(v.report) : []).map((d): Sample => [vm(v, { cause: d.cause }), 1])),
   ],
   [
     "round_trip_seconds",

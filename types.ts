@@ -441,4 +441,6 @@ export type Report = {
   error?: string;
   /** With `error`: what would settle each thing the run could not answer. */
   settle?: string[];
+  /** With `error`: --pid's process is no QEMU (another program, a kernel thread, the probe itself). */
+  notQemu?: boolean;
 };

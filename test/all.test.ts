@@ -1,10 +1,19 @@
 /** Tests of all.ts: --all, every QEMU running here answered as --pid answers it, and what a fleet scrapes of it. */
 
 import { describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { renderVms } from "../all.ts";
 import type { Report, VmAnswer } from "../types.ts";
-import { cli, cmdlineOf, complaints, isRoot, pids, ROOT, realQemu, sample, VM, world } from "./helpers.ts";
+import { cc, cli, cmdlineOf, complaints, isRoot, pids, ROOT, realQemu, sample, standIn, VM, world } from "./helpers.ts";
 
 const promtool = Bun.which("promtool");
 const python =
@@ -87,6 +96,58 @@ describe("--all (all.ts): every QEMU running here, each answered as --pid answer
       }
     },
     60_000,
+  );
+
+  test.skipIf(!isRoot || !cc)(
+    "a QEMU behind a link of another name is found; a process is left out only when --pid says it is no QEMU, whatever its words say",
+    async () => {
+      // Proxmox's kvm: a link named otherwise to a QEMU binary (a stand-in here, of QEMU 10's version).
+      const dir = mkdtempSync(`${world}/kvm-`);
+      copyFileSync(standIn("qemu-system-x86_64", ["-static", '-DVERSION="10.0.0"']), `${dir}/qemu-system-x86_64`);
+      symlinkSync(`${dir}/qemu-system-x86_64`, `${dir}/kvm`);
+      // A QEMU whose version cannot be read, in a directory whose name reads like --pid's words for no QEMU.
+      const spoof = `${world}/is not a QEMU`;
+      mkdirSync(spoof, { recursive: true, mode: 0o755 });
+      copyFileSync(standIn("qemu-system-x86_64", ["-static", "-DNO_VERSION"]), `${spoof}/qemu-system-x86_64`);
+      const kvm = Bun.spawn([`${dir}/kvm`, "-name", "guest=linked"], { stdio: ["ignore", "ignore", "ignore"] });
+      const unread = Bun.spawn([`${spoof}/qemu-system-x86_64`, "-name", "guest=unread"], {
+        stdio: ["ignore", "ignore", "ignore"],
+      });
+      try {
+        for (let i = 0; i < 300 && [kvm, unread].some((p) => !existsSync(`/proc/${p.pid}/comm`)); i++)
+          await Bun.sleep(10);
+        await Bun.sleep(100);
+        const vms = new Map((cli(["--json", "--all"]).report.vms ?? []).map((v) => [v.pid, v]));
+        expect([vms.get(kvm.pid)?.name, vms.get(kvm.pid)?.answer, vms.get(kvm.pid)?.qemu]).toEqual([
+          "linked",
+          "supported",
+          "10.0.0",
+        ]);
+        expect([vms.get(unread.pid)?.name, vms.get(unread.pid)?.answer]).toEqual(["unread", "unknown"]);
+      } finally {
+        for (const p of [kvm, unread]) p.kill("SIGKILL");
+        await Promise.all([kvm.exited, unread.exited]);
+      }
+    },
+  );
+
+  test.skipIf(!isRoot || !realQemu)(
+    "--require is each VM's too: QEMU 7.2 takes no postcopy beside multifd",
+    async () => {
+      const q = Bun.spawn([realQemu!, ...VM, "-S", "-name", "guest=multifd-vm"], {
+        stdio: ["ignore", "ignore", "ignore"],
+      });
+      try {
+        for (let i = 0; i < 300 && !cmdlineOf(String(q.pid)).includes("multifd-vm"); i++) await Bun.sleep(10);
+        await Bun.sleep(200);
+        const { code, report } = cli(["--json", "--all", "--require", "postcopy-multifd"]);
+        const vm = report.vms?.find((v) => v.pid === q.pid);
+        expect([code, vm?.answer, vm?.cause]).toEqual([1, "not supported", "qemu-multifd"]);
+      } finally {
+        q.kill("SIGKILL");
+        await q.exited;
+      }
+    },
   );
 
   test("no QEMU running is said plainly, and the exit status is then the host's own", () => {

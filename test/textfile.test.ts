@@ -71,6 +71,31 @@ describe("--format prometheus and --output (textfile.ts)", () => {
     expect(JSON.parse(text).checks[0].detail).toBe(path);
   });
 
+  test("the cause gauges carry what stands in the way of what the exit status stands for, labels escaped", () => {
+    const diagnosis = [
+      {
+        cause: "unprivileged-userfaultfd",
+        summary: "",
+        blocks: ["postcopy-ram", "criu-lazy-pages"],
+        evidence: [],
+        fix: [],
+      },
+      { cause: "criu-needs-ptrace", summary: "", blocks: ["criu-lazy-pages"], evidence: [], fix: [] },
+    ];
+    const vm = { name: 'db "1"\nx', pid: 42, user: "qemu", qemu: "10.0.0", answer: "not supported" as const };
+    const text = renderPrometheus({
+      ...report,
+      diagnosis,
+      vms: [{ ...vm, report: { ...report, diagnosis } }],
+    } as Report);
+    expect(text.split("\n").filter((l) => /^postcopy_probe_(cause|vm_)/.test(l))).toEqual([
+      'postcopy_probe_cause{cause="unprivileged-userfaultfd"} 1',
+      'postcopy_probe_vm_up{vm="db \\"1\\"\\nx",pid="42",user="qemu"} 1',
+      'postcopy_probe_vm_supported{vm="db \\"1\\"\\nx",pid="42",user="qemu"} 0',
+      'postcopy_probe_vm_cause{vm="db \\"1\\"\\nx",pid="42",user="qemu",cause="unprivileged-userfaultfd"} 1',
+    ]);
+  });
+
   test("renderPrometheus() gives no round-trip time for a round trip that failed", () => {
     const failed = { ...report, roundTrip: { ok: false, ns: 1500 } } as unknown as Report;
     expect(
