@@ -127,14 +127,14 @@ function selinuxOf(sys: Sys, f: ReturnType<typeof processFacts>, pid: number, de
   const misc = sys.readText("/proc/misc")?.match(/^\s*(\d+) userfaultfd$/m)?.[1];
   const node = device.ret >= 0 ? sys.stat("", device.ret, K.AT_EMPTY_PATH) : null;
   const isDevice = node?.ret === 0 && (node.mode & K.S_IFMT) === K.S_IFCHR && node.rdev.join(":") === `10:${misc}`;
-  const [major, minor] = (sys.readText("/proc/sys/kernel/osrelease") ?? "").split(".").map(Number);
+  const kernel = sys.readText("/proc/sys/kernel/osrelease") ?? "";
   const sysctl = S.whole(sys.readText("/proc/sys/vm/unprivileged_userfaultfd"));
   const held = f.uidMap === S.INITIAL_UID_MAP && S.capBit(f.capEff, S.CAP_SYS_PTRACE) === true;
   const asked = {
     ...{ whose, scope: "all" as const, ptrace: sysctl === 1 ? undefined : held },
     ...{
       device: isDevice ? `/proc/self/fd/${device.ret}` : null,
-      anonChecked: major > 5 || (major === 5 && minor >= 12),
+      anonChecked: S.atLeast(kernel, 5, 12),
     },
   };
   return [SE.domainOf(sys, SE.policyOf(sys), f.label, asked)];

@@ -12,7 +12,7 @@
 
 import type { Sys } from "./ffi.ts";
 import * as K from "./ffi.ts";
-import { absolutePath, answered, DEVICE, sanitize, sh, unanswered } from "./shared.ts";
+import { absolutePath, answered, atLeast, DEVICE, sanitize, sh, unanswered } from "./shared.ts";
 import type * as T from "./types.ts";
 
 /** Where QEMU is looked for when --qemu names none: qemu-system-ARCH on $PATH, then these. */
@@ -419,10 +419,7 @@ export function judgedAlso(
  * Whether a QEMU version migrates postcopy beside multifd: 8.1 to 10.0 refuse the pair ("Postcopy is not yet
  * compatible with multifd"), and before 8.1 the destination aborts (measured: 7.2); 10.1 made them work together.
  */
-export function multifdWith(version: string) {
-  const [major, minor] = version.split(".").map(Number);
-  return major > 10 || (major === 10 && minor >= 1);
-}
+export const multifdWith = (version: string) => atLeast(version, 10, 1);
 
 /**
  * The file capability for QEMU's binary: only one root owns and no one else can write, only on this host,

@@ -219,7 +219,7 @@ export function hostDomains(sys: Sys, f: T.Facts, asked: string | null): T.Domai
   const gates = {
     device: f.device,
     notTheMode: f.uid === 0 || /^c.{6}rw/.test(f.devnode?.mode ?? "") || (f.device !== null && f.devnode === null),
-    anonChecked: !before(f.kernel, 5, 12),
+    anonChecked: S.atLeast(f.kernel, 5, 12),
     ptrace: f.unprivilegedUserfaultfd === 1 ? undefined : f.capSysPtrace === true,
   };
   const own = sys.readText("/proc/self/attr/current")?.replace(/\0/g, "").trim();
@@ -244,10 +244,6 @@ export function hostDomains(sys: Sys, f: T.Facts, asked: string | null): T.Domai
     ),
   ];
 }
-const before = (kernel: string, major: number, minor: number) => {
-  const [a, b] = kernel.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0);
-  return a < major || (a === major && b < minor);
-};
 
 /**
  * /dev/userfaultfd where the policy refuses this run its stat() (chr_file { getattr }), which QEMU never asks: a node

@@ -179,11 +179,15 @@ export const qemuConsumer = (q: T.Qemu | null): T.ConsumerName => ((q?.major ?? 
 const permitted = (f: T.Facts) =>
   f.unprivilegedUserfaultfd === 1 || (f.capSysPtrace === true && f.userNamespace === false);
 export const filtered = (f: T.Facts) => f.seccomp === 2 && !f.gvisor;
+/** Whether a version ("6.12.117+deb13-amd64" of a kernel, "10.0.13" of a QEMU) is `major`.`minor` or later. */
+export const atLeast = (version: string, major: number, minor: number) => {
+  const [a, b] = version.split(/[.+-]/).map((n) => Number.parseInt(n, 10) || 0);
+  return a > major || (a === major && b >= minor);
+};
 /** A seccomp filter, not the kernel, refuses userfaultfd(2): ENOSYS, or EPERM where the kernel would allow it. */
 export function filterDeniesSyscall(f: T.Facts, a: T.Answers) {
-  const [major, minor] = f.kernel.split(/[.-]/).map((n) => Number.parseInt(n, 10) || 0);
   // UFFD_USER_MODE_ONLY (5.11+) is never refused by the kernel itself: EPERM for it is a filter's.
-  const userModeOnlyExists = major > 5 || (major === 5 && minor >= 11);
+  const userModeOnlyExists = atLeast(f.kernel, 5, 11);
   const epermIsTheFilters = permitted(f) || (a["user-mode-only"] === "EPERM" && userModeOnlyExists);
   return filtered(f) && (a.syscall === "ENOSYS" || (a.syscall === "EPERM" && epermIsTheFilters));
 }

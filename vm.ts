@@ -8,6 +8,7 @@
  * ```
  */
 
+import { atLeast } from "./shared.ts";
 import type { Cause, Check } from "./types.ts";
 
 /** A QEMU option's value as properties: the JSON form libvirt uses, or QEMU's key=value list (",," is a comma). */
@@ -185,11 +186,8 @@ export function configChecks(f: VmView) {
 }
 
 /** At least `major`.`minor`, for a QEMU version read; null when none was. */
-const since = (version: string | null | undefined, major: number, minor: number) => {
-  if (!version) return null;
-  const [a, b] = version.split(".").map(Number);
-  return a > major || (a === major && b >= minor);
-};
+const since = (version: string | null | undefined, major: number, minor: number) =>
+  version ? atLeast(version, major, minor) : null;
 /**
  * What QEMU does to the VM's RAM blocks only once the migration runs, which its answer to postcopy-ram does not
  * tell: the destination discards each block when postcopy is advised, at the stream's start (a read-only file cannot

@@ -13,14 +13,26 @@ import {
 } from "node:fs";
 import { renderVms } from "../all.ts";
 import type { Report, VmAnswer } from "../types.ts";
-import { cc, cli, cmdlineOf, complaints, isRoot, pids, ROOT, realQemu, sample, standIn, VM, world } from "./helpers.ts";
+import {
+  cc,
+  cli,
+  cmdlineOf,
+  complaints,
+  DOCKER_CAPS,
+  isRoot,
+  pids,
+  ROOT,
+  realQemu,
+  sample,
+  standIn,
+  VM,
+  world,
+} from "./helpers.ts";
 
 const promtool = Bun.which("promtool");
 const python =
   existsSync("/usr/bin/python3") && Bun.spawnSync(["/usr/bin/python3", "-c", "import seccomp"]).exitCode === 0;
 const nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-const DOCKER_CAPS =
-  "CAP_CHOWN,CAP_DAC_OVERRIDE,CAP_FSETID,CAP_FOWNER,CAP_MKNOD,CAP_NET_RAW,CAP_SETGID,CAP_SETUID,CAP_SETFCAP,CAP_SETPCAP,CAP_NET_BIND_SERVICE,CAP_SYS_CHROOT,CAP_KILL,CAP_AUDIT_WRITE";
 
 describe("--all (all.ts): every QEMU running here, each answered as --pid answers it", () => {
   test.skipIf(!isRoot || !realQemu || !python)(

@@ -451,3 +451,7 @@ const validate = new Ajv2020({ allErrors: true, strict: true, strictRequired: fa
 );
 export const complaints = (doc: unknown) =>
   validate(doc) ? [] : validate.errors!.map((e) => `${e.instancePath} ${e.message}`);
+
+/** Docker's default capabilities (moby's defaults): the rules a profile gives them apply. */
+export const DOCKER_CAPS =
+  "CAP_CHOWN,CAP_DAC_OVERRIDE,CAP_FSETID,CAP_FOWNER,CAP_MKNOD,CAP_NET_RAW,CAP_SETGID,CAP_SETUID,CAP_SETFCAP,CAP_SETPCAP,CAP_NET_BIND_SERVICE,CAP_SYS_CHROOT,CAP_KILL,CAP_AUDIT_WRITE";

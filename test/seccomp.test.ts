@@ -10,6 +10,7 @@ import {
   cc,
   check,
   cli,
+  DOCKER_CAPS,
   isRoot,
   procOf,
   ROOT,
@@ -88,9 +89,6 @@ describe("--pid (seccomp.ts): a process's filters, read and run as the kernel ru
   const python =
     existsSync("/usr/bin/python3") && Bun.spawnSync(["/usr/bin/python3", "-c", "import seccomp"]).exitCode === 0;
   const skip = !isRoot || !realQemu || !python;
-  /** Docker's default capabilities (moby's defaults): the rules a profile gives them apply. */
-  const DOCKER_CAPS =
-    "CAP_CHOWN,CAP_DAC_OVERRIDE,CAP_FSETID,CAP_FOWNER,CAP_MKNOD,CAP_NET_RAW,CAP_SETGID,CAP_SETUID,CAP_SETFCAP,CAP_SETPCAP,CAP_NET_BIND_SERVICE,CAP_SYS_CHROOT,CAP_KILL,CAP_AUDIT_WRITE";
   /** A Docker-format profile: Docker's default with `also` added to its rules, or one of its own. */
   function profile(name: string, also: object[] = [], base?: object) {
     const docker = JSON.parse(readFileSync(`${ROOT}/test/docker-default.json`, "utf8"));
